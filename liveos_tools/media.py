@@ -1,0 +1,536 @@
+"""Find a LiveOS medium from whatever the user points at, and say what it holds.
+
+TARGET may be nothing (the running live system), a mounted stick's directory, a
+block device or partition, a disk image file, or an overlay file itself. Devices
+and images are attached and mounted read-only for as long as the `open_medium()`
+context lasts, and always released afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from liveos_tools import mounts
+from liveos_tools.errors import LiveOSError, TargetError
+from liveos_tools.run import which
+
+if TYPE_CHECKING:
+    from liveos_tools.tools.losetup import LoopDevice
+
+LIVE_ROOT = Path("/run/initramfs/live")
+DEFAULT_LIVEDIR = "LiveOS"
+LIVE_RW = "live-rw"
+EXT_MAGIC_OFFSET = 1080  # superblock at 1024, s_magic at +56
+EXT_MAGIC = b"\x53\xef"
+SNAP_MAGIC = b"SnAp"
+
+
+class Source(Enum):
+    LIVE = "live"
+    DIRECTORY = "directory"
+    DEVICE = "device"
+    IMAGE = "image"
+    OVERLAY_FILE = "overlay-file"
+
+
+class OverlayKind(Enum):
+    DM = "dm-snapshot"
+    OVERLAYFS_DIR = "overlayfs-dir"
+    OVERLAYFS_IMAGE = "overlayfs-image"
+    NONE = "none"
+
+
+class ImageLayout(Enum):
+    NESTED = "nested"  # squashfs.img holding LiveOS/rootfs.img (or ext3fs.img)
+    FLAT = "flat"  # squashfs.img holding the root tree itself
+    UNCOMPRESSED = "uncompressed"  # LiveOS/rootfs.img on the stick (--skipcompress)
+    NONE = "none"
+    UNKNOWN = "unknown"  # squashfs.img present, but unsquashfs is not installed
+
+
+class HomeKind(Enum):
+    PLAIN = "plain"
+    LUKS = "luks"
+    ABSENT = "absent"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Volume:
+    """The filesystem that holds the LiveOS directory, as blkid names it."""
+
+    device: str | None
+    label: str | None
+    uuid: str | None
+    fstype: str | None
+
+    def overlay_name(self) -> str | None:
+        """dracut's default overlay name for this volume: overlay-<LABEL>-<UUID>."""
+        if self.label is None or self.uuid is None:
+            return None
+        return f"overlay-{self.label}-{self.uuid}"
+
+
+@dataclass(frozen=True)
+class Medium:
+    source: Source
+    target: str
+    root: Path | None
+    livedir: str
+    volume: Volume | None
+    overlay_path: Path | None
+    overlay_kind: OverlayKind
+    image_layout: ImageLayout
+    squashfs_path: Path | None
+    rootfs_path: Path | None
+    home_path: Path | None
+    home_kind: HomeKind
+    swap_path: Path | None
+    other_overlays: tuple[Path, ...] = ()
+    live_dm: str | None = None  # the dm device of a running live system
+    boot_args: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def livedir_path(self) -> Path | None:
+        return self.root / self.livedir if self.root else None
+
+    @property
+    def expected_overlay_name(self) -> str | None:
+        return self.volume.overlay_name() if self.volume else None
+
+    @property
+    def overlay_name_problem(self) -> str | None:
+        """Why dracut will not find this overlay at boot, or None if it will."""
+        if self.overlay_path is None or self.volume is None:
+            return None
+        if self.volume.label and " " in self.volume.label:
+            return (
+                f"the volume label {self.volume.label!r} has a space, so no overlay name can "
+                "match it; relabel the partition with '_' for spaces"
+            )
+        expected = self.expected_overlay_name
+        if expected is None or self.overlay_path.name == expected:
+            return None
+        return f"dracut looks for {expected}, but the overlay is named {self.overlay_path.name}"
+
+
+# --- kernel command line ------------------------------------------------------------
+
+
+def parse_cmdline(text: str) -> dict[str, str]:
+    """The live-boot arguments of a kernel command line (rd.live.*, rd.overlay*, root=)."""
+    args: dict[str, str] = {}
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        if key == "root" or key.startswith(("rd.live", "rd.overlay")):
+            args[key] = value if sep else "1"
+    return args
+
+
+def livedir_from_args(args: dict[str, str]) -> str:
+    return args.get("rd.live.dir", DEFAULT_LIVEDIR).strip("/") or DEFAULT_LIVEDIR
+
+
+# --- what is inside a LiveOS directory --------------------------------------------------
+
+
+def _head(path: Path, length: int, offset: int = 0) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+    except OSError:
+        return b""
+
+
+def overlay_kind_of(path: Path) -> OverlayKind:
+    if path.is_dir():
+        return OverlayKind.OVERLAYFS_DIR
+    if _head(path, 2, EXT_MAGIC_OFFSET) == EXT_MAGIC and _head(path, 4) != SNAP_MAGIC:
+        return OverlayKind.OVERLAYFS_IMAGE
+    return OverlayKind.DM
+
+
+def _home_kind(path: Path) -> HomeKind:
+    if _head(path, 6) == b"LUKS\xba\xbe":
+        return HomeKind.LUKS
+    if _head(path, 2, EXT_MAGIC_OFFSET) == EXT_MAGIC:
+        return HomeKind.PLAIN
+    if which("blkid"):
+        from liveos_tools.tools import blkid
+
+        found = blkid.probe(path)
+        if found.get("TYPE") == "crypto_LUKS":
+            return HomeKind.LUKS
+        if found.get("USAGE") == "filesystem":
+            return HomeKind.PLAIN
+    return HomeKind.UNKNOWN
+
+
+def _image_layout(livedir: Path) -> tuple[ImageLayout, Path | None, Path | None]:
+    squash = livedir / "squashfs.img"
+    for name in ("rootfs.img", "ext3fs.img"):
+        if (livedir / name).is_file():
+            return ImageLayout.UNCOMPRESSED, None, livedir / name
+    if not squash.is_file():
+        return ImageLayout.NONE, None, None
+    if not which("unsquashfs"):
+        return ImageLayout.UNKNOWN, squash, None
+    from liveos_tools.tools import squashfs
+
+    found = squashfs.find_paths(squash, squashfs.NESTED_NAMES)
+    if found:
+        return ImageLayout.NESTED, squash, Path(sorted(found)[0])
+    return ImageLayout.FLAT, squash, None
+
+
+def volume_of_path(path: Path) -> Volume | None:
+    """The filesystem holding `path`: its device, and the label and UUID blkid reads."""
+    mount = mounts.mount_of(path)
+    if mount is None:
+        return None
+    return volume_of_device(mount.source, fstype=mount.fstype)
+
+
+def volume_of_device(device: str, *, fstype: str | None = None) -> Volume:
+    info: dict[str, str] = {}
+    if device.startswith("/dev/") and which("blkid") and os.access(device, os.R_OK):
+        from liveos_tools.tools import blkid
+
+        with contextlib.suppress(LiveOSError):
+            info = blkid.probe(device)
+    if not info:
+        info = _udev_names(device)
+    return Volume(
+        device=device if device.startswith("/dev/") else None,
+        label=info.get("LABEL"),
+        uuid=info.get("UUID"),
+        fstype=info.get("TYPE", fstype),
+    )
+
+
+def _udev_names(device: str) -> dict[str, str]:
+    # Without root, blkid cannot read the device; udev's symlinks still name it.
+    out: dict[str, str] = {}
+    real = os.path.realpath(device)
+    for key, folder in (("UUID", "/dev/disk/by-uuid"), ("LABEL", "/dev/disk/by-label")):
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                if os.path.realpath(entry.path) == real:
+                    out[key] = entry.name.encode().decode("unicode_escape")
+    return out
+
+
+def inspect_root(
+    root: Path,
+    *,
+    source: Source,
+    target: str,
+    livedir: str,
+    volume: Volume | None,
+    overlay: Path | None = None,
+    live_dm: str | None = None,
+    boot_args: dict[str, str] | None = None,
+) -> Medium:
+    """Describe the LiveOS directory `root/livedir` (the overlay may be given)."""
+    ldir = root / livedir
+    candidates = sorted(p for p in ldir.glob("overlay-*")) if ldir.is_dir() else []
+    if overlay is None and candidates:
+        expected = volume.overlay_name() if volume else None
+        named = [p for p in candidates if p.name == expected]
+        overlay = named[0] if named else candidates[0]
+    layout, squash, rootfs = _image_layout(ldir)
+    home = ldir / "home.img"
+    swap = ldir / "swap.img"
+    return Medium(
+        source=source,
+        target=target,
+        root=root,
+        livedir=livedir,
+        volume=volume,
+        overlay_path=overlay,
+        overlay_kind=overlay_kind_of(overlay) if overlay else OverlayKind.NONE,
+        image_layout=layout,
+        squashfs_path=squash,
+        rootfs_path=rootfs,
+        home_path=home if home.exists() else None,
+        home_kind=_home_kind(home) if home.exists() else HomeKind.ABSENT,
+        swap_path=swap if swap.exists() else None,
+        other_overlays=tuple(p for p in candidates if p != overlay),
+        live_dm=live_dm,
+        boot_args=boot_args or {},
+    )
+
+
+IMAGE_NAMES = ("squashfs.img", "rootfs.img", "ext3fs.img")
+
+
+def _holds_image(ldir: Path) -> bool:
+    return any((ldir / n).exists() for n in IMAGE_NAMES)
+
+
+def _has_livedir(root: Path, livedir: str) -> bool:
+    ldir = root / livedir
+    if not ldir.is_dir():
+        return False
+    return _holds_image(ldir) or any(ldir.glob("overlay-*"))
+
+
+# --- the five kinds of target ---------------------------------------------------------------
+
+
+def _running_live(stack: contextlib.ExitStack, livedir: str | None, cmdline: str) -> Medium:
+    args = parse_cmdline(cmdline)
+    ldir = livedir or livedir_from_args(args)
+    table = mounts.mounts()
+    live_mount = next((m for m in table if m.mountpoint == str(LIVE_ROOT)), None)
+    overlay: Path | None = None
+    live_dm: str | None = None
+    if which("dmsetup") and os.path.exists("/dev/mapper/control"):
+        from liveos_tools.tools import dmsetup, losetup
+
+        with contextlib.suppress(LiveOSError):
+            lines = dmsetup.table(LIVE_RW)
+            live_dm = LIVE_RW
+            snap = lines[0].snapshot if lines else None
+            if snap is not None:
+                overlay = _loop_back_file(snap.cow.text, losetup.list_devices())
+    if live_mount is None and live_dm is None:
+        raise TargetError(
+            "no running live system here (no /run/initramfs/live, no live-rw device)",
+            "give the stick's mount point, its device, a disk image or an overlay file",
+        )
+    root = LIVE_ROOT if live_mount else None
+    volume = volume_of_device(live_mount.source, fstype=live_mount.fstype) if live_mount else None
+    if root is None:
+        medium = Medium(
+            source=Source.LIVE,
+            target="live",
+            root=None,
+            livedir=ldir,
+            volume=None,
+            overlay_path=overlay,
+            overlay_kind=OverlayKind.DM if overlay else OverlayKind.NONE,
+            image_layout=ImageLayout.UNKNOWN,
+            squashfs_path=None,
+            rootfs_path=None,
+            home_path=None,
+            home_kind=HomeKind.UNKNOWN,
+            swap_path=None,
+            live_dm=live_dm,
+            boot_args=args,
+        )
+        return medium
+    return inspect_root(
+        root,
+        source=Source.LIVE,
+        target="live",
+        livedir=ldir,
+        volume=volume,
+        overlay=overlay,
+        live_dm=live_dm,
+        boot_args=args,
+    )
+
+
+def _loop_back_file(devref: str, loops: list[LoopDevice]) -> Path | None:
+    for dev in loops:
+        majmin = f"{dev.majmin[0]}:{dev.majmin[1]}" if dev.majmin else None
+        if devref in (dev.name, majmin) and dev.back_file:
+            return Path(dev.back_file.removesuffix(" (deleted)"))
+    return None
+
+
+def _partitions(device: str) -> list[str]:
+    """Partition nodes of a whole-disk device, from sysfs (works without udev)."""
+    name = os.path.basename(os.path.realpath(device))
+    sysdir = Path("/sys/class/block") / name
+    parts = (
+        sorted(
+            (p.name for p in sysdir.iterdir() if (p / "partition").exists()),
+            key=lambda n: int((sysdir / n / "partition").read_text()),
+        )
+        if sysdir.is_dir()
+        else []
+    )
+    return [f"/dev/{p}" for p in parts]
+
+
+def _wait_for_nodes(nodes: list[str], timeout: float = 5.0) -> None:
+    # losetup -P makes the kernel scan, but the loopNpM nodes can take a moment.
+    deadline = time.monotonic() + timeout
+    while any(not os.path.exists(n) for n in nodes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise TargetError(f"reading {what} needs root", "run the command with sudo")
+
+
+def _mounted_root(stack: contextlib.ExitStack, device: str, fstype: str | None) -> Path:
+    """Where the device's filesystem is mounted; mount it read-only if it is not."""
+    st = os.stat(device)
+    existing = mounts.mounts_of_device((os.major(st.st_rdev), os.minor(st.st_rdev)))
+    if existing:
+        return Path(existing[0].mountpoint)
+    from liveos_tools.tools import mount as mount_tool
+
+    where = Path(tempfile.mkdtemp(prefix="liveos-ro-"))
+    stack.callback(os.rmdir, where)
+    mount_tool.mount(device, where, fstype=fstype)
+    stack.callback(mount_tool.umount, where)
+    return where
+
+
+def _from_device(
+    stack: contextlib.ExitStack, device: str, *, source: Source, target: str, livedir: str
+) -> Medium:
+    _need_root(f"the device {device}")
+    from liveos_tools.tools import blkid
+
+    parts = _partitions(device)
+    if not parts:
+        # Let a freshly attached loop device finish its partition scan.
+        time.sleep(0.1)
+        parts = _partitions(device)
+    _wait_for_nodes(parts)
+    seen = []
+    for dev in parts or [device]:
+        info = blkid.probe(dev)
+        fstype = info.get("TYPE")
+        if info.get("USAGE") != "filesystem" or fstype in (None, "squashfs", "iso9660"):
+            continue
+        seen.append(f"{dev} ({fstype})")
+        root = _mounted_root(stack, dev, fstype)
+        if _has_livedir(root, livedir):
+            volume = Volume(dev, info.get("LABEL"), info.get("UUID"), fstype)
+            return inspect_root(root, source=source, target=target, livedir=livedir, volume=volume)
+    where = ", ".join(seen) if seen else "no filesystem"
+    raise TargetError(
+        f"no {livedir} directory on {target} ({where})",
+        "is this a LiveOS stick? Give --livedir if its directory has another name",
+    )
+
+
+def _from_image(stack: contextlib.ExitStack, path: Path, *, livedir: str) -> Medium:
+    _need_root(f"the disk image {path}")
+    from liveos_tools.tools import losetup
+
+    loop = losetup.attach(path, readonly=True, partscan=True)
+    stack.callback(losetup.detach, loop)
+    return _from_device(stack, loop, source=Source.IMAGE, target=str(path), livedir=livedir)
+
+
+def _from_overlay_file(path: Path, *, livedir: str) -> Medium:
+    ldir = path.parent
+    if _holds_image(ldir):
+        return inspect_root(
+            ldir.parent,
+            source=Source.OVERLAY_FILE,
+            target=str(path),
+            livedir=ldir.name,
+            volume=volume_of_path(ldir),
+            overlay=path,
+        )
+    return Medium(
+        source=Source.OVERLAY_FILE,
+        target=str(path),
+        root=None,
+        livedir=livedir,
+        volume=None,
+        overlay_path=path,
+        overlay_kind=overlay_kind_of(path),
+        image_layout=ImageLayout.NONE,
+        squashfs_path=None,
+        rootfs_path=None,
+        home_path=None,
+        home_kind=HomeKind.ABSENT,
+        swap_path=None,
+    )
+
+
+def _looks_like_overlay(path: Path) -> bool:
+    if path.name.startswith("overlay-"):
+        return True
+    head = _head(path, 512)
+    if head[:4] == SNAP_MAGIC:
+        return True
+    # An all-zero start is a new overlay, unless something else lives further in
+    # (an ext4 image starts with 1 KiB of zeros, a partition table ends its sector with 55aa).
+    return (
+        len(head) == 512
+        and not any(head)
+        and _head(path, 2, EXT_MAGIC_OFFSET) != EXT_MAGIC
+        and _head(path, 5, 32769) != b"CD001"
+    )
+
+
+@contextlib.contextmanager
+def open_medium(
+    target: str | None, *, livedir: str | None = None, cmdline: str | None = None
+) -> Iterator[Medium]:
+    """Find the LiveOS that `target` names; release whatever was attached on exit."""
+    with contextlib.ExitStack() as stack:
+        if target is None:
+            text = cmdline if cmdline is not None else _read_cmdline()
+            yield _running_live(stack, livedir, text)
+            return
+        ldir = livedir or DEFAULT_LIVEDIR
+        path = Path(target)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise TargetError(f"{target}: no such file or directory", "check the path") from None
+        except PermissionError:
+            raise TargetError(f"{target}: permission denied", "run with sudo") from None
+        if stat.S_ISDIR(st.st_mode):
+            yield _from_directory(path, ldir)
+        elif stat.S_ISBLK(st.st_mode):
+            yield _from_device(stack, str(path), source=Source.DEVICE, target=target, livedir=ldir)
+        elif stat.S_ISREG(st.st_mode):
+            if st.st_size == 0:
+                raise TargetError(
+                    f"{target} is empty (0 bytes): not an overlay, a stick or a disk image",
+                    "check the path; an overlay file is never empty",
+                )
+            if _looks_like_overlay(path):
+                yield _from_overlay_file(path, livedir=ldir)
+            else:
+                yield _from_image(stack, path, livedir=ldir)
+        else:
+            raise TargetError(f"{target} is not a directory, a block device or a file")
+
+
+def _from_directory(path: Path, livedir: str) -> Medium:
+    root = path
+    if not _has_livedir(root, livedir) and _has_livedir(path.parent, path.name):
+        root, livedir = path.parent, path.name
+    if not _has_livedir(root, livedir):
+        raise TargetError(
+            f"no {livedir} directory with a live image or overlay in {path}",
+            "point at the stick's mount point (the folder that holds LiveOS/)",
+        )
+    return inspect_root(
+        root,
+        source=Source.DIRECTORY,
+        target=str(path),
+        livedir=livedir,
+        volume=volume_of_path(root),
+    )
+
+
+def _read_cmdline() -> str:
+    try:
+        return Path("/proc/cmdline").read_text()
+    except OSError:
+        return ""

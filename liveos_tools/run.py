@@ -1,0 +1,134 @@
+"""The only place that starts external programs.
+
+argv lists only, never a shell; a clean C.UTF-8 environment so output parses the
+same everywhere; `+ argv` on stderr in debug mode; one error carrying argv, exit
+code and stderr when a command fails, and a distinct error naming the Debian
+package when the program is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from liveos_tools.errors import ToolError, ToolMissingError
+
+#: Which Debian package ships each program we run.
+TOOL_PACKAGES: dict[str, str] = {
+    "dmsetup": "dmsetup",
+    "losetup": "mount",
+    "blkid": "util-linux",
+    "findmnt": "util-linux",
+    "blockdev": "util-linux",
+    "wipefs": "util-linux",
+    "mount": "mount",
+    "umount": "mount",
+    "e2fsck": "e2fsprogs",
+    "mkfs.ext4": "e2fsprogs",
+    "resize2fs": "e2fsprogs",
+    "dumpe2fs": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "tune2fs": "e2fsprogs",
+    "mksquashfs": "squashfs-tools",
+    "unsquashfs": "squashfs-tools",
+    "cryptsetup": "cryptsetup-bin",
+    "mkswap": "util-linux",
+    "parted": "parted",
+    "sfdisk": "fdisk",
+    "mkfs.fat": "dosfstools",
+    "fsck.fat": "dosfstools",
+    "mtools": "mtools",
+    "mcopy": "mtools",
+    "mdir": "mtools",
+    "xorriso": "xorriso",
+    "syslinux": "syslinux",
+    "extlinux": "extlinux",
+}
+
+_debug = bool(os.environ.get("LIVEOS_DEBUG"))
+
+
+def set_debug(enabled: bool) -> None:
+    global _debug
+    _debug = enabled
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _clean_env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+    }
+    # Programs run from a rescue shell or a test still need these to find things.
+    for key in ("HOME", "TMPDIR", "DM_DISABLE_UDEV"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    if extra:
+        env.update(extra)
+    return env
+
+
+def which(tool: str) -> str | None:
+    """Find a program on PATH, also looking in the sbin dirs a user's PATH may lack."""
+    path = os.environ.get("PATH", "")
+    for extra in ("/usr/sbin", "/sbin"):
+        if extra not in path.split(os.pathsep):
+            path = f"{path}{os.pathsep}{extra}" if path else extra
+    return shutil.which(tool, path=path)
+
+
+def require(tool: str) -> str:
+    found = which(tool)
+    if found is None:
+        raise ToolMissingError(tool, TOOL_PACKAGES.get(tool))
+    return found
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    input: str | bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> Result:
+    """Run argv and return its output; raise ToolError if it fails and check is set."""
+    exe = require(argv[0])
+    full = (exe, *argv[1:])
+    if _debug:
+        print("+ " + " ".join(argv), file=sys.stderr)
+    data = input.encode() if isinstance(input, str) else input
+    try:
+        proc = subprocess.run(
+            full,
+            input=data,
+            capture_output=True,
+            env=_clean_env(env),
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ToolError(argv, -1, "", f"{argv[0]} did not finish in {timeout} s") from exc
+    result = Result(
+        argv=tuple(argv),
+        returncode=proc.returncode,
+        stdout=proc.stdout.decode("utf-8", "replace"),
+        stderr=proc.stderr.decode("utf-8", "replace"),
+    )
+    if _debug and result.stderr.strip():
+        print(result.stderr.rstrip(), file=sys.stderr)
+    if check and result.returncode != 0:
+        raise ToolError(argv, result.returncode, result.stderr)
+    return result
