@@ -415,7 +415,12 @@ def _from_device(
         if _has_livedir(root, livedir):
             volume = Volume(dev, info.get("LABEL"), info.get("UUID"), fstype)
             return inspect_root(root, source=source, target=target, livedir=livedir, volume=volume)
-    where = ", ".join(seen) if seen else "no filesystem"
+    if not seen:
+        raise TargetError(
+            f"{target} holds no filesystem: it is not a LiveOS stick, a disk image or an overlay",
+            "check the path; point at the stick, its partition, or LiveOS/overlay-*",
+        )
+    where = ", ".join(seen)
     raise TargetError(
         f"no {livedir} directory on {target} ({where})",
         "is this a LiveOS stick? Give --livedir if its directory has another name",

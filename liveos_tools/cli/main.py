@@ -16,19 +16,12 @@ from liveos_tools.errors import ExitCode, LiveOSError
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "status",
-        help="how full the overlay is, and whether it is healthy",
-        description="Show overlay, home.img and stick usage. TARGET is a stick's mount point, "
-        "a block device, a disk image, an overlay file, or nothing for the running live system.",
-    )
-    p.add_argument("target", nargs="?", metavar="TARGET")
-    p.add_argument("--json", action="store_true", help="print only JSON on stdout")
-    p.add_argument("--watch", type=float, metavar="SECONDS", help="repeat every SECONDS")
-    p.add_argument("--full", action="store_true", help="check every exception (slower)")
-    p.add_argument("--livedir", metavar="DIR", help="LiveOS directory name (rd.live.dir)")
-    p.set_defaults(handler="liveos_tools.cli.status:run")
+#: Each module has `register(subparsers)`, which adds its parser(s) and sets
+#: `handler="module:function"`. Keep their top-level imports to argparse only:
+#: every one of them is imported on every start.
+COMMAND_MODULES = [
+    "liveos_tools.cli.status",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show commands run and tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _status_parser(sub)
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
