@@ -29,6 +29,8 @@ TOOL_PACKAGES: dict[str, str] = {
     "umount": "mount",
     "e2fsck": "e2fsprogs",
     "mkfs.ext4": "e2fsprogs",
+    "mkfs.ext3": "e2fsprogs",
+    "mkfs.ext2": "e2fsprogs",
     "resize2fs": "e2fsprogs",
     "dumpe2fs": "e2fsprogs",
     "debugfs": "e2fsprogs",
