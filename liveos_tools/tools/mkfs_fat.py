@@ -1,0 +1,43 @@
+"""mkfs.fat inside an image or device, at an offset, with a chosen serial number."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from liveos_tools.run import run
+
+SECTOR = 512
+
+
+def argv(
+    device: str | Path,
+    offset: int,
+    size: int,
+    *,
+    label: str,
+    volume_id: str,
+    hidden_sectors: int,
+    fat_bits: int = 32,
+) -> list[str]:
+    """`volume_id` is 8 hex digits (blkid prints it as XXXX-XXXX)."""
+    return [
+        "mkfs.fat", "-F", str(fat_bits), "-n", label, "-i", volume_id,
+        # hidden sectors = the partition's start: the boot sector syslinux writes uses it.
+        "-h", str(hidden_sectors),
+        "--offset", str(offset // SECTOR),
+        str(device), str(size // 1024),
+    ]  # fmt: skip
+
+
+def make(
+    device: str | Path,
+    offset: int,
+    size: int,
+    *,
+    label: str,
+    volume_id: str,
+    hidden_sectors: int,
+    fat_bits: int = 32,
+) -> None:
+    run(argv(device, offset, size, label=label, volume_id=volume_id,
+             hidden_sectors=hidden_sectors, fat_bits=fat_bits))  # fmt: skip
