@@ -237,6 +237,7 @@ def _luks_offset(path: Path, passphrase: bytes | None) -> int:
 
     info = cryptsetup.dump(path)
     cryptsetup.test_passphrase(path, _need_passphrase(passphrase, path))
+    cryptsetup.require_dm_crypt()
     return info.data_offset
 
 
@@ -294,6 +295,7 @@ def check(path: Path, passphrase: bytes | None = None) -> HomeCheck:
                 report, note="the filesystem inside was not checked: it needs the passphrase"
             )
         cryptsetup.test_passphrase(path, passphrase)
+        cryptsetup.require_dm_crypt()
     with filesystem(path, kind, passphrase, readonly=True) as dev:
         result = e2fsck.check(dev)
         try:
@@ -355,6 +357,10 @@ def plan_create(
             "an encrypted home.img needs a passphrase",
             "give --passphrase-file FILE, run on a terminal to be asked, or use --no-encrypt",
         )
+    if encrypt:
+        from liveos_tools.tools import cryptsetup
+
+        cryptsetup.require_dm_crypt()
     directory = path.parent
     if not directory.is_dir():
         raise TargetError(f"{directory}: no such directory", "check the path to the stick")
@@ -383,15 +389,30 @@ def plan_create(
         writes=[ByteRange(str(tmp), 0, size, "zeros (preallocated)")],
     )
     mkfs_argv = (f"mkfs.{fstype}", "-q", "-F", "-E", "nodiscard", "-L", HOME_LABEL)
+
+    def or_remove_partial(fn: Callable[[], None]) -> Callable[[], None]:
+        # A create that fails leaves nothing behind, not a half-made image.
+        def step() -> None:
+            try:
+                fn()
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+
+        return step
+
     if encrypt:
         assert passphrase is not None
         key = passphrase
 
+        @or_remove_partial
         def make_luks() -> None:
             from liveos_tools.tools import cryptsetup
 
             cryptsetup.format_luks(tmp, key)
 
+        @or_remove_partial
         def make_fs_inside() -> None:
             from liveos_tools.tools import cryptsetup
 
@@ -411,7 +432,7 @@ def plan_create(
     else:
         plan.add(
             f"make {fstype} labelled {HOME_LABEL}",
-            lambda: mkfs.make_ext(tmp, fstype=fstype, label=HOME_LABEL),
+            or_remove_partial(lambda: mkfs.make_ext(tmp, fstype=fstype, label=HOME_LABEL)),
             argv=(*mkfs_argv, str(tmp)),
         )
     plan.add(f"rename {tmp.name} to {path.name}", lambda: _rename(tmp, path))
@@ -488,7 +509,7 @@ def plan_resize(
     offset = _luks_offset(path, passphrase) if kind is HomeKind.LUKS else 0
     minimum = MIN_LUKS if kind is HomeKind.LUKS else MIN_PLAIN
     if new < minimum:
-        raise NoSpaceError(
+        raise UsageError(
             f"home.img cannot be {format_size(max(new, 0))}",
             f"give at least {format_size(minimum)}",
         )

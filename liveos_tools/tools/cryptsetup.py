@@ -138,6 +138,19 @@ def test_passphrase(path: str | Path, passphrase: bytes) -> None:
         raise _fail(argv, result.returncode, result.stderr, path)
 
 
+class NoDmCryptError(LiveOSError):
+    code = ExitCode.TOOL_MISSING
+
+
+def require_dm_crypt() -> None:
+    """Refuse early (before any change) on a kernel without device-mapper."""
+    if not os.path.exists("/dev/mapper/control"):
+        raise NoDmCryptError(
+            "opening a LUKS container needs device-mapper (dm-crypt), and this kernel has none",
+            "load it (modprobe dm_crypt) or run on a system that has it",
+        )
+
+
 def dm_node(name: str) -> str:
     """The block device node of the dm device `name`.
 

@@ -37,8 +37,17 @@ class FsckResult:
         return self.code & _FAILED_BITS == 0
 
     @property
+    def ok(self) -> bool:
+        """After a repair: nothing is left uncorrected (exit 0, 1 or 2)."""
+        return self.clean
+
+    @property
     def meaning(self) -> str:
         return describe(self.code)
+
+    def describe(self) -> str:
+        """The exit code and what it means, e.g. "1 (errors were corrected)"."""
+        return f"{self.code} ({self.meaning})"
 
     def problems(self, limit: int = 5) -> list[str]:
         """The first lines of the output that are not progress ("Pass N: ...") or the summary."""
@@ -57,12 +66,16 @@ def describe(code: int) -> str:
     return "; ".join(text for bit, text in EXIT_BITS.items() if code & bit)
 
 
-def check(target: str | Path, *, repair: bool = False, force: bool = True) -> FsckResult:
-    """Check `target`: read-only (`-n`) by default, or preen (`-p`) with repair=True.
+def check(
+    target: str | Path, *, repair: bool = False, fix: bool = False, force: bool = True
+) -> FsckResult:
+    """Check `target`: read-only (`-n`) by default; preen (`-p`, safe fixes only) with
+    repair=True; fix everything it can (`-y`) with fix=True.
 
     A non-zero exit is a result here, not an error: callers decide what it means.
     """
-    argv = ["e2fsck", "-p" if repair else "-n"]
+    mode = "-y" if fix else "-p" if repair else "-n"
+    argv = ["e2fsck", mode]
     if force:
         argv.append("-f")
     result = run([*argv, str(target)], check=False)
