@@ -70,12 +70,12 @@ def label(device: str | Path, offset: int, new: str) -> None:
     run(["mlabel", "-i", drive(device, offset), f"::{new}"])
 
 
-_RUN = re.compile(r"<(\d+)-(\d+)>")
+_RUN = re.compile(r"<(\d+)(?:-(\d+))?>")
 
 
 def parse_showfat(text: str) -> list[tuple[int, int]]:
     """`mshowfat` output (`::/a/b <3-9768><9800-9810>`) into inclusive cluster runs."""
-    return [(int(a), int(b)) for a, b in _RUN.findall(text)]
+    return [(int(a), int(b or a)) for a, b in _RUN.findall(text)]
 
 
 def clusters(device: str | Path, offset: int, path: str) -> list[tuple[int, int]]:

@@ -1,0 +1,243 @@
+"""`liveos-iso-to-disk [options] SOURCE TARGET`: livecd-iso-to-disk's command line.
+
+Top-level imports stay light (argparse only): the work is in liveos_tools.tasks.write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+#: Options of livecd-iso-to-disk that no longer make sense, and what happens instead.
+OBSOLETE = {
+    "nomac": "no Mac (HFS+) partition is ever made: there is nothing to put in one",
+    "xo": "--xo: OLPC XO boot files are not written; the stick boots on PCs",
+    "xo_no_home": "--xo-no-home: OLPC XO support was dropped; ignored",
+    "compress": "--compress: the live image is copied as the ISO has it (squashfs)",
+    "multi": "--multi: use --livedir DIR to keep several images on one stick",
+    "updates": "--updates: not copied (anaconda updates images are for installers)",
+    "ks": "--ks: not copied (kickstart files are for installers)",
+    "totaltimeout": "--totaltimeout: syslinux's menu timeout (--timeout) is used instead",
+}
+
+
+def _size_spec(text: str) -> tuple[int, str | None, int | None]:
+    """`N[,fstype[,blksz]]` with N in MiB (a unit may be given)."""
+    from liveos_tools.units import parse_size
+
+    parts = text.split(",")
+    size = parse_size(parts[0]) if parts[0] else 0
+    fstype = parts[1] if len(parts) > 1 and parts[1] else None
+    blksz = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+    return size, fstype, blksz
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="liveos-iso-to-disk",
+        description="Write a LiveOS image to a USB stick (or a disk image) with persistent "
+        "storage. A replacement for livecd-iso-to-disk with the same options.",
+        epilog="SOURCE: an .iso file, a block device, a directory, or `live` (the running "
+        "medium). TARGET: a partition (/dev/sdX1), a whole disk with --format, or a disk "
+        "image file (created by --format SIZE when missing). Exit codes: 0 ok, 2 usage, "
+        "4 bad source/target, 5 in use (mounted, the system disk), 6 no space / FAT limit, "
+        "7 tool missing, 8 a tool failed, 9 aborted, 10 verification failed.",
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("target", metavar="TARGET", nargs="?")
+    p.add_argument("--debug", action="store_true", help="show commands run and tracebacks")
+    g = p.add_argument_group("targets and safety")
+    g.add_argument("--target", action="append", default=[], metavar="TARGET", dest="targets",
+                   help="another target; repeat to write many sticks in parallel")
+    g.add_argument("--dry-run", action="store_true", help="print the whole plan, change nothing")
+    g.add_argument("-y", "--yes", action="store_true", help="do not ask before --format")
+    g.add_argument("--force", action="store_true",
+                   help="write a disk that is not removable (never the system disk)")
+    g.add_argument("--noverify", action="store_true", help="skip the checksum verification")
+    g.add_argument("--serial", action="store_true",
+                   help="write several targets one after another, not in parallel")
+    g = p.add_argument_group("partitioning and filesystems")
+    g.add_argument("--format", nargs="?", const="", default=None, metavar="SIZE[,FS[,BLKSZ]]",
+                   help="partition and format the whole disk (vfat by default; ext4...); "
+                   "SIZE makes a new disk image file")
+    g.add_argument("--reset-mbr", "--resetmbr", action="store_true",
+                   help="write syslinux's MBR boot code")
+    g.add_argument("--efi", "--mactel", action="store_true",
+                   help="GPT with an EFI system partition, plus GRUB's EFI config")
+    g.add_argument("--msdos", action="store_true", help="msdos partition table even with --efi")
+    g.add_argument("--noesp", action="store_true", help="no separate EFI system partition")
+    g.add_argument("--nomac", action="store_true", help="(accepted; no Mac partition is made)")
+    g.add_argument("--label", help="filesystem label (spaces become _)")
+    g = p.add_argument_group("what is copied")
+    g.add_argument("--skipcopy", "--reconfig", action="store_true", dest="skipcopy",
+                   help="do not copy the live image; only rewrite boot files and persistence")
+    g.add_argument("--livedir", "--multi", default="LiveOS", dest="livedir", metavar="DIR",
+                   help="directory for the live image (rd.live.dir)")
+    g.add_argument("--skipcompress", action="store_true",
+                   help="unpack rootfs.img from the squashfs onto the stick")
+    g.add_argument("--compress", action="store_true", help="(accepted; the default)")
+    g.add_argument("--updates", metavar="IMG", help="(accepted; not copied)")
+    g.add_argument("--ks", metavar="FILE", help="(accepted; not copied)")
+    g.add_argument("--xo", action="store_true", help="(accepted; ignored)")
+    g.add_argument("--xo-no-home", action="store_true", help="(accepted; ignored)")
+    g = p.add_argument_group("persistence")
+    g.add_argument("--overlay-size-mb", metavar="N[,FS[,BLKSZ]]",
+                   help="persistent overlay of N MiB (preallocated overlay-<LABEL>-<UUID>)")
+    g.add_argument("--no-overlay", action="store_true", help="no persistent overlay")
+    g.add_argument("--overlayfs", nargs="?", const="persist", choices=("persist", "temp"),
+                   help="OverlayFS persistence (a directory on ext4, an image on vfat); "
+                   "`temp` keeps nothing")
+    g.add_argument("--reset-overlay", action="store_true", help="start with an empty overlay")
+    g.add_argument("--copy-overlay", action="store_true",
+                   help="copy the source's overlay (SOURCE live or a stick)")
+    g.add_argument("--home-size-mb", metavar="N[,FS[,BLKSZ]]", help="make home.img of N MiB")
+    g.add_argument("--copy-home", action="store_true", help="copy the source's home.img")
+    g.add_argument("--delete-home", action="store_true", help="replace an existing home.img")
+    g.add_argument("--crypted-home", action="store_true", help="LUKS home.img (the default)")
+    g.add_argument("--unencrypted-home", action="store_true", help="plain ext4 home.img")
+    g.add_argument("--passphrase-file", metavar="FILE", help="passphrase for a LUKS home.img")
+    g.add_argument("--swap-size-mb", metavar="N", help="make swap.img of N MiB")
+    g = p.add_argument_group("boot")
+    g.add_argument("--extra-kernel-args", default="", metavar="ARGS",
+                   help="more kernel arguments")
+    g.add_argument("--timeout", type=int, default=10, metavar="SECONDS",
+                   help="boot menu timeout (0: boot at once, -1: wait)")
+    g.add_argument("--totaltimeout", type=int, metavar="SECONDS", help="(accepted; see --timeout)")
+    g.add_argument("--nobootmsg", action="store_true", help="no boot message")
+    g.add_argument("--nomenu", action="store_true", help="no boot menu")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> Any:
+    from liveos_tools.errors import UsageError
+    from liveos_tools.writer.bootcfg import Persistence
+    from liveos_tools.writer.stick import WriteOptions
+
+    o = WriteOptions(livedir=args.livedir.strip("/") or "LiveOS")
+    notes = o.notes
+    for key, note in OBSOLETE.items():
+        if getattr(args, key, None):
+            notes.append(note)
+    if args.format is not None:
+        o.format = True
+        size, fstype, blksz = _size_spec(args.format) if args.format else (0, None, None)
+        o.format_size = size or None
+        o.fstype = {"fat": "vfat", "fat32": "vfat", "msdos": "vfat"}.get(fstype or "vfat",
+                                                                           fstype or "vfat")
+        o.blocksize = blksz
+    o.reset_mbr, o.efi, o.msdos, o.noesp = args.reset_mbr, args.efi, args.msdos, args.noesp
+    o.noverify, o.skipcopy, o.force, o.label = args.noverify, args.skipcopy, args.force, args.label
+    o.skipcompress = args.skipcompress
+    if args.overlay_size_mb:
+        o.overlay_size = _size_spec(args.overlay_size_mb)[0]
+    if args.overlayfs == "temp":
+        o.overlay = Persistence.OVERLAYFS_TEMP
+    elif args.overlayfs:
+        o.overlay = Persistence.OVERLAYFS
+    if args.no_overlay:
+        o.overlay, o.overlay_size = Persistence.NONE, 0
+    o.reset_overlay, o.copy_overlay = args.reset_overlay, args.copy_overlay
+    if args.copy_overlay or args.copy_home:
+        notes.append("--copy-overlay/--copy-home: not implemented yet; new ones are made")
+    if args.home_size_mb:
+        size, fstype, _ = _size_spec(args.home_size_mb)
+        o.home_size, o.home_fstype = size, fstype or "ext4"
+    o.delete_home = args.delete_home
+    if args.crypted_home and args.unencrypted_home:
+        raise UsageError("--crypted-home and --unencrypted-home contradict each other",
+                         "give one of them")
+    o.encrypt_home = not args.unencrypted_home
+    if o.home_size and o.encrypt_home:
+        if args.passphrase_file:
+            try:
+                with open(args.passphrase_file, "rb") as f:
+                    o.passphrase = f.read().rstrip(b"\n")
+            except OSError as exc:
+                raise UsageError(f"{args.passphrase_file}: {exc.strerror}") from None
+        elif sys.stdin.isatty():
+            import getpass
+
+            o.passphrase = getpass.getpass("Passphrase for home.img: ").encode()
+        else:
+            raise UsageError("an encrypted home.img needs a passphrase",
+                             "give --passphrase-file FILE, or --unencrypted-home")
+    if args.swap_size_mb:
+        o.swap_size = _size_spec(args.swap_size_mb)[0]
+    o.extra_args = tuple(args.extra_kernel_args.split())
+    o.timeout, o.nomenu, o.nobootmsg = args.timeout, args.nomenu, args.nobootmsg
+    return o
+
+
+def run(args: argparse.Namespace) -> int:
+    from liveos_tools.cli.common import confirm, show_plan
+    from liveos_tools.errors import ExitCode, UsageError
+    from liveos_tools.tasks import write
+
+    targets = ([args.target] if args.target else []) + list(args.target_more)
+    if not targets:
+        raise UsageError("no TARGET given", "liveos-iso-to-disk [options] SOURCE TARGET")
+    opts = options_from_args(args)
+    for note in opts.notes:
+        print(f"note: {note}", file=sys.stderr)
+    with write.prepare(args.source, targets, opts) as prepared:
+        print(f"source: {args.source} ({prepared.layout.kind.value} layout, label "
+              f"{prepared.source.label!r})", file=sys.stderr)
+        for job in prepared.jobs:
+            show_plan(job.plan)
+        if args.dry_run:
+            return int(ExitCode.OK)
+        for job in prepared.jobs:
+            if job.plan.destroys:
+                confirm(job.plan, yes=args.yes, question=f"Format {job.target.spec}?")
+        outcomes = write.write_all(prepared, parallel=not args.serial)
+    if len(outcomes) > 1:
+        print(write.summary_table(outcomes), file=sys.stderr)
+    failed = [o for o in outcomes if not o.ok]
+    for o in failed:
+        print(f"error: {o.target}: {o.message}", file=sys.stderr)
+    if failed:
+        print("hint: run again with --debug to see the commands", file=sys.stderr)
+        return int(ExitCode.TOOL_FAILED)
+    for o in outcomes:
+        if o.result:
+            print(f"{o.target}: written, UUID={o.result.uuid} LABEL={o.result.label}"
+                  + (f" overlay={o.result.overlay_name}" if o.result.overlay_name else ""))
+    return int(ExitCode.OK)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from liveos_tools.errors import ExitCode, LiveOSError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.target_more = args.targets
+    if args.debug:
+        from liveos_tools import run as run_mod
+
+        run_mod.set_debug(True)
+    try:
+        return run(args)
+    except LiveOSError as err:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {err.message}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        return int(err.code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return int(ExitCode.ABORTED)
+    except Exception as exc:  # the one place a bug becomes a clean exit
+        if args.debug:
+            raise
+        print(f"error: internal error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        print("hint: run again with --debug and report the traceback", file=sys.stderr)
+        return int(ExitCode.INTERNAL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""liveos-iso-to-disk: read the source once, plan every target, write them in parallel."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from liveos_tools.errors import LiveOSError, TargetError
+from liveos_tools.plan import Plan
+from liveos_tools.units import format_size
+from liveos_tools.writer import layout as layout_mod
+from liveos_tools.writer import stick
+from liveos_tools.writer.source import Source, open_source
+from liveos_tools.writer.target import Target, TargetKind, check, resolve
+
+
+@dataclass
+class Job:
+    target: Target
+    plan: Plan
+    result: stick.StickResult
+
+
+@dataclass
+class Outcome:
+    target: str
+    ok: bool
+    seconds: float
+    message: str
+    result: stick.StickResult | None = None
+
+
+@dataclass
+class Prepared:
+    source: Source
+    layout: layout_mod.Layout
+    jobs: list[Job] = field(default_factory=list)
+
+
+def _probe(device: str, offset: int) -> dict[str, str]:
+    from liveos_tools.run import run
+    from liveos_tools.tools.blkid import parse_export
+
+    res = run(["blkid", "-p", "-O", str(offset), "-o", "export", device], check=False)
+    return parse_export(res.stdout) if res.returncode == 0 else {}
+
+
+def describe_table(target: Target) -> list[str]:
+    """What --format destroys: the partitions, labels and sizes found on the target."""
+    if not target.exists:
+        return []
+    from liveos_tools.tools import parted
+
+    table = parted.read_table(target.path)
+    if table.label is None or not table.partitions:
+        info = _probe(target.path, 0)
+        what = info.get("TYPE", "no partition table, no filesystem found")
+        return [f"{target.spec} ({format_size(target.size)}): {what}"]
+    out = []
+    for p in table.partitions:
+        info = _probe(target.path, p.start)
+        label = info.get("LABEL")
+        out.append(f"partition {p.number} of {target.spec}: {info.get('TYPE', 'unknown')}"
+                   f"{f' labelled {label!r}' if label else ''}, {format_size(p.length)}")
+    return out
+
+
+def existing_fs(target: Target) -> stick.StickFs | None:
+    """The filesystem to write into when not formatting."""
+    if target.kind is TargetKind.IMAGE:
+        from liveos_tools.tools import parted
+
+        table = parted.read_table(target.path)
+        ranges = [(p.start, p.length) for p in table.partitions] or [(0, target.size)]
+        device = target.path
+    else:
+        ranges = [(0, target.size)]
+        device = target.path
+        if target.kind is TargetKind.DISK:
+            raise TargetError(
+                f"{target.spec} is a whole disk",
+                "give one of its partitions (/dev/sdX1), or add --format to partition it",
+            )
+    for start, length in ranges:
+        info = _probe(device, start)
+        if info.get("TYPE") in stick.FSTYPES and info.get("UUID"):
+            return stick.StickFs(device, start, length, info["TYPE"], info.get("LABEL", ""),
+                                 info["UUID"], new=False)
+    return None
+
+
+@contextlib.contextmanager
+def prepare(source: str, targets: list[str], opts: stick.WriteOptions) -> Iterator[Prepared]:
+    """Read the source once; resolve and check every target; plan each. No writes."""
+    if len(set(targets)) != len(targets):
+        raise TargetError("the same target is given twice", "give each --target once")
+    with open_source(source) as src:
+        lay = layout_mod.detect(src)
+        prepared = Prepared(src, lay)
+        for spec in targets:
+            tgt = resolve(spec, format_size=opts.format_size, formatting=opts.format)
+            check(tgt, force=opts.force)
+            fs = None if opts.format else existing_fs(tgt)
+            desc = describe_table(tgt) if opts.format else []
+            plan, result = stick.plan_stick(src, lay, tgt, _copy_opts(opts), existing_fs=fs,
+                                            table_desc=desc)
+            prepared.jobs.append(Job(tgt, plan, result))
+        yield prepared
+
+
+def _copy_opts(opts: stick.WriteOptions) -> stick.WriteOptions:
+    import dataclasses
+
+    return dataclasses.replace(opts, notes=list(opts.notes))
+
+
+def _run_one(job: Job) -> Outcome:
+    start = time.monotonic()
+    try:
+        stick.execute(job.plan)
+    except LiveOSError as err:
+        return Outcome(job.target.spec, False, time.monotonic() - start, err.message, job.result)
+    return Outcome(job.target.spec, True, time.monotonic() - start, "written and verified",
+                   job.result)
+
+
+def write_all(prepared: Prepared, *, parallel: bool = True) -> list[Outcome]:
+    jobs = prepared.jobs
+    if len(jobs) == 1 or not parallel:
+        return [_run_one(j) for j in jobs]
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        return list(pool.map(_run_one, jobs))
+
+
+def summary_table(outcomes: list[Outcome]) -> str:
+    rows = [("TARGET", "RESULT", "TIME", "UUID", "DETAIL")]
+    for o in outcomes:
+        rows.append((o.target, "ok" if o.ok else "FAILED", f"{o.seconds:.1f}s",
+                     o.result.uuid if o.result else "-", o.message))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
+        for r in rows
+    )

@@ -1,0 +1,579 @@
+"""The plan for one target: partition, filesystem, copy, boot loader, persistence.
+
+`plan_stick()` checks everything it can before returning (refusals, space, the FAT
+4 GiB limit, boot files present), so a refusal never changes the target. The
+plan's steps carry their actions; `Plan.execute()` runs them in order and a
+failing step is named in the error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import tempfile
+import uuid as uuidlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from liveos_tools.errors import LiveOSError, NoSpaceError, TargetError, UsageError
+from liveos_tools.plan import ByteRange, Plan
+from liveos_tools.units import MiB, format_size
+from liveos_tools.writer import bootcfg, copy
+from liveos_tools.writer.dest import Dest, FatDest, mounted_range
+from liveos_tools.writer.layout import Layout
+from liveos_tools.writer.source import Source
+from liveos_tools.writer.target import Target, TargetKind
+
+FAT_MAX_FILE = 4 * 1024**3 - 1
+RESERVE = 100 * MiB  # the reference tool stops if less would remain
+FS_OVERHEAD = 0.03
+ESP_SIZE = 64 * MiB
+FAT_LABEL_MAX = 11
+EXT_LABEL_MAX = 16
+FSTYPES = ("vfat", "ext4", "ext3", "ext2")
+
+
+@dataclass
+class WriteOptions:
+    format: bool = False
+    format_size: int | None = None
+    fstype: str = "vfat"
+    blocksize: int | None = None
+    reset_mbr: bool = False
+    efi: bool = False
+    msdos: bool = False
+    noesp: bool = False
+    noverify: bool = False
+    skipcopy: bool = False
+    force: bool = False
+    label: str | None = None
+    livedir: str = "LiveOS"
+    skipcompress: bool = False
+    overlay: bootcfg.Persistence | None = None  # None: decided from the layout
+    overlay_size: int = 0
+    reset_overlay: bool = False
+    copy_overlay: bool = False
+    home_size: int = 0
+    home_fstype: str = "ext4"
+    copy_home: bool = False
+    delete_home: bool = False
+    encrypt_home: bool = True
+    passphrase: bytes | None = None
+    swap_size: int = 0
+    extra_args: tuple[str, ...] = ()
+    timeout: int = 10
+    nomenu: bool = False
+    nobootmsg: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StickFs:
+    """The filesystem that will hold LiveOS."""
+
+    device: str  # disk/image path or partition node
+    offset: int
+    length: int
+    fstype: str
+    label: str
+    uuid: str  # as blkid prints it
+    new: bool  # made by this plan
+
+
+def clean_label(text: str | None, fstype: str) -> str:
+    """Spaces cannot appear in an overlay name dracut matches: they become '_'."""
+    raw = (text or "LIVE").strip().replace(" ", "_")
+    limit = FAT_LABEL_MAX if fstype == "vfat" else EXT_LABEL_MAX
+    return raw[:limit]
+
+
+def new_uuid(fstype: str) -> tuple[str, str]:
+    """(value for mkfs, UUID as blkid prints it)."""
+    if fstype == "vfat":
+        vid = secrets.token_hex(4).upper()
+        return vid, f"{vid[:4]}-{vid[4:]}"
+    u = str(uuidlib.uuid4())
+    return u, u
+
+
+@dataclass
+class Sizes:
+    image: int
+    boot: int
+    overlay: int
+    home: int
+    swap: int
+
+    @property
+    def total(self) -> int:
+        return self.image + self.boot + self.overlay + self.home + self.swap
+
+
+@dataclass
+class StickResult:
+    target: str
+    uuid: str
+    label: str
+    overlay_name: str | None
+    checksums: dict[str, str] = field(default_factory=dict)
+
+
+def _persistence(opts: WriteOptions, layout: Layout) -> bootcfg.Persistence:
+    p = opts.overlay
+    if p is None:
+        p = bootcfg.Persistence.DM if opts.overlay_size else bootcfg.Persistence.NONE
+    if p is bootcfg.Persistence.DM and not layout.nested and not opts.skipcompress:
+        opts.notes.append("the squashfs is flat: using OverlayFS persistence (FACTS: flat "
+                          "images cannot take a device-mapper overlay)")
+        p = bootcfg.Persistence.OVERLAYFS
+    return p
+
+
+def overlay_rel(livedir: str, label: str, uuid: str) -> str:
+    return f"{livedir}/overlay-{label}-{uuid}"
+
+
+def plan_stick(
+    src: Source,
+    layout: Layout,
+    target: Target,
+    opts: WriteOptions,
+    *,
+    existing_fs: StickFs | None = None,
+    table_desc: list[str] | None = None,
+) -> tuple[Plan, StickResult]:
+    """Build the whole plan for one target. Raises before anything is written."""
+    from liveos_tools.tools import syslinux
+
+    persistence = _persistence(opts, layout)
+    plan = Plan("write a LiveOS stick", target.spec)
+    plan.notes.extend(opts.notes)
+    fstype = opts.fstype if opts.format else (existing_fs.fstype if existing_fs else "vfat")
+    if fstype not in FSTYPES:
+        raise UsageError(f"unsupported filesystem {fstype!r}", f"use one of {', '.join(FSTYPES)}")
+    gpt = opts.efi and not opts.msdos
+    mbr = syslinux.mbr_code(gpt)  # fails loudly now, not after the copy
+    modules = syslinux.module_paths()
+
+    # -- sizes, before anything else
+    image_sf = src.get(layout.image)
+    assert image_sf is not None
+    kernel_sf, initrd_sf = src.get(layout.kernel), src.get(layout.initrd)
+    assert kernel_sf is not None and initrd_sf is not None
+    efi_sfs = [s for p in layout.efi_files if (s := src.get(p)) is not None]
+    efiboot_sf = src.get(layout.efiboot) if layout.efiboot else None
+    image_size = image_sf.size
+    if opts.skipcompress and layout.image.endswith("squashfs.img"):
+        # the rootfs.img inside is usually 3-4x the squashfs; its real size is read at copy time
+        image_size = _nested_rootfs_size(image_sf.backing, image_sf.offset) or image_size * 4
+    overlay_size = opts.overlay_size if persistence is bootcfg.Persistence.DM or (
+        persistence is bootcfg.Persistence.OVERLAYFS and fstype == "vfat") else 0
+    boot_bytes = 2 * (kernel_sf.size + initrd_sf.size) + sum(s.size for s in efi_sfs) + (
+        efiboot_sf.size if efiboot_sf else 0) + 2 * MiB
+    sizes = Sizes(image_size, boot_bytes, overlay_size, opts.home_size, opts.swap_size)
+
+    if fstype == "vfat":
+        for what, n in (("the live image", image_size), ("the overlay", sizes.overlay),
+                        ("home.img", sizes.home), ("swap.img", sizes.swap)):
+            if n > FAT_MAX_FILE:
+                raise NoSpaceError(
+                    f"{what} would be {format_size(n)}: FAT cannot hold a file of 4 GiB or more",
+                    "use smaller sizes (at most 4095 MiB), or --format with ext4",
+                )
+
+    # -- the filesystem that holds LiveOS
+    if opts.format:
+        size = target.size
+        if target.kind is TargetKind.PARTITION:
+            raise UsageError(
+                f"--format needs the whole disk, and {target.spec} is a partition",
+                "give the disk (e.g. /dev/sdb, not /dev/sdb1)",
+            )
+        from liveos_tools.tools.parted import PartSpec
+        from liveos_tools.tools.parted import layout as part_layout
+
+        specs = []
+        if gpt and not opts.noesp:
+            specs.append(PartSpec("EFI System Partition", "vfat", ESP_SIZE, esp=True))
+        specs.append(PartSpec("LIVE", fstype, None, boot=not gpt, legacy_boot=gpt))
+        placed = part_layout(size, specs, gpt=gpt)
+        start, length = placed[-1]
+        label = clean_label(opts.label or src.label, fstype)
+        mkfs_id, uuid = new_uuid(fstype)
+        fs = StickFs(target.path, start, length, fstype, label, uuid, new=True)
+        capacity = int(length * (1 - FS_OVERHEAD))
+    else:
+        if existing_fs is None:
+            raise TargetError(
+                f"{target.spec} holds no filesystem to write into",
+                "add --format to partition and format it",
+            )
+        fs = existing_fs
+        label = clean_label(opts.label or fs.label, fs.fstype)
+        uuid, mkfs_id, capacity = fs.uuid, "", int(fs.length * (1 - FS_OVERHEAD))
+        placed, specs = [], []
+    need = sizes.total + RESERVE
+    if need > capacity:
+        raise NoSpaceError(
+            f"{target.spec} is too small: the stick needs {format_size(need)} (image "
+            f"{format_size(sizes.image)}, overlay {format_size(sizes.overlay)}, home "
+            f"{format_size(sizes.home)}, swap {format_size(sizes.swap)}, 100 MiB left free), "
+            f"the filesystem holds {format_size(capacity)}",
+            "use a bigger stick, or smaller --overlay-size-mb/--home-size-mb/--swap-size-mb",
+        )
+    if opts.format and table_desc:
+        plan.destroys.extend(table_desc)
+    elif opts.format:
+        plan.destroys.append(f"everything on {target.spec} ({format_size(target.size)})")
+
+    args = bootcfg.BootArgs(
+        uuid=uuid, fstype=fstype, livedir=opts.livedir, persistence=persistence,
+        reset_overlay=False, source_args=layout.boot_args, extra=opts.extra_args,
+    )
+    result = StickResult(target.spec, uuid, label,
+                         f"overlay-{label}-{uuid}" if overlay_size or persistence in (
+                             bootcfg.Persistence.DM, bootcfg.Persistence.OVERLAYFS) else None)
+    title = (src.label or "LiveOS").strip()
+    ldir = opts.livedir
+    sys_dir = "syslinux"
+    syslinux_text = bootcfg.syslinux_cfg(args, title=title, timeout_s=opts.timeout,
+                                         menu=not opts.nomenu, bootmsg=not opts.nobootmsg)
+    grub_text = bootcfg.grub_cfg(
+        src.read_text(layout.grub_cfg) if layout.grub_cfg else None, args, title=title,
+        kernel=f"/{sys_dir}/vmlinuz", initrd=f"/{sys_dir}/initrd.img", timeout_s=opts.timeout,
+    )
+    plan.notes.append(f"kernel arguments: {args.line()}")
+
+    scratch_cm = tempfile.TemporaryDirectory(prefix="liveos-write-")
+    state: dict[str, object] = {}
+
+    # -- steps
+    if opts.format:
+        if target.kind is TargetKind.IMAGE and not target.exists:
+            plan.add(f"create the disk image {target.path} ({format_size(size)}, sparse)",
+                     lambda: _create_image(target.path, size), argv=("truncate", "-s", str(size),
+                                                                     target.path))
+        parts_text = ", ".join(
+            f"{i + 1}: {s.fstype} {format_size(ln)} at {st}" for i, (s, (st, ln)) in
+            enumerate(zip(specs, placed, strict=True)))
+        plan.add(
+            f"write a {'GPT' if gpt else 'msdos'} partition table: {parts_text}",
+            lambda: _partition(target.path, specs, gpt),
+            writes=[ByteRange(target.path, 0, 1 * MiB, "partition table")],
+        )
+        if gpt and not opts.noesp:
+            esp_start, esp_len = placed[0]
+            plan.add(
+                f"make vfat (label EFI) on the ESP, {format_size(esp_len)} at {esp_start}",
+                lambda: _mkfs_fat(target.path, esp_start, esp_len, "EFI",
+                                  secrets.token_hex(4).upper(), esp_start // 512),
+                argv=("mkfs.fat", "-F", "32", "-n", "EFI", "--offset", str(esp_start // 512)),
+            )
+        if fstype == "vfat":
+            from liveos_tools.tools import mkfs_fat
+
+            fat_argv = mkfs_fat.argv(target.path, fs.offset, fs.length, label=label,
+                                     volume_id=mkfs_id, hidden_sectors=fs.offset // 512)
+            plan.add(f"make vfat labelled {label}, UUID {uuid}",
+                     lambda: _run(fat_argv), argv=fat_argv)
+        else:
+            ext_argv = _ext_argv(fs, mkfs_id, opts.blocksize)
+            plan.add(f"make {fstype} labelled {label}, UUID {uuid}",
+                     lambda: _run(ext_argv), argv=ext_argv)
+    elif label != fs.label:
+        plan.add(f"relabel {fs.label!r} as {label!r} (dracut cannot match a label with spaces)",
+                 lambda: _relabel(fs, label))
+    if opts.format or opts.reset_mbr:
+        plan.add(f"write syslinux's {'gptmbr' if gpt else 'mbr'}.bin boot code to the MBR",
+                 lambda: _write_mbr(target.path, mbr),
+                 writes=[ByteRange(target.path, 0, len(mbr), "MBR boot code")])
+
+    def dest() -> Dest:
+        d = state.get("dest")
+        assert d is not None
+        return d  # type: ignore[return-value]
+
+    def open_dest() -> None:
+        scratch = Path(scratch_cm.__enter__())
+        state["scratch"] = scratch
+        if fstype == "vfat":
+            state["dest"] = FatDest(fs.device, fs.offset, scratch)
+        else:
+            stack = contextlib.ExitStack()
+            state["stack"] = stack
+            length = fs.length if fs.offset else 0
+            state["dest"] = stack.enter_context(mounted_range(fs.device, fs.offset, length,
+                                                              fstype))
+
+    plan.add(f"open the {fstype} filesystem" + (" (through mtools)" if fstype == "vfat" else
+                                                 " (loop mount)"), open_dest)
+    sums = result.checksums
+    sizes_of: dict[str, int] = {}
+    image_rel = f"{ldir}/{'rootfs.img' if opts.skipcompress else Path(layout.image).name}"
+
+    def copy_image() -> None:
+        d = dest()
+        d.mkdir(ldir)
+        if opts.skipcompress and layout.image.endswith("squashfs.img"):
+            rootfs = _extract_rootfs(image_sf.backing, image_sf.offset, Path(str(state["scratch"])))
+            from liveos_tools.writer.source import SourceFile
+
+            sf = SourceFile(layout.image, rootfs.stat().st_size, str(rootfs), 0)
+        else:
+            sf = image_sf
+        prog = copy.Progress(f"{target.spec}: {image_rel}", sf.size)
+        sums[image_rel] = copy.copy(sf, d, image_rel, prog)
+        sizes_of[image_rel] = sf.size
+        prog.finish()
+
+    if not opts.skipcopy:
+        plan.add(f"copy {layout.image} to {image_rel} ({format_size(image_size)}), with progress",
+                 copy_image)
+    boot_files = [(kernel_sf, f"{sys_dir}/vmlinuz"), (initrd_sf, f"{sys_dir}/initrd.img")]
+    boot_files += [(s, s.path.lstrip("/")) for s in efi_sfs if not s.path.lower().endswith(
+        "grub.cfg")]
+    if efiboot_sf:
+        boot_files.append((efiboot_sf, "images/efiboot.img"))
+
+    def copy_boot() -> None:
+        d = dest()
+        for sf, rel in boot_files:
+            d.mkdir(str(Path(rel).parent))
+            sums[rel] = copy.copy(sf, d, rel)
+            sizes_of[rel] = sf.size
+        for mod in modules:
+            d.write_bytes(f"{sys_dir}/{mod.name}", mod.read_bytes())
+
+    plan.add("copy the kernel and initrd to /syslinux, EFI/BOOT, images/efiboot.img: "
+             + ", ".join(rel for _, rel in boot_files), copy_boot)
+    cfg_name = "syslinux.cfg" if fstype == "vfat" else "extlinux.conf"
+
+    def write_configs() -> None:
+        d = dest()
+        d.write_bytes(f"{sys_dir}/{cfg_name}", syslinux_text.encode())
+        d.mkdir("EFI/BOOT")
+        d.write_bytes("EFI/BOOT/grub.cfg", grub_text.encode())
+
+    plan.add(f"write /{sys_dir}/{cfg_name} and /EFI/BOOT/grub.cfg with: {args.line()}",
+             write_configs)
+    if result.overlay_name:
+        ov_rel = f"{ldir}/{result.overlay_name}"
+
+        def make_overlay() -> None:
+            d = dest()
+            d.remove(ov_rel)
+            if persistence is bootcfg.Persistence.OVERLAYFS and fstype != "vfat":
+                d.mkdir(ov_rel)
+                d.mkdir(f"{ldir}/ovlwork")
+            elif persistence is bootcfg.Persistence.OVERLAYFS:
+                _overlayfs_image(d, ov_rel, overlay_size, Path(str(state["scratch"])))
+            else:
+                d.write_zeros(ov_rel, overlay_size)
+
+        what = ("an OverlayFS directory" if persistence is bootcfg.Persistence.OVERLAYFS and
+                fstype != "vfat" else f"{format_size(overlay_size)}, preallocated")
+        plan.add(f"create the overlay {ov_rel} ({what})", make_overlay)
+    if opts.home_size:
+        plan.add(f"create {ldir}/home.img ({format_size(opts.home_size)}, "
+                 f"{'LUKS' if opts.encrypt_home else 'plain'} {opts.home_fstype})",
+                 lambda: _make_home(dest(), f"{ldir}/home.img", opts,
+                                    Path(str(state["scratch"]))))
+    if opts.swap_size:
+        plan.add(f"create {ldir}/swap.img ({format_size(opts.swap_size)})",
+                 lambda: _make_swap(dest(), f"{ldir}/swap.img", opts.swap_size,
+                                    Path(str(state["scratch"]))))
+
+    def install_loader() -> None:
+        from liveos_tools.tools import syslinux as sl
+
+        d = dest()
+        if fstype == "vfat":
+            d.sync()
+            sl.install_fat(fs.device, fs.offset, f"/{sys_dir}")
+        else:
+            host = d.host_path(sys_dir)
+            assert host is not None
+            sl.install_ext(host)
+
+    plan.add(f"install {'syslinux' if fstype == 'vfat' else 'extlinux'} into /{sys_dir}",
+             install_loader)
+
+    def sync_and_verify() -> None:
+        d = dest()
+        d.sync()
+        if not opts.noverify:
+            for rel, digest in sums.items():
+                copy.verify(d, rel, sizes_of[rel], digest)
+
+    plan.add("fsync, then verify every copied file against its source checksum"
+             if not opts.noverify else "fsync (--noverify: no verification)",
+             sync_and_verify)
+
+    def close() -> None:
+        stack = state.pop("stack", None)
+        if isinstance(stack, contextlib.ExitStack):
+            stack.close()
+        scratch_cm.cleanup()
+
+    plan.add("release the stick", close)
+    state["close"] = close
+    return plan, result
+
+
+def execute(plan: Plan) -> None:
+    """Run a stick's plan; a failure names its step and always releases mounts."""
+    current = ["?"]
+
+    def progress(i: int, n: int, summary: str) -> None:
+        current[0] = f"step {i + 1}/{n} ({summary.split(':')[0][:70]})"
+
+    try:
+        plan.execute(progress)
+    except LiveOSError as err:
+        _cleanup(plan)
+        err.message = f"{current[0]} failed: {err.message}"
+        raise
+    except OSError as exc:
+        _cleanup(plan)
+        raise LiveOSError(f"{current[0]} failed: {exc}") from None
+
+
+def _cleanup(plan: Plan) -> None:
+    last = plan.steps[-1]
+    if last.action is not None:
+        with contextlib.suppress(Exception):
+            last.action()
+
+
+def _run(argv: list[str]) -> None:
+    from liveos_tools.run import run
+
+    run(argv)
+
+
+def _create_image(path: str, size: int) -> None:
+    with open(path, "xb") as f:
+        f.truncate(size)
+
+
+def _partition(path: str, specs: Sequence[object], gpt: bool) -> None:
+    from liveos_tools.tools import parted
+
+    parted.write_table(path, [s for s in specs if isinstance(s, parted.PartSpec)], gpt=gpt)
+
+
+def _mkfs_fat(device: str, offset: int, length: int, label: str, vid: str, hidden: int) -> None:
+    from liveos_tools.tools import mkfs_fat
+
+    mkfs_fat.make(device, offset, length, label=label, volume_id=vid, hidden_sectors=hidden)
+
+
+def _ext_argv(fs: StickFs, uuid: str, blocksize: int | None) -> list[str]:
+    bs = blocksize or 4096
+    argv = [f"mkfs.{fs.fstype}", "-q", "-F", "-L", fs.label, "-U", uuid, "-b", str(bs)]
+    if fs.offset:
+        argv += ["-E", f"offset={fs.offset},nodiscard"]
+    argv += [fs.device, str(fs.length // bs)]
+    return argv
+
+
+def _relabel(fs: StickFs, label: str) -> None:
+    from liveos_tools.run import run
+
+    if fs.fstype == "vfat":
+        run(["fatlabel", fs.device, label])
+    else:
+        run(["e2label", fs.device, label])
+
+
+def _write_mbr(path: str, code: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, code, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _nested_rootfs_size(backing: str, offset: int) -> int | None:
+    from liveos_tools.run import run
+
+    out = run(["unsquashfs", "-no-progress", "-o", str(offset), "-lls", "-d", "", backing,
+               "LiveOS/rootfs.img"], check=False).stdout
+    for line in out.splitlines():
+        if line.rstrip().endswith("/LiveOS/rootfs.img"):
+            parts = line.split()
+            if len(parts) >= 3 and parts[2].isdigit():
+                return int(parts[2])
+    return None
+
+
+def _extract_rootfs(backing: str, offset: int, scratch: Path) -> Path:
+    from liveos_tools.run import run
+
+    out = scratch / "unpacked"
+    run(["unsquashfs", "-no-progress", "-o", str(offset), "-d", str(out), backing,
+         "LiveOS/rootfs.img"])
+    return out / "LiveOS" / "rootfs.img"
+
+
+def _overlayfs_image(d: Dest, rel: str, size: int, scratch: Path) -> None:
+    """On vfat, OverlayFS persistence is an ext4 image holding overlayfs/ and ovlwork/."""
+    from liveos_tools.run import run
+
+    tree = scratch / "ovl-tree"
+    (tree / "overlayfs").mkdir(parents=True, exist_ok=True)
+    (tree / "ovlwork").mkdir(exist_ok=True)
+    img = scratch / "ovl.img"
+    run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", "-d", str(tree), str(img), str(size // 1024)])
+    _put_file(d, rel, img)
+    img.unlink()
+
+
+def _put_file(d: Dest, rel: str, host: Path) -> None:
+    if isinstance(d, FatDest):
+        d.copy_host_file(rel, host)
+    else:
+        hp = d.host_path(rel)
+        assert hp is not None
+        import shutil
+
+        shutil.copyfile(host, hp)
+
+
+def _make_home(d: Dest, rel: str, opts: WriteOptions, scratch: Path) -> None:
+    from liveos_tools.tasks import home
+
+    if d.exists(rel) and not opts.delete_home:
+        return  # kept: the reference tool keeps home.img unless --delete-home
+    hp = d.host_path(rel)
+    where = hp if hp is not None else scratch / "home.img"
+    if hp is not None and hp.exists():
+        hp.unlink()
+    p = home.plan_create(where, size=opts.home_size, fstype=opts.home_fstype,
+                         encrypt=opts.encrypt_home, passphrase=opts.passphrase,
+                         delete_existing=True)
+    p.execute()
+    if hp is None:
+        d.remove(rel)
+        _put_file(d, rel, where)
+        where.unlink()
+
+
+def _make_swap(d: Dest, rel: str, size: int, scratch: Path) -> None:
+    from liveos_tools.tasks import swap
+
+    hp = d.host_path(rel)
+    where = hp if hp is not None else scratch / "swap.img"
+    p = swap.plan_create(where, size)
+    p.execute()
+    if hp is None:
+        _put_file(d, rel, where)
+        where.unlink()
+
+
+@contextlib.contextmanager
+def nothing() -> Iterator[None]:
+    yield
