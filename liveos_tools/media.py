@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from liveos_tools import mounts
-from liveos_tools.errors import LiveOSError, TargetError
+from liveos_tools.errors import InUseError, LiveOSError, TargetError
 from liveos_tools.run import which
 
 if TYPE_CHECKING:
@@ -377,23 +377,43 @@ def _need_root(what: str) -> None:
         raise TargetError(f"reading {what} needs root", "run the command with sudo")
 
 
-def _mounted_root(stack: contextlib.ExitStack, device: str, fstype: str | None) -> Path:
-    """Where the device's filesystem is mounted; mount it read-only if it is not."""
+def _mounted_root(
+    stack: contextlib.ExitStack, device: str, fstype: str | None, *, writable: bool = False
+) -> Path:
+    """Where the device's filesystem is mounted; mount it (read-only unless `writable`) if not.
+
+    A writing command needs a read-write mount: an existing read-write mount is used as
+    it is; a read-only mount by someone else is refused rather than remounted under them.
+    """
     st = os.stat(device)
     existing = mounts.mounts_of_device((os.major(st.st_rdev), os.minor(st.st_rdev)))
     if existing:
+        if writable:
+            rw = [m for m in existing if not m.readonly]
+            if not rw:
+                raise InUseError(
+                    f"{device} is mounted read-only at {existing[0].mountpoint}",
+                    "remount it read-write (mount -o remount,rw) or unmount it, then try again",
+                )
+            return Path(rw[0].mountpoint)
         return Path(existing[0].mountpoint)
     from liveos_tools.tools import mount as mount_tool
 
-    where = Path(tempfile.mkdtemp(prefix="liveos-ro-"))
+    where = Path(tempfile.mkdtemp(prefix="liveos-rw-" if writable else "liveos-ro-"))
     stack.callback(os.rmdir, where)
-    mount_tool.mount(device, where, fstype=fstype)
+    mount_tool.mount(device, where, fstype=fstype, options="rw" if writable else None)
     stack.callback(mount_tool.umount, where)
     return where
 
 
 def _from_device(
-    stack: contextlib.ExitStack, device: str, *, source: Source, target: str, livedir: str
+    stack: contextlib.ExitStack,
+    device: str,
+    *,
+    source: Source,
+    target: str,
+    livedir: str,
+    writable: bool = False,
 ) -> Medium:
     _need_root(f"the device {device}")
     from liveos_tools.tools import blkid
@@ -411,7 +431,7 @@ def _from_device(
         if info.get("USAGE") != "filesystem" or fstype in (None, "squashfs", "iso9660"):
             continue
         seen.append(f"{dev} ({fstype})")
-        root = _mounted_root(stack, dev, fstype)
+        root = _mounted_root(stack, dev, fstype, writable=writable)
         if _has_livedir(root, livedir):
             volume = Volume(dev, info.get("LABEL"), info.get("UUID"), fstype)
             return inspect_root(root, source=source, target=target, livedir=livedir, volume=volume)
@@ -427,13 +447,17 @@ def _from_device(
     )
 
 
-def _from_image(stack: contextlib.ExitStack, path: Path, *, livedir: str) -> Medium:
+def _from_image(
+    stack: contextlib.ExitStack, path: Path, *, livedir: str, writable: bool = False
+) -> Medium:
     _need_root(f"the disk image {path}")
     from liveos_tools.tools import losetup
 
-    loop = losetup.attach(path, readonly=True, partscan=True)
+    loop = losetup.attach(path, readonly=not writable, partscan=True)
     stack.callback(losetup.detach, loop)
-    return _from_device(stack, loop, source=Source.IMAGE, target=str(path), livedir=livedir)
+    return _from_device(
+        stack, loop, source=Source.IMAGE, target=str(path), livedir=livedir, writable=writable
+    )
 
 
 def _from_overlay_file(path: Path, *, livedir: str) -> Medium:
@@ -482,9 +506,17 @@ def _looks_like_overlay(path: Path) -> bool:
 
 @contextlib.contextmanager
 def open_medium(
-    target: str | None, *, livedir: str | None = None, cmdline: str | None = None
+    target: str | None,
+    *,
+    livedir: str | None = None,
+    cmdline: str | None = None,
+    writable: bool = False,
 ) -> Iterator[Medium]:
-    """Find the LiveOS that `target` names; release whatever was attached on exit."""
+    """Find the LiveOS that `target` names; release whatever was attached on exit.
+
+    With `writable`, devices and images are mounted read-write (for the writing
+    commands); a filesystem someone else has mounted read-only is refused.
+    """
     with contextlib.ExitStack() as stack:
         if target is None:
             text = cmdline if cmdline is not None else _read_cmdline()
@@ -501,7 +533,14 @@ def open_medium(
         if stat.S_ISDIR(st.st_mode):
             yield _from_directory(path, ldir)
         elif stat.S_ISBLK(st.st_mode):
-            yield _from_device(stack, str(path), source=Source.DEVICE, target=target, livedir=ldir)
+            yield _from_device(
+                stack,
+                str(path),
+                source=Source.DEVICE,
+                target=target,
+                livedir=ldir,
+                writable=writable,
+            )
         elif stat.S_ISREG(st.st_mode):
             if st.st_size == 0:
                 raise TargetError(
@@ -511,7 +550,7 @@ def open_medium(
             if _looks_like_overlay(path):
                 yield _from_overlay_file(path, livedir=ldir)
             else:
-                yield _from_image(stack, path, livedir=ldir)
+                yield _from_image(stack, path, livedir=ldir, writable=writable)
         else:
             raise TargetError(f"{target} is not a directory, a block device or a file")
 

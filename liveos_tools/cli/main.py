@@ -21,6 +21,7 @@ Handler = Callable[[argparse.Namespace], int]
 #: every one of them is imported on every start.
 COMMAND_MODULES = [
     "liveos_tools.cli.status",
+    "liveos_tools.cli.maintain",
     "liveos_tools.cli.home",
 ]
 

@@ -1,0 +1,206 @@
+"""`liveos-overlay repair`, `grow` and `reset`: plan, show, confirm, execute.
+
+A stick image or device is first opened read-only: every check and the plan run
+against that, so a refusal, a dry run or a "no" leaves the image byte-identical
+(a read-write mount alone would change its superblock). Only once the user agreed
+is it reopened read-write and the plan built again and executed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from liveos_tools.media import Medium
+    from liveos_tools.plan import Plan
+
+TARGET_HELP = (
+    "a stick's mount point, a block device, a disk image, an overlay file, "
+    "or nothing for the running live system"
+)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    # The same options as cli/common.py: add_write_options, without importing it at start.
+    p.add_argument("target", nargs="?", metavar="TARGET", help=TARGET_HELP)
+    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask before changing things")
+    p.add_argument("--livedir", metavar="DIR", help="LiveOS directory name (rd.live.dir)")
+    p.add_argument(
+        "--backup-dir",
+        metavar="DIR",
+        help="where backups go (default $LIVEOS_BACKUP_DIR or /var/lib/liveos-tools/backups)",
+    )
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser(
+        "repair",
+        help="bring back an invalid or full overlay (backup, fsck, verify)",
+        description="Repair a device-mapper overlay marked invalid or full: back it up, set it "
+        "valid again, grow it if it is full, and fsck the root filesystem through it. Run it "
+        "with the stick NOT booted. --restore BACKUP puts a backup back.",
+    )
+    _common(p)
+    p.add_argument("--restore", metavar="BACKUP", help="put this backup (.lobak) back")
+    p.add_argument(
+        "--grow-by", metavar="SIZE", help="grow the overlay by SIZE first (default: if full)"
+    )
+    p.set_defaults(handler="liveos_tools.cli.maintain:run_repair")
+
+    p = sub.add_parser(
+        "grow",
+        help="make the overlay larger (also on a running live system)",
+        description="Extend a device-mapper overlay with zeros. Works offline and on the "
+        "running live system (the snapshot sees the new space at once).",
+    )
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--by", metavar="SIZE", help="add SIZE (e.g. 512M, 1G)")
+    size.add_argument("--to", metavar="SIZE", help="grow to SIZE in total")
+    _common(p)
+    p.set_defaults(handler="liveos_tools.cli.maintain:run_grow")
+
+    p = sub.add_parser(
+        "reset",
+        help="empty the overlay: every change stored on the stick is gone",
+        description="Empty the overlay the way rd.live.overlay.reset does (a dm overlay's "
+        "first 64 KiB are zeroed, after a backup). Every change stored on the stick is lost.",
+    )
+    _common(p)
+    p.set_defaults(handler="liveos_tools.cli.maintain:run_reset")
+
+
+def _say(text: str) -> None:
+    import sys
+
+    print(text, file=sys.stderr, flush=True)
+
+
+def _drive(
+    args: argparse.Namespace,
+    make: Callable[[Medium], Plan],
+    *,
+    ask: bool,
+    question: str = "Go ahead?",
+) -> Plan | None:
+    """Plan on a read-only view, show, confirm, then execute on a writable one."""
+    from liveos_tools.cli.common import confirm, progress_printer, show_plan
+    from liveos_tools.media import Source, open_medium
+
+    with open_medium(args.target, livedir=args.livedir) as medium:
+        plan = make(medium)
+        show_plan(plan)
+        if args.dry_run:
+            _say("dry run: nothing was changed")
+            return None
+        if ask or plan.destructive:
+            confirm(plan, yes=args.yes, question=question)
+        if medium.source not in (Source.IMAGE, Source.DEVICE):
+            before = len(plan.notes)
+            plan.execute(progress_printer())
+            for note in plan.notes[before:]:
+                _say(note)
+            return plan
+    with open_medium(args.target, livedir=args.livedir, writable=True) as medium:
+        plan = make(medium)
+        before = len(plan.notes)
+        plan.execute(progress_printer())
+        for note in plan.notes[before:]:
+            _say(note)
+        return plan
+
+
+def _size(text: str | None) -> int | None:
+    from liveos_tools.units import parse_size
+
+    return None if text is None else parse_size(text)
+
+
+def run_repair(args: argparse.Namespace) -> int:
+    from liveos_tools.tasks import repair
+
+    if args.restore:
+        return _run_restore(args)
+    grow_by = _size(args.grow_by)
+    plan = _drive(
+        args,
+        lambda m: repair.plan_repair(m, grow_by=grow_by, backup_dir=args.backup_dir),
+        ask=True,
+        question="Repair the overlay now?",
+    )
+    if plan is not None and isinstance(plan, repair.RepairPlan) and plan.session:
+        s = plan.session
+        for line in s.fsck_results:
+            _say(line)
+        if s.result is not None:
+            r = s.result
+            _say(
+                f"repaired: {s.overlay.name} is valid, {r.used_fraction * 100:.1f}% used "
+                f"({r.sectors_allocated}/{r.total_sectors} {r.metadata_sectors})"
+            )
+        if s.backup is not None:
+            _say(f"backup kept: {s.backup.path} (undo: liveos-overlay repair --restore ...)")
+    return 0
+
+
+def _run_restore(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from liveos_tools.cli.common import confirm, progress_printer, show_plan
+    from liveos_tools.media import open_medium
+    from liveos_tools.tasks import repair
+
+    def go(overlay: Path | None) -> None:
+        plan = repair.plan_restore(args.restore, overlay)
+        show_plan(plan)
+        if args.dry_run:
+            _say("dry run: nothing was changed")
+            return
+        confirm(plan, yes=args.yes, question="Restore the backup now?")
+        before = len(plan.notes)
+        plan.execute(progress_printer())
+        for note in plan.notes[before:]:
+            _say(note)
+
+    if args.target is None:
+        go(None)
+        return 0
+    with open_medium(args.target, livedir=args.livedir, writable=not args.dry_run) as medium:
+        if medium.overlay_path is None:
+            from liveos_tools.errors import TargetError
+
+            raise TargetError(f"{args.target} has no overlay to restore", None)
+        go(medium.overlay_path)
+    return 0
+
+
+def run_grow(args: argparse.Namespace) -> int:
+    from liveos_tools.tasks import grow
+
+    to_bytes, by_bytes = _size(args.to), _size(args.by)
+    plan = _drive(
+        args,
+        lambda m: grow.plan_grow(
+            m, to_bytes=to_bytes, by_bytes=by_bytes, backup_dir=args.backup_dir
+        ),
+        ask=False,
+    )
+    if plan is not None:
+        _say(f"grown: {plan.target}")
+    return 0
+
+
+def run_reset(args: argparse.Namespace) -> int:
+    from liveos_tools.tasks import reset
+
+    plan = _drive(
+        args,
+        lambda m: reset.plan_reset(m, backup_dir=args.backup_dir),
+        ask=True,
+        question="Every change stored on the stick will be gone. Reset the overlay?",
+    )
+    if plan is not None:
+        _say(f"reset: {plan.target} is empty; the next boot starts from the original image")
+    return 0

@@ -1,0 +1,250 @@
+"""`liveos-overlay grow`: make a device-mapper overlay larger, offline or under a live system.
+
+Growing only appends: the new space is written as real zeros (FAT has no sparse
+files, and a sparse hole on a stick would fail later, half-way through a write),
+then fsynced. Nothing before the old end is touched, so at every instant the
+overlay is the original plus a tail of zeros; a store of any size past its last
+chunk is valid to the kernel. A running snapshot sees the new space once its loop
+device is told (losetup --set-capacity): the kernel reads the COW size at each
+allocation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from liveos_tools import mounts
+from liveos_tools.cow import CowStore
+from liveos_tools.errors import NoSpaceError, TargetError, UsageError
+from liveos_tools.media import Medium, OverlayKind
+from liveos_tools.plan import ByteRange, Plan
+from liveos_tools.tasks import backup as bk
+from liveos_tools.units import GiB, MiB, format_size
+
+#: vfat cannot hold a file of 4 GiB or more.
+FAT_MAX_FILE = 4 * GiB - 1
+FAT_TYPES = ("vfat", "msdos", "fat")
+#: the reference writer warns below this much free space on the stick.
+LOW_FREE = 100 * MiB
+_ZEROS = bytes(MiB)
+
+
+@dataclass(frozen=True)
+class GrowFacts:
+    path: Path
+    old_size: int
+    new_size: int
+    chunk_bytes: int
+    fs_free: int
+    fstype: str | None
+    loops: tuple[tuple[str, tuple[str, ...]], ...]  # (loop, dm holders) using the overlay
+
+    @property
+    def delta(self) -> int:
+        return self.new_size - self.old_size
+
+
+def dm_overlay(medium: Medium) -> Path:
+    """The overlay a dm-only command works on, or a clear refusal."""
+    path = medium.overlay_path
+    if path is None or medium.overlay_kind is OverlayKind.NONE:
+        raise TargetError(
+            f"{medium.target} has no persistent overlay",
+            "make one first (liveos-iso-to-disk --overlay-size-mb), or check the stick",
+        )
+    if medium.overlay_kind is not OverlayKind.DM:
+        raise UsageError(
+            f"{path.name} is an OverlayFS overlay ({medium.overlay_kind.value}), "
+            "not a device-mapper one",
+            "an OverlayFS directory grows with the stick; an OverlayFS image cannot be "
+            "grown by this command",
+        )
+    if not path.is_file():
+        raise UsageError(f"{path} is not a regular file", "point at the overlay file or stick")
+    return path
+
+
+def _fstype(path: Path, medium: Medium | None) -> str | None:
+    mount = mounts.mount_of(path)
+    if mount is not None:
+        return mount.fstype
+    return medium.volume.fstype if medium and medium.volume else None
+
+
+def _chunk_bytes(path: Path) -> int:
+    with CowStore(path) as store:
+        return store.geometry().chunk_bytes
+
+
+def target_size(old: int, chunk: int, *, to_bytes: int | None, by_bytes: int | None) -> int:
+    """The new size, rounded down to whole chunks; refuses a shrink or a no-op."""
+    if (to_bytes is None) == (by_bytes is None):
+        raise UsageError("give exactly one of --by SIZE and --to SIZE", "e.g. grow --by 512M")
+    wanted = old + by_bytes if by_bytes is not None else to_bytes
+    assert wanted is not None
+    if to_bytes is not None and to_bytes < old:
+        raise UsageError(
+            f"the overlay is {format_size(old)}; --to {format_size(to_bytes)} would shrink it",
+            "shrinking loses the changes stored at its end; to start afresh with a "
+            "smaller overlay, back up your files, reset it, and make a new one",
+        )
+    new = wanted // chunk * chunk
+    if new <= old:
+        raise UsageError(
+            f"the overlay is already {format_size(old)}; that adds less than one chunk "
+            f"({format_size(chunk)})",
+            "give a larger size, e.g. --by 512M",
+        )
+    return new
+
+
+def check_grow(
+    path: Path,
+    medium: Medium | None,
+    *,
+    to_bytes: int | None = None,
+    by_bytes: int | None = None,
+) -> GrowFacts:
+    """Every check before growing; raises NoSpaceError/UsageError with nothing changed."""
+    old = path.stat().st_size
+    chunk = _chunk_bytes(path)
+    new = target_size(old, chunk, to_bytes=to_bytes, by_bytes=by_bytes)
+    fstype = _fstype(path, medium)
+    if fstype in FAT_TYPES and new > FAT_MAX_FILE:
+        most = FAT_MAX_FILE // chunk * chunk
+        raise NoSpaceError(
+            f"{format_size(new)} is beyond the FAT limit: a file on vfat is at most 4 GiB - 1 byte",
+            f"grow to at most {most // MiB} MiB (--to {most // MiB}M), or use an ext4 stick",
+        )
+    st = os.statvfs(path.parent)
+    free = st.f_bavail * st.f_frsize
+    if new - old > free:
+        raise NoSpaceError(
+            f"growing by {format_size(new - old)} needs more than the "
+            f"{format_size(free)} free on the stick",
+            f"grow by at most {free // MiB} MiB, or free space on the stick first",
+        )
+    users = tuple((loop, tuple(h)) for loop, h in bk.loop_users(path))
+    return GrowFacts(path, old, new, chunk, free, fstype, users)
+
+
+def append_zeros(path: Path, new_size: int) -> None:
+    """Write real zeros from the end of the file up to new_size, then fsync."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TargetError(f"{path}: {exc.strerror}") from None
+    try:
+        pos = os.lseek(fd, 0, os.SEEK_END)
+        first = True
+        while pos < new_size:
+            n = os.pwrite(fd, _ZEROS[: min(len(_ZEROS), new_size - pos)], pos)
+            pos += n
+            if first:
+                first = False
+                bk.kill_point("grow-partial")
+        os.fsync(fd)
+    except OSError as exc:
+        # Only zeros went past the old end: the overlay still works at any length.
+        raise NoSpaceError(
+            f"growing {path.name} stopped at {format_size(pos)}: {exc.strerror}",
+            "the overlay still works as it was; free space on the stick and try again",
+        ) from None
+    finally:
+        os.close(fd)
+    bk.kill_point("grow-synced")
+
+
+def _dm_name(holder: str) -> str | None:
+    with contextlib.suppress(OSError):
+        return (Path("/sys/block") / holder / "dm" / "name").read_text().strip()
+    return None
+
+
+def _overflowed(holders: tuple[str, ...]) -> list[str]:
+    from liveos_tools.errors import LiveOSError
+    from liveos_tools.tools import dmsetup
+
+    out = []
+    for holder in holders:
+        name = _dm_name(holder)
+        if not name:
+            continue
+        with contextlib.suppress(LiveOSError):
+            for line in dmsetup.status(name):
+                if line.snapshot and line.snapshot.state is dmsetup.SnapshotState.OVERFLOW:
+                    out.append(name)
+    return out
+
+
+def add_grow_steps(plan: Plan, facts: GrowFacts) -> None:
+    """The grow itself, shared with repair (which grows a full overlay first)."""
+    plan.add(
+        f"append {format_size(facts.delta)} of zeros to {facts.path.name} "
+        f"({format_size(facts.old_size)} -> {format_size(facts.new_size)}), then fsync",
+        lambda: append_zeros(facts.path, facts.new_size),
+        writes=[ByteRange(str(facts.path), facts.old_size, facts.delta, "zeros: new free space")],
+    )
+
+
+def plan_grow(
+    medium: Medium,
+    *,
+    to_bytes: int | None = None,
+    by_bytes: int | None = None,
+    backup_dir: str | Path | None = None,
+) -> Plan:
+    path = dm_overlay(medium)
+    facts = check_grow(path, medium, to_bytes=to_bytes, by_bytes=by_bytes)
+    plan = Plan("grow overlay", str(path))
+    left = facts.fs_free - facts.delta
+    plan.notes.append(
+        f"{format_size(facts.fs_free)} free on the stick"
+        + (f" ({facts.fstype})" if facts.fstype else "")
+        + f"; {format_size(left)} left after growing"
+    )
+    if left < LOW_FREE:
+        plan.notes.append("less than 100 MiB will be left free on the stick")
+    directory, notes = bk.choose_dir(path, backup_dir)
+    run_id = bk.new_run_id()
+
+    def save() -> None:
+        # Growing never changes a byte that exists, so the record is only the old size:
+        # `repair --restore` cuts the file back. A full live system may not be able to
+        # write it (its /var lives on the full overlay); the grow goes on regardless.
+        try:
+            made = bk.write_backup(path, "grow", [], directory, run_id=run_id, whole_hash=False)
+            plan.notes.append(f"to undo: liveos-overlay repair --restore {made.path}")
+        except TargetError as err:
+            plan.notes.append(f"no undo record: {err.message}")
+
+    plan.add(f"record the old size in a backup under {directory}", save)
+    plan.notes.extend(notes)
+    add_grow_steps(plan, facts)
+    for loop, holders in facts.loops:
+        plan.add(
+            f"tell {loop} (in use{' by ' + ', '.join(holders) if holders else ''}) "
+            "about the new size",
+            lambda loop=loop: _refresh(loop),  # type: ignore[misc]
+            argv=["losetup", "--set-capacity", loop],
+        )
+    if facts.loops:
+        held = tuple(h for _, hs in facts.loops for h in hs)
+        over = _overflowed(held)
+        if over:
+            plan.notes.append(
+                f"{', '.join(over)} already reports Overflow: the kernel keeps that until the "
+                "next boot. The grow still lets that next boot start with free space."
+            )
+        else:
+            plan.notes.append("the running snapshot can use the new space at once, no reboot")
+    return plan
+
+
+def _refresh(loop: str) -> None:
+    from liveos_tools.tools import losetup
+
+    losetup.refresh_capacity(loop)

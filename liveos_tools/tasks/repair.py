@@ -1,0 +1,667 @@
+"""`liveos-overlay repair`: bring back an invalid or full device-mapper overlay.
+
+The dm maintainer's recipe, made safe: while no snapshot uses the overlay, set its
+valid flag back to 1, grow it if no chunk is free, rebuild the snapshot over the
+read-only base image, fsck the root filesystem through it, tear everything down.
+
+Write order (each step durable before the next starts):
+
+1. the backup file (header chunk, any metadata chunk we rewrite, the old size, the
+   whole overlay's sha256) and an empty undo store; fsync both and the directory;
+2. cut a damaged exception table (only if the user agreed to drop the tail);
+3. grow (zeros appended past the old end, fsync);
+4. valid = 1 in the header, fsync;
+5. e2fsck through the snapshot. The overlay is the *origin* of a second snapshot
+   whose COW is the undo store, so the kernel copies every overlay chunk out before
+   e2fsck's first change to it, and commits that copy before the change lands.
+
+So after a crash at any instant, the overlay is the original, the finished result,
+or something `repair --restore BACKUP` turns back into the original byte for byte
+(checked against the recorded sha256). On a failure or Ctrl-C the command tears
+down and restores by itself, and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from liveos_tools.cow import EXCEPTION, CowStore, Geometry, StoreReport, StoreState, read_store
+from liveos_tools.errors import (
+    AbortedError,
+    CorruptError,
+    ExitCode,
+    LiveOSError,
+    NoSpaceError,
+    TargetError,
+    UsageError,
+)
+from liveos_tools.media import ImageLayout, Medium, Source
+from liveos_tools.plan import ByteRange, Plan, Progress
+from liveos_tools.run import require
+from liveos_tools.tasks import backup as bk
+from liveos_tools.tasks import grow as gr
+from liveos_tools.units import MiB, format_size
+
+#: Grow a store with less than this free before e2fsck writes through it.
+MIN_FREE = 16 * MiB
+DEFAULT_GROW = 128 * MiB
+UNDO_CHUNK_SECTORS = 8
+DM_PREFIX = "liveos-repair-"
+LEASES = "leases"
+
+
+class RepairError(LiveOSError):
+    """A repair step failed after the overlay was changed (then restored)."""
+
+    def __init__(self, message: str, hint: str | None, code: ExitCode) -> None:
+        super().__init__(message, hint)
+        self.code = code
+
+
+# --- a damaged exception table ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Damage:
+    area: int
+    index: int  # first bad entry in that area
+    problem: str
+    dropped: int  # entries from the bad one to the end of the table, as the kernel reads it
+
+    def offset(self, geo: Geometry) -> int:
+        return geo.area_chunk(self.area) * geo.chunk_bytes + self.index * EXCEPTION.size
+
+    def length(self, geo: Geometry) -> int:
+        return geo.chunk_bytes - self.index * EXCEPTION.size
+
+
+def find_damage(path: Path) -> Damage | None:
+    """The first exception the kernel would choke on, walking the table as it does."""
+    with CowStore(path) as store:
+        geo = store.geometry()
+        epa = geo.exceptions_per_area
+        seen = bytearray(geo.total_chunks // 8 + 1)
+        bad: tuple[int, int, str] | None = None
+        dropped = 0
+        area = 0
+        while geo.area_chunk(area) < geo.total_chunks:
+            data = store._pread(geo.chunk_bytes, geo.area_chunk(area) * geo.chunk_bytes)
+            count = 0
+            for i, (_old, new) in enumerate(struct.iter_unpack("<QQ", data)):
+                if new == 0:
+                    break
+                count += 1
+                if bad is not None:
+                    dropped += 1
+                    continue
+                problem = None
+                if new >= geo.total_chunks:
+                    problem = f"entry points at chunk {new}, past the end ({geo.total_chunks})"
+                elif geo.is_metadata_chunk(new):
+                    problem = f"entry points at metadata chunk {new}"
+                elif seen[new // 8] & (1 << (new % 8)):
+                    problem = f"entry reuses data chunk {new}"
+                if problem:
+                    bad = (area, i, problem)
+                    dropped += 1
+                else:
+                    seen[new // 8] |= 1 << (new % 8)
+            if count < epa:
+                break
+            area += 1
+    if bad is None:
+        return None
+    return Damage(bad[0], bad[1], bad[2], dropped)
+
+
+def _has_device_mapper() -> bool:
+    # The node can exist without the driver (open fails with ENODEV then).
+    try:
+        os.close(os.open("/dev/mapper/control", os.O_RDWR | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
+
+
+# --- the devices a repair builds, and their teardown --------------------------------------
+
+
+def _write_lease(workdir: Path, kind: str, value: str) -> None:
+    # Written before the thing it names can leak, so a killed run can be cleared.
+    with open(workdir / LEASES, "a") as f:
+        f.write(f"{kind} {value}\n")
+
+
+def clear_leftovers(workdir: Path | None, prefix: str | None) -> list[str]:
+    """Remove what a killed repair left behind (its leases); returns what was removed."""
+    from liveos_tools.tools import dmsetup, losetup
+    from liveos_tools.tools import mount as mount_tool
+
+    done: list[str] = []
+    if workdir is None or not workdir.is_dir():
+        return done
+    try:
+        leases = (workdir / LEASES).read_text().splitlines()
+    except OSError:
+        leases = []
+    for line in reversed(leases):
+        kind, _, value = line.partition(" ")
+        with contextlib.suppress(LiveOSError, OSError):
+            if kind == "dm" and prefix and value.startswith(prefix) and dmsetup.exists(value):
+                dmsetup.remove(value)
+                done.append(f"removed {value}")
+            elif kind == "loop":
+                dev, _, back = value.partition(" ")
+                live = {d.name: d for d in losetup.list_devices()}
+                if dev in live and (live[dev].back_file or "").removesuffix(" (deleted)") == back:
+                    losetup.detach(dev)
+                    done.append(f"detached {dev}")
+            elif kind == "mount" and os.path.ismount(value):
+                mount_tool.umount(value)
+                done.append(f"unmounted {value}")
+    with contextlib.suppress(OSError):
+        (workdir / LEASES).unlink()
+    for sub in sorted(workdir.glob("*"), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+    with contextlib.suppress(OSError):
+        workdir.rmdir()
+    return done
+
+
+@dataclass
+class _Session:
+    """State shared by the steps of one repair run."""
+
+    overlay: Path
+    medium: Medium
+    chunk_sectors: int
+    run_id: str
+    workdir: Path
+    backup_dir: Path
+    undo_bytes: int
+    backup: bk.Backup | None = None
+    changed: bool = False  # the overlay has been written to
+    node: str = ""
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    @property
+    def prefix(self) -> str:
+        return f"{DM_PREFIX}{self.run_id}"
+
+    def _attach(self, path: Path, *, readonly: bool) -> str:
+        from liveos_tools.tools import losetup
+
+        loop = losetup.attach(path, readonly=readonly)
+        _write_lease(self.workdir, "loop", f"{loop} {path}")
+        self.stack.callback(losetup.detach, loop)
+        return loop
+
+    def _create(self, name: str, table: str) -> str:
+        from liveos_tools.tools import dmsetup
+
+        _write_lease(self.workdir, "dm", name)
+        info = dmsetup.create(name, table)
+        self.stack.callback(dmsetup.remove, name)
+        return f"{info.major}:{info.minor}"
+
+    # -- the steps ------------------------------------------------------------------
+
+    def take_backup(self, regions: list[tuple[int, int]]) -> None:
+        if not _has_device_mapper():
+            raise TargetError(
+                "this kernel has no device-mapper (no /dev/mapper/control)",
+                "load it (modprobe dm_snapshot) or run the repair from another system",
+            )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.backup = bk.write_backup(
+            self.overlay,
+            "repair",
+            regions,
+            self.backup_dir,
+            run_id=self.run_id,
+            undo_bytes=self.undo_bytes,
+            workdir=str(self.workdir),
+            dm_prefix=self.prefix,
+        )
+        bk.kill_point("repair-backup")
+
+    def write(self, offset: int, data: bytes, point: str) -> None:
+        self.changed = True
+        fd = os.open(self.overlay, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.pwrite(fd, data, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        bk.kill_point(point)
+
+    def grow(self, new_size: int) -> None:
+        self.changed = True
+        gr.append_zeros(self.overlay, new_size)
+
+    def mount_squashfs(self) -> None:
+        from liveos_tools.tools import mount as mount_tool
+
+        assert self.medium.squashfs_path is not None
+        where = self.workdir / "squashfs"
+        where.mkdir(exist_ok=True)
+        _write_lease(self.workdir, "mount", str(where))
+        # mount -o loop detaches its loop device when unmounted (autoclear).
+        mount_tool.mount(
+            str(self.medium.squashfs_path), where, fstype="squashfs", options="loop,ro"
+        )
+        self.stack.callback(os.rmdir, where)
+        self.stack.callback(mount_tool.umount, where)
+
+    def attach_base(self) -> None:
+        m = self.medium
+        assert m.rootfs_path is not None
+        if m.image_layout is ImageLayout.NESTED:
+            rootfs = self.workdir / "squashfs" / m.rootfs_path
+        else:
+            rootfs = m.rootfs_path
+        self.base_sectors = rootfs.stat().st_size // 512
+        self.base_loop = self._attach(rootfs, readonly=True)
+        bk.kill_point("repair-base")
+
+    def attach_overlay(self) -> None:
+        self.changed = True
+        self.ovl_loop = self._attach(self.overlay, readonly=False)
+
+    def attach_undo(self) -> None:
+        assert self.backup is not None and self.backup.undo_path is not None
+        self.undo_loop = self._attach(self.backup.undo_path, readonly=False)
+
+    @property
+    def ovl_sectors(self) -> int:
+        return self.overlay.stat().st_size // 512
+
+    def create_origin(self) -> None:
+        self.origin = self._create(
+            f"{self.prefix}-origin", f"0 {self.ovl_sectors} snapshot-origin {self.ovl_loop}"
+        )
+
+    def create_undo(self) -> None:
+        self._create(
+            f"{self.prefix}-undo",
+            f"0 {self.ovl_sectors} snapshot {self.ovl_loop} {self.undo_loop} "
+            f"P {UNDO_CHUNK_SECTORS}",
+        )
+
+    def create_snapshot(self) -> None:
+        from liveos_tools.tools import dmsetup
+
+        line = dmsetup.snapshot_table_line(
+            self.base_sectors, self.base_loop, self.origin, chunk_sectors=self.chunk_sectors
+        )
+        major_minor = self._create(self.prefix, line)
+        self.node = f"/dev/dm-{major_minor.split(':')[1]}"
+        bk.kill_point("repair-snapshot")
+
+    def fsck(self, *, fix: bool) -> None:
+        from liveos_tools.tools import e2fsck
+
+        # fix: e2fsck -f -y; else e2fsck -f -n. The exit status is a bitmask (e2fsck.EXIT_BITS).
+        res = e2fsck.check(self.node, fix=fix)
+        bk.kill_point("repair-fsck-fix" if fix else "repair-fsck-check")
+        if fix and not res.ok:
+            raise RepairError(
+                f"e2fsck could not repair the filesystem in the overlay (exit {res.describe()})",
+                None,
+                ExitCode.TOOL_FAILED,
+            )
+        if not fix and res.code != 0:
+            raise RepairError(
+                f"the filesystem is still not clean after the repair "
+                f"(e2fsck -n exit {res.describe()})",
+                None,
+                ExitCode.TOOL_FAILED,
+            )
+        self.fsck_results.append(f"e2fsck -f {'-y' if fix else '-n'}: exit {res.describe()}")
+
+    def teardown(self) -> None:
+        self.stack.close()
+        clear_leftovers(self.workdir, self.prefix)
+        with open(self.overlay, "rb+") as f:
+            os.fsync(f.fileno())
+
+    def finish(self) -> None:
+        self.teardown()
+        report = read_store(self.overlay, full=True)
+        if report.state is not StoreState.VALID:
+            raise RepairError(
+                f"after the repair the overlay reads {report.state.value}"
+                + (f": {report.problem}" if report.problem else ""),
+                None,
+                ExitCode.CORRUPT,
+            )
+        self.result = report
+        bk.kill_point("repair-done")
+
+    def abort(self) -> str:
+        """Tear down and put the original back; return what happened, for the user."""
+        problems = []
+        try:
+            self.stack.close()
+        except BaseException as exc:  # keep going: restoring matters more
+            problems.append(str(exc))
+        with contextlib.suppress(BaseException):
+            clear_leftovers(self.workdir, self.prefix)
+        if self.backup is None or not self.changed:
+            return "nothing on the stick was changed"
+        try:
+            backup, payload = bk.read_backup(self.backup.path)
+            exact = bk.restore(backup, payload, self.overlay)
+        except LiveOSError as err:
+            return (
+                f"restoring the original FAILED ({err.message}); "
+                f"run: liveos-overlay repair --restore {self.backup.path}"
+            )
+        what = "byte for byte (checksum verified)" if exact else ""
+        return f"the original overlay was restored from {self.backup.path} {what}".rstrip()
+
+    base_sectors: int = 0
+    base_loop: str = ""
+    ovl_loop: str = ""
+    undo_loop: str = ""
+    origin: str = ""
+    fsck_results: list[str] = field(default_factory=list)
+    result: StoreReport | None = None
+
+
+@dataclass
+class RepairPlan(Plan):
+    session: _Session | None = None
+
+    def execute(self, progress: Progress | None = None) -> None:
+        try:
+            super().execute(progress)
+        except KeyboardInterrupt:
+            said = self.session.abort() if self.session else "nothing was changed"
+            raise AbortedError(f"interrupted: {said}", None) from None
+        except LiveOSError as err:
+            if self.session is not None:
+                said = self.session.abort()
+                err.message = f"{err.message}; {said}"
+                if err.hint is None and "FAILED" in said:
+                    err.hint = "keep the backup file; it is your way back"
+            raise
+        except BaseException:
+            if self.session is not None:
+                self.session.abort()
+            raise
+
+
+# --- planning --------------------------------------------------------------------------------
+
+
+def _check_base(medium: Medium) -> None:
+    if medium.root is None:
+        raise TargetError(
+            f"no live image next to {medium.target}: repair needs the base image the "
+            "overlay was made over",
+            "point at the stick (its mount point, device or image), not the overlay alone",
+        )
+    layout = medium.image_layout
+    if layout is ImageLayout.UNKNOWN:
+        require("unsquashfs")
+    if layout not in (ImageLayout.NESTED, ImageLayout.UNCOMPRESSED) or medium.rootfs_path is None:
+        raise UsageError(
+            f"the live image on {medium.target} has the {layout.value} layout, "
+            "which a device-mapper overlay cannot sit on",
+            "repair works on squashfs.img holding LiveOS/rootfs.img, or an uncompressed "
+            "LiveOS/rootfs.img",
+        )
+
+
+def _grow_to(report: StoreReport, path: Path, medium: Medium, grow_by: int | None) -> int | None:
+    free = report.free_chunks * report.chunk_sectors * 512
+    if grow_by is None and free >= MIN_FREE:
+        return None
+    st = os.statvfs(path.parent)
+    avail = st.f_bavail * st.f_frsize
+    by = grow_by if grow_by is not None else min(DEFAULT_GROW, avail)
+    fstype = gr._fstype(path, medium)
+    if grow_by is None and fstype in gr.FAT_TYPES:
+        by = min(by, gr.FAT_MAX_FILE - report.size_bytes)
+    if grow_by is None and by + free < MIN_FREE:
+        raise NoSpaceError(
+            f"the overlay is full and the stick has only {format_size(avail)} free to grow it",
+            "free space on the stick (or copy the overlay to a bigger one) and run repair again",
+        )
+    return gr.check_grow(path, medium, by_bytes=by).new_size
+
+
+def plan_repair(
+    medium: Medium,
+    *,
+    grow_by: int | None = None,
+    backup_dir: str | Path | None = None,
+) -> Plan:
+    path = gr.dm_overlay(medium)
+    if medium.source is Source.LIVE or medium.live_dm:
+        raise bk_in_use(path)
+    bk.refuse_in_use(path, "repaired")
+    report = read_store(path, full=True)
+    if report.state is StoreState.NEW:
+        raise UsageError(f"{path.name} is empty (a new store): nothing to repair", None)
+    damage: Damage | None = None
+    if report.state is StoreState.CORRUPT:
+        damage = find_damage(path) if report.next_free else None
+        if damage is None:
+            raise CorruptError(
+                f"{path.name} is damaged beyond what repair touches: {report.problem}",
+                "nothing was changed; reset it (liveos-overlay reset) to start afresh",
+            )
+    _check_base(medium)
+    for tool in ("losetup", "dmsetup", "e2fsck", "mount"):
+        require(tool)
+    new_size = _grow_to(report, path, medium, grow_by)
+    chunk = report.chunk_sectors
+    geo = Geometry(chunk, report.size_bytes)
+    run_id = bk.new_run_id()
+    directory, notes = bk.choose_dir(path, backup_dir)
+    final = new_size or report.size_bytes
+    session = _Session(
+        overlay=path,
+        medium=medium,
+        chunk_sectors=chunk,
+        run_id=run_id,
+        workdir=Path(tempfile.gettempdir()) / f"liveos-repair-{run_id}",
+        backup_dir=directory,
+        # Room for a copy of every chunk of the overlay plus the undo store's own table.
+        undo_bytes=(final + final // 128 + 2 * MiB) // 4096 * 4096,
+    )
+    plan = RepairPlan("repair overlay", str(path), session=session)
+    plan.notes.append(
+        f"{path.name}: {report.state.value}, {report.exceptions} chunks changed, "
+        f"{format_size(report.free_chunks * geo.chunk_bytes)} free, chunk {chunk} sectors"
+    )
+    plan.notes.extend(notes)
+    plan.notes.append("the most recent changes before the overlay broke may be lost")
+
+    regions = [(0, geo.chunk_bytes)]
+    if damage is not None:
+        regions.append((geo.area_chunk(damage.area) * geo.chunk_bytes, geo.chunk_bytes))
+    plan.add(
+        f"back up the header chunk{' and damaged table chunk' if damage else ''}, the size "
+        f"and a checksum of {path.name} to {directory}; create an undo store beside it; fsync",
+        lambda: session.take_backup(regions),
+    )
+    if damage is not None:
+        plan.destroys.append(
+            f"the exception table is damaged at area {damage.area} entry {damage.index} "
+            f"({damage.problem}): the last {damage.dropped} recorded changes are dropped"
+        )
+        plan.add(
+            f"cut the exception table at area {damage.area} entry {damage.index}, fsync",
+            lambda: session.write(damage.offset(geo), bytes(damage.length(geo)), "repair-table"),
+            writes=[
+                ByteRange(str(path), damage.offset(geo), damage.length(geo), "zeros: table end")
+            ],
+        )
+    if new_size is not None:
+        plan.notes.append(
+            f"the overlay has {format_size(report.free_chunks * geo.chunk_bytes)} free: "
+            f"it is grown to {format_size(new_size)} first"
+        )
+        facts = gr.check_grow(path, medium, to_bytes=new_size)
+        plan.add(
+            f"grow {path.name} {format_size(report.size_bytes)} -> {format_size(new_size)} "
+            "(zeros appended), fsync",
+            lambda: session.grow(new_size),
+            writes=[ByteRange(str(path), facts.old_size, facts.delta, "zeros: new free space")],
+        )
+    if not report.valid:
+        plan.add(
+            "set the header's valid field back to 1, fsync",
+            lambda: session.write(4, struct.pack("<I", 1), "repair-header"),
+            writes=[ByteRange(str(path), 4, 4, "valid = 1")],
+        )
+    mnt = session.workdir / "squashfs"
+    if medium.image_layout is ImageLayout.NESTED:
+        plan.add(
+            f"mount {medium.squashfs_path} read-only",
+            session.mount_squashfs,
+            argv=["mount", "-t", "squashfs", "-o", "loop,ro", str(medium.squashfs_path), str(mnt)],
+        )
+        rootfs = f"{mnt}/{medium.rootfs_path}"
+    else:
+        rootfs = str(medium.rootfs_path)
+    plan.add(
+        "attach the base image read-only",
+        session.attach_base,
+        argv=["losetup", "--find", "--show", "--read-only", rootfs],
+    )
+    undo_name = f"{directory}/<backup>{bk.UNDO_SUFFIX}"
+    plan.add(
+        "attach the overlay",
+        session.attach_overlay,
+        argv=["losetup", "--find", "--show", str(path)],
+    )
+    plan.add(
+        "attach the undo store (kept beside the backup)",
+        session.attach_undo,
+        argv=["losetup", "--find", "--show", undo_name],
+    )
+    p = session.prefix
+    plan.add(
+        f"create {p}-origin: writes to the overlay go through it",
+        session.create_origin,
+        argv=["dmsetup", "create", f"{p}-origin", "--table", "0 <ovl> snapshot-origin <ovl-loop>"],
+    )
+    plan.add(
+        f"create {p}-undo: the kernel copies each overlay chunk to the undo store before "
+        "its first change",
+        session.create_undo,
+        argv=[
+            "dmsetup",
+            "create",
+            f"{p}-undo",
+            "--table",
+            f"0 <ovl> snapshot <ovl-loop> <undo-loop> P {UNDO_CHUNK_SECTORS}",
+        ],
+    )
+    plan.add(
+        f"create {p}: the snapshot of the base with the overlay's own chunk size {chunk}",
+        session.create_snapshot,
+        argv=[
+            "dmsetup",
+            "create",
+            p,
+            "--table",
+            f"0 <base> snapshot <base-loop> <{p}-origin> PO {chunk}",
+        ],
+    )
+    plan.notes.append(
+        "e2fsck writes through the snapshot: the kernel stores its changes in the overlay's "
+        f"free chunks (from chunk {report.next_free} on) and in chunks already in use"
+    )
+    plan.add(
+        "check and fix the root filesystem through the snapshot: e2fsck -f -y /dev/dm-N",
+        lambda: session.fsck(fix=True),
+        argv=["e2fsck", "-f", "-y", f"/dev/mapper/{p}"],
+    )
+    plan.add(
+        "check it again, read-only; it must come back clean",
+        lambda: session.fsck(fix=False),
+        argv=["e2fsck", "-f", "-n", f"/dev/mapper/{p}"],
+    )
+    plan.add(
+        "tear down (snapshots, loop devices, mount) in reverse order, fsync the overlay, "
+        "and read it back",
+        session.finish,
+        argv=["dmsetup", "remove", p, f"{p}-undo", f"{p}-origin", "&&", "losetup", "-d", "..."],
+    )
+    return plan
+
+
+def bk_in_use(path: Path) -> LiveOSError:
+    from liveos_tools.errors import InUseError
+
+    return InUseError(
+        f"{path.name} is the overlay of the running live system",
+        "repair it from another system (a rescue stick), with this stick not booted",
+    )
+
+
+# --- restore ----------------------------------------------------------------------------
+
+
+def plan_restore(backup_file: str | Path, overlay: Path | None = None) -> Plan:
+    """Put a backup back (after a failed or unwanted repair, reset or grow)."""
+    backup, payload = bk.read_backup(backup_file)
+    rec = backup.record
+    path = overlay or Path(rec.overlay)
+    if not path.exists():
+        raise TargetError(
+            f"the overlay {rec.overlay} is not there",
+            "mount the stick and give it as TARGET: liveos-overlay repair --restore BACKUP TARGET",
+        )
+    plan = Plan("restore overlay from backup", str(path))
+    workdir = Path(rec.workdir) if rec.workdir else None
+
+    def clear() -> None:
+        for line in clear_leftovers(workdir, rec.dm_prefix):
+            plan.notes.append(f"cleared a leftover of the interrupted repair: {line}")
+
+    if workdir is not None and workdir.exists():
+        plan.add("remove the devices and mounts an interrupted repair left behind", clear)
+
+    def check() -> None:
+        bk.refuse_in_use(path, "restored")
+        bk.check_belongs(backup, path)
+
+    check_now = workdir is None or not workdir.exists()
+    if check_now:
+        check()
+    plan.add("check that the overlay is not in use and that the backup belongs to it", check)
+    writes = [ByteRange(str(path), r.offset, r.length, "saved bytes") for r in rec.regions]
+    undo = backup.undo_path
+    if undo is not None and undo.exists():
+        plan.notes.append(f"chunks saved in the undo store {undo} are written back too")
+    plan.add(
+        f"write the saved bytes back, cut the file to {rec.size_bytes} bytes, fsync"
+        + (", and verify the whole file's sha256" if rec.overlay_sha256 else ""),
+        lambda: _restore(backup, payload, path, plan),
+        writes=writes,
+    )
+    plan.destroys.append(
+        f"whatever changed in {path.name} since {rec.created} (the {rec.op}) is undone"
+    )
+    return plan
+
+
+def _restore(backup: bk.Backup, payload: bytes, path: Path, plan: Plan) -> None:
+    exact = bk.restore(backup, payload, path)
+    plan.notes.append(
+        "restored byte for byte (sha256 verified)"
+        if exact
+        else f"restored; the file is back to {backup.record.size_bytes} bytes"
+    )
