@@ -15,6 +15,7 @@ and must never be looked at (so no bisection).
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -181,7 +182,11 @@ def _file_size(fd: int) -> int:
 
 def _open(path: str | Path) -> int:
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise IsADirectoryError
+        return fd
     except FileNotFoundError:
         raise TargetError(f"{path}: no such file", "check the path to the overlay") from None
     except IsADirectoryError:

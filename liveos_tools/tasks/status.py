@@ -16,7 +16,7 @@ from typing import Any
 
 from liveos_tools.cow import SECTOR, read_store
 from liveos_tools.errors import ExitCode, LiveOSError
-from liveos_tools.media import HomeKind, Medium, OverlayKind
+from liveos_tools.media import HomeKind, Medium, OverlayKind, Source
 from liveos_tools.units import format_size
 
 WARN_FRACTION = 0.80
@@ -367,7 +367,9 @@ def _mib(n: int) -> str:
 def render_text(report: StatusReport) -> str:
     o, m = report.overlay, report.medium
     lines = []
-    where = str(m.root) if m.root else m.target
+    # Devices and images are mounted in a temporary place: name what the user gave.
+    temp_mount = m.source in (Source.DEVICE, Source.IMAGE)
+    where = str(m.root) if m.root and not temp_mount else m.target
     if m.volume:
         ident = " ".join(
             f"{k}={v}" for k, v in (("LABEL", m.volume.label), ("UUID", m.volume.uuid)) if v
