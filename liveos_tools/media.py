@@ -12,7 +12,6 @@ import contextlib
 import os
 import stat
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -350,28 +349,6 @@ def _loop_back_file(devref: str, loops: list[LoopDevice]) -> Path | None:
     return None
 
 
-def _partitions(device: str) -> list[str]:
-    """Partition nodes of a whole-disk device, from sysfs (works without udev)."""
-    name = os.path.basename(os.path.realpath(device))
-    sysdir = Path("/sys/class/block") / name
-    parts = (
-        sorted(
-            (p.name for p in sysdir.iterdir() if (p / "partition").exists()),
-            key=lambda n: int((sysdir / n / "partition").read_text()),
-        )
-        if sysdir.is_dir()
-        else []
-    )
-    return [f"/dev/{p}" for p in parts]
-
-
-def _wait_for_nodes(nodes: list[str], timeout: float = 5.0) -> None:
-    # losetup -P makes the kernel scan, but the loopNpM nodes can take a moment.
-    deadline = time.monotonic() + timeout
-    while any(not os.path.exists(n) for n in nodes) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 def _need_root(what: str) -> None:
     if os.geteuid() != 0:
         raise TargetError(f"reading {what} needs root", "run the command with sudo")
@@ -416,14 +393,10 @@ def _from_device(
     writable: bool = False,
 ) -> Medium:
     _need_root(f"the device {device}")
-    from liveos_tools.tools import blkid
+    from liveos_tools.tools import blkid, losetup
 
-    parts = _partitions(device)
-    if not parts:
-        # Let a freshly attached loop device finish its partition scan.
-        time.sleep(0.1)
-        parts = _partitions(device)
-    _wait_for_nodes(parts)
+    whole = blkid.probe(device)
+    parts = losetup.wait_for_partitions(device) if whole.get("PTTYPE") else []
     seen = []
     for dev in parts or [device]:
         info = blkid.probe(dev)

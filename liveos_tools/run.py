@@ -24,6 +24,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "blkid": "util-linux",
     "findmnt": "util-linux",
     "blockdev": "util-linux",
+    "partx": "util-linux",
     "wipefs": "util-linux",
     "mount": "mount",
     "umount": "mount",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,36 @@ def matches_file(dev: LoopDevice, st: os.stat_result) -> bool:
 def find_by_file(path: str | Path, devices: list[LoopDevice] | None = None) -> list[LoopDevice]:
     st = os.stat(path)
     return [d for d in (devices if devices is not None else list_devices()) if matches_file(d, st)]
+
+
+def partitions(device: str) -> list[str]:
+    """Partition nodes of a whole-disk device, from sysfs (works without udev)."""
+    name = os.path.basename(os.path.realpath(device))
+    sysdir = Path("/sys/class/block") / name
+    if not sysdir.is_dir():
+        return []
+    found = [p for p in sysdir.iterdir() if (p / "partition").exists()]
+    found.sort(key=lambda p: int((p / "partition").read_text()))
+    return [f"/dev/{p.name}" for p in found]
+
+
+def wait_for_partitions(device: str, *, timeout: float = 3.0) -> list[str]:
+    """The partitions of a device that has a partition table, once the kernel shows them.
+
+    `losetup --partscan` asks the kernel to scan, but the partitions can take a
+    moment, and some kernels (seen on 6.18 in a VM) never scan a loop device by
+    themselves; `partx --add` then registers them from userspace.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    asked_partx = False
+    while True:
+        parts = partitions(device)
+        if parts and all(os.path.exists(p) for p in parts):
+            return parts
+        if not asked_partx and time.monotonic() > start + 0.3:
+            run(["partx", "--add", device], check=False)
+            asked_partx = True
+        if time.monotonic() > deadline:
+            return parts
+        time.sleep(0.05)
