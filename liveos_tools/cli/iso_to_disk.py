@@ -207,11 +207,28 @@ def run(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
+def _optional_values(argv: list[str]) -> list[str]:
+    """`--format ISO TARGET` must not take ISO as the size (livecd-iso-to-disk's own rule:
+    the value is taken only if it looks like one)."""
+    import re
+
+    out = []
+    for i, word in enumerate(argv):
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if word == "--format" and not re.match(r"^\d|^,", nxt):
+            out.append("--format=")
+        elif word == "--overlayfs" and nxt not in ("temp", "persist"):
+            out.append("--overlayfs=persist")
+        else:
+            out.append(word)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from liveos_tools.errors import ExitCode, LiveOSError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_optional_values(list(sys.argv[1:] if argv is None else argv)))
     args.target_more = args.targets
     if args.debug:
         from liveos_tools import run as run_mod

@@ -17,11 +17,13 @@ def argv(
     label: str,
     volume_id: str,
     hidden_sectors: int,
-    fat_bits: int = 32,
+    fat_bits: int = 0,
 ) -> list[str]:
     """`volume_id` is 8 hex digits (blkid prints it as XXXX-XXXX)."""
+    # fat_bits 0 lets mkfs.fat choose: FAT32 below ~512 MiB has too few clusters to be valid.
+    bits = ["-F", str(fat_bits)] if fat_bits else []
     return [
-        "mkfs.fat", "-F", str(fat_bits), "-n", label, "-i", volume_id,
+        "mkfs.fat", *bits, "-n", label, "-i", volume_id,
         # hidden sectors = the partition's start: the boot sector syslinux writes uses it.
         "-h", str(hidden_sectors),
         "--offset", str(offset // SECTOR),
@@ -37,7 +39,7 @@ def make(
     label: str,
     volume_id: str,
     hidden_sectors: int,
-    fat_bits: int = 32,
+    fat_bits: int = 0,
 ) -> None:
     run(argv(device, offset, size, label=label, volume_id=volume_id,
              hidden_sectors=hidden_sectors, fat_bits=fat_bits))  # fmt: skip

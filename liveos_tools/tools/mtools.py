@@ -156,10 +156,14 @@ def read_geometry(device: str | Path, offset: int) -> FatGeometry:
 
 
 def read_file(
-    device: str | Path, offset: int, path: str, size: int, chunk: int = 1 << 20
+    device: str | Path, offset: int, path: str, size: int | None, chunk: int = 1 << 20
 ) -> Iterator[bytes]:
-    """The bytes of a FAT file, read straight from its clusters."""
+    """The bytes of a FAT file, read straight from its clusters (size None: every
+    allocated cluster, so the tail is padded with what the last cluster holds)."""
     geo = read_geometry(device, offset)
+    runs = clusters(device, offset, path)
+    if size is None:
+        size = sum(b - a + 1 for a, b in runs) * geo.cluster_bytes
     left = size
     with open(device, "rb", buffering=0) as f:
         for first, last in clusters(device, offset, path):

@@ -269,7 +269,7 @@ def plan_stick(
                 f"make vfat (label EFI) on the ESP, {format_size(esp_len)} at {esp_start}",
                 lambda: _mkfs_fat(target.path, esp_start, esp_len, "EFI",
                                   secrets.token_hex(4).upper(), esp_start // 512),
-                argv=("mkfs.fat", "-F", "32", "-n", "EFI", "--offset", str(esp_start // 512)),
+                argv=("mkfs.fat", "-n", "EFI", "--offset", str(esp_start // 512)),
             )
         if fstype == "vfat":
             from liveos_tools.tools import mkfs_fat
@@ -311,6 +311,7 @@ def plan_stick(
                                                  " (loop mount)"), open_dest)
     sums = result.checksums
     sizes_of: dict[str, int] = {}
+    esp_sums: dict[str, str] = {}
     image_rel = f"{ldir}/{'rootfs.img' if opts.skipcompress else Path(layout.image).name}"
 
     def copy_image() -> None:
@@ -345,6 +346,15 @@ def plan_stick(
             sizes_of[rel] = sf.size
         for mod in modules:
             d.write_bytes(f"{sys_dir}/{mod.name}", mod.read_bytes())
+        if gpt and not opts.noesp:
+            # The ESP gets the EFI loaders and our grub.cfg (the reference tool left it empty).
+            esp = FatDest(target.path, placed[0][0], Path(str(state["scratch"])))
+            esp.mkdir("EFI/BOOT")
+            for sf in efi_sfs:
+                if not sf.path.lower().endswith("grub.cfg"):
+                    rel = "EFI/BOOT/" + Path(sf.path).name
+                    esp_sums[rel] = copy.copy(sf, esp, rel)
+            esp.write_bytes("EFI/BOOT/grub.cfg", grub_text.encode())
 
     plan.add("copy the kernel and initrd to /syslinux, EFI/BOOT, images/efiboot.img: "
              + ", ".join(rel for _, rel in boot_files), copy_boot)

@@ -156,6 +156,8 @@ def resolve(spec: str, *, format_size: int | None, formatting: bool) -> Target:
         raise TargetError(f"{spec} is neither a block device nor a disk image file")
     name = _sysfs_name((os.major(st.st_rdev), os.minor(st.st_rdev))) or path.name
     disk = whole_disk(name)
+    # Before even opening it: the system disk is refused whatever else is true.
+    refuse_system_disk(disk, mounts.mounts())
     try:
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
