@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from liveos_tools import mounts
 from liveos_tools.errors import InUseError, LiveOSError, TargetError
-from liveos_tools.run import which
+from liveos_tools.which import which
 
 if TYPE_CHECKING:
     from liveos_tools.tools.losetup import LoopDevice
@@ -374,6 +373,8 @@ def _mounted_root(
                 )
             return Path(rw[0].mountpoint)
         return Path(existing[0].mountpoint)
+    import tempfile
+
     from liveos_tools.tools import mount as mount_tool
 
     where = Path(tempfile.mkdtemp(prefix="liveos-rw-" if writable else "liveos-ro-"))

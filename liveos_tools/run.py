@@ -9,13 +9,13 @@ package when the program is not installed.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from liveos_tools.errors import ToolError, ToolMissingError
+from liveos_tools.which import which as which
 
 #: Which Debian package ships each program we run.
 TOOL_PACKAGES: dict[str, str] = {
@@ -81,15 +81,6 @@ def _clean_env(extra: Mapping[str, str] | None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
-
-
-def which(tool: str) -> str | None:
-    """Find a program on PATH, also looking in the sbin dirs a user's PATH may lack."""
-    path = os.environ.get("PATH", "")
-    for extra in ("/usr/sbin", "/sbin"):
-        if extra not in path.split(os.pathsep):
-            path = f"{path}{os.pathsep}{extra}" if path else extra
-    return shutil.which(tool, path=path)
 
 
 def require(tool: str) -> str:
