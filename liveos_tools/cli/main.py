@@ -17,16 +17,43 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 #: Each module has `register(subparsers)`, which adds its parser(s) and sets
-#: `handler="module:function"`. Keep their top-level imports to argparse only:
-#: every one of them is imported on every start.
+#: `handler="module:function"`. Keep their top-level imports to argparse only.
 COMMAND_MODULES = [
     "liveos_tools.cli.status",
     "liveos_tools.cli.maintain",
+    "liveos_tools.cli.monitor",
+    "liveos_tools.cli.tui",
     "liveos_tools.cli.home",
 ]
 
+#: Which module registers each command: when the command is known, only its module is
+#: imported and registered (a rescue shell's `liveos-overlay status` starts faster).
+#: tests/unit/test_cli_registry.py checks this against what the modules register.
+COMMAND_NAMES = {
+    "status": "liveos_tools.cli.status",
+    "repair": "liveos_tools.cli.maintain",
+    "grow": "liveos_tools.cli.maintain",
+    "reset": "liveos_tools.cli.maintain",
+    "monitor": "liveos_tools.cli.monitor",
+    "tui": "liveos_tools.cli.tui",
+    "home": "liveos_tools.cli.home",
+    "swap": "liveos_tools.cli.home",
+}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word if word in COMMAND_NAMES else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given argv naming a known command, only that command's module loads."""
+    import importlib
+
     parser = argparse.ArgumentParser(
         prog="liveos-overlay",
         description="Status, repair and maintenance of LiveOS sticks with persistent overlays.",
@@ -34,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show commands run and tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    import importlib
-
-    for name in COMMAND_MODULES:
+    chosen = _chosen_command(argv) if argv is not None else None
+    modules = [COMMAND_NAMES[chosen]] if chosen else COMMAND_MODULES
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
@@ -51,8 +78,9 @@ def _load(spec: str) -> Handler:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(words)
+    args = parser.parse_args(words)
     if args.command is None:
         parser.print_help(sys.stderr)
         return ExitCode.USAGE

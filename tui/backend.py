@@ -1,0 +1,129 @@
+"""What the app needs from the world, as a typed protocol.
+
+The app never calls liveos_tools directly: it asks a Backend. RealBackend (real.py)
+reads real sticks; FixtureBackend (fake.py) serves fixture reports to tests. This
+module imports neither textual nor anything that touches a device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+from liveos_tools.errors import LiveOSError
+
+if TYPE_CHECKING:
+    from liveos_tools.plan import Plan, Progress
+    from liveos_tools.tasks.status import StatusReport
+
+
+class StickOrigin(Enum):
+    LIVE = "running system"
+    PLUGGED = "plugged in"
+    ARGUMENT = "command line"
+
+
+@dataclass(frozen=True)
+class Stick:
+    """One thing the app shows a card for."""
+
+    #: unique and stable while the app runs: "live", a device node or a path.
+    key: str
+    #: what liveos_tools.media.open_medium takes (None: the running live system).
+    target: str | None
+    title: str
+    origin: StickOrigin
+
+
+class Action(Enum):
+    """The actions, their key and the liveos-overlay command line that does the same."""
+
+    REPAIR = "repair"
+    GROW = "grow"
+    RESET = "reset"
+    GROW_HOME = "grow-home"
+    COPY_HOME = "copy-home"
+
+    @property
+    def label(self) -> str:
+        return ACTION_LABELS[self]
+
+
+ACTION_LABELS = {
+    Action.REPAIR: "Repair overlay",
+    Action.GROW: "Grow overlay",
+    Action.RESET: "Reset overlay",
+    Action.GROW_HOME: "Grow home.img",
+    Action.COPY_HOME: "Copy home.img to another stick",
+}
+
+#: Actions that take a size (grow by).
+SIZED_ACTIONS = {Action.GROW, Action.GROW_HOME}
+DEFAULT_GROW = "512M"
+
+
+@dataclass(frozen=True)
+class ActionParams:
+    """What the user chose in the parameter dialog."""
+
+    by_bytes: int | None = None
+    dest: Stick | None = None
+    delete_existing: bool = False
+
+
+class ActionUnavailable(LiveOSError):
+    """The library has no such operation yet, or it does not apply to this stick."""
+
+
+@dataclass
+class Prepared:
+    """A plan ready to confirm. `release()` must be called once, run or not."""
+
+    plan: Plan
+    #: run it with the terminal handed over (sudo asking for a password).
+    needs_terminal: bool = False
+    #: shown in the confirm dialog, e.g. "runs as root through pkexec".
+    privilege: str | None = None
+    release: Callable[[], None] = field(default=lambda: None)
+
+
+@dataclass(frozen=True)
+class Details:
+    #: the live snapshot's dm table line, when live and readable.
+    dm_table: str | None = None
+    #: live-boot arguments found in the stick's boot loader configuration.
+    boot_args: dict[str, str] = field(default_factory=dict)
+    #: the files they were read from, relative to the stick.
+    boot_files: tuple[str, ...] = ()
+
+
+#: hotplug callback: ("add" | "remove", stick). Called from a background thread.
+StickEvent = Callable[[str, Stick], None]
+
+
+class Backend(Protocol):
+    def list_sticks(self) -> list[Stick]:
+        """Every stick to show. May be slow (probes devices): call it from a worker."""
+        ...
+
+    def status(self, stick: Stick) -> StatusReport:
+        """Read the stick now; raises LiveOSError."""
+        ...
+
+    def details(self, stick: Stick) -> Details:
+        """What only the details view shows (dm table, boot arguments); raises LiveOSError."""
+        ...
+
+    def prepare(self, stick: Stick, action: Action, params: ActionParams) -> Prepared:
+        """Build the plan; raises ActionUnavailable or LiveOSError."""
+        ...
+
+    def execute(self, prepared: Prepared, progress: Progress) -> None:
+        """Run a confirmed plan; raises LiveOSError. Called from a worker thread."""
+        ...
+
+    def watch(self, callback: StickEvent) -> Callable[[], None] | None:
+        """Start reporting sticks plugged in and removed; returns a stop function."""
+        ...

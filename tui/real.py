@@ -1,0 +1,329 @@
+"""RealBackend: real sticks through liveos_tools.
+
+Task modules are imported when an action is chosen, so the app runs even when one
+of them does not exist yet: the action then says it is not available. A user who is
+not root reads the running system from the monitor's status file and runs actions
+as the equivalent `liveos-overlay ... --yes` under pkexec or sudo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from liveos_tools.errors import LiveOSError
+from liveos_tools.media import LIVE_ROOT, Medium, parse_cmdline
+from liveos_tools.plan import Plan, Progress
+from liveos_tools.units import MiB
+
+from . import discovery
+from .backend import (
+    Action,
+    ActionParams,
+    ActionUnavailable,
+    Details,
+    Prepared,
+    Stick,
+    StickEvent,
+    StickOrigin,
+)
+
+if TYPE_CHECKING:
+    from liveos_tools.tasks.status import StatusReport
+
+#: where each action lives in the library: (module, function).
+TASKS: dict[Action, tuple[str, str]] = {
+    Action.REPAIR: ("liveos_tools.tasks.repair", "plan_repair"),
+    Action.GROW: ("liveos_tools.tasks.grow", "plan_grow"),
+    Action.RESET: ("liveos_tools.tasks.reset", "plan_reset"),
+    Action.GROW_HOME: ("liveos_tools.tasks.home", "plan_resize"),
+    Action.COPY_HOME: ("liveos_tools.tasks.home", "plan_copy"),
+}
+
+#: boot loader files that carry the kernel command line, relative to the stick's root.
+BOOT_FILES = (
+    "EFI/BOOT/grub.cfg",
+    "boot/grub2/grub.cfg",
+    "boot/grub/grub.cfg",
+    "syslinux/syslinux.cfg",
+    "syslinux/extlinux.conf",
+    "extlinux/extlinux.conf",
+    "isolinux/isolinux.cfg",
+)
+
+
+def boot_args_from_config(text: str) -> dict[str, str]:
+    """The live-boot arguments of the first kernel line that boots a live image."""
+    for line in text.splitlines():
+        if "root=live:" in line or "rd.live.image" in line:
+            return parse_cmdline(line)
+    return {}
+
+
+def running_live_system() -> bool:
+    return LIVE_ROOT.is_dir() or Path("/dev/mapper/live-rw").exists()
+
+
+def load_task(action: Action) -> Callable[..., Plan]:
+    module, func = TASKS[action]
+    try:
+        fn: Callable[..., Plan] = getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError):
+        raise ActionUnavailable(
+            f"{action.label} is not available: this liveos-tools has no {module}.{func}",
+            "update liveos-tools",
+        ) from None
+    return fn
+
+
+def size_arg(nbytes: int) -> str:
+    return f"{nbytes // MiB}M" if nbytes % MiB == 0 else f"{nbytes}b"
+
+
+def command_for(stick: Stick, action: Action, params: ActionParams, home: str | None) -> list[str]:
+    """The liveos-overlay command line that does the same as the action."""
+    target = [stick.target] if stick.target else []
+    by = ["--by", size_arg(params.by_bytes)] if params.by_bytes else []
+    if action is Action.REPAIR:
+        return ["repair", *target, "--yes"]
+    if action is Action.GROW:
+        return ["grow", *target, *by, "--yes"]
+    if action is Action.RESET:
+        return ["reset", *target, "--yes"]
+    if action is Action.GROW_HOME:
+        return ["home", "resize", home or "home.img", *by, "--yes"]
+    dest = params.dest.target if params.dest and params.dest.target else "?"
+    extra = ["--delete-existing"] if params.delete_existing else []
+    return ["home", "copy", *target, dest, *extra, "--yes"]
+
+
+def liveos_overlay_argv() -> list[str]:
+    found = shutil.which("liveos-overlay")
+    if found:
+        return [os.path.abspath(found)]
+    return [sys.executable, "-m", "liveos_tools.cli.main"]
+
+
+class RealBackend:
+    def __init__(
+        self,
+        targets: Sequence[str] = (),
+        *,
+        scan: bool = True,
+        live: bool | None = None,
+        status_file: Path | None = None,
+        is_root: bool | None = None,
+    ) -> None:
+        self.targets = list(targets)
+        self.scan = scan
+        self.live = running_live_system() if live is None else live
+        self.is_root = os.geteuid() == 0 if is_root is None else is_root
+        self.status_file = status_file
+        # Sticks found by udev: node -> stick, so a removal can name the card.
+        self._plugged: dict[str, Stick] = {}
+
+    # --- finding sticks ---
+
+    def list_sticks(self) -> list[Stick]:
+        sticks: list[Stick] = []
+        if self.live:
+            sticks.append(Stick("live", None, "This computer's live system", StickOrigin.LIVE))
+        for t in self.targets:
+            sticks.append(Stick(os.path.abspath(t), os.path.abspath(t), t, StickOrigin.ARGUMENT))
+        if self.scan:
+            for info in discovery.scan():
+                stick = self._liveos_stick(info)
+                if stick is not None:
+                    sticks.append(stick)
+        return sticks
+
+    def _liveos_stick(self, info: dict[str, str]) -> Stick | None:
+        node = info["node"]
+        if self.live and LIVE_ROOT.is_dir() and _same_device(node, LIVE_ROOT):
+            return None  # the running system's own stick: already the live card
+        stick = Stick(node, node, discovery.title_of(info), StickOrigin.PLUGGED)
+        if not self.is_root:
+            return stick if _mounted_liveos(node) else None
+        try:
+            from liveos_tools.media import open_medium
+
+            with open_medium(node):
+                pass
+        except LiveOSError:
+            return None
+        self._plugged[node] = stick
+        return stick
+
+    def watch(self, callback: StickEvent) -> Callable[[], None] | None:
+        if not self.scan:
+            return None
+
+        def handle(info: dict[str, str]) -> None:
+            node, action = info.get("node", ""), info.get("action")
+            if action == "remove":
+                old = self._plugged.pop(node, None)
+                if old is not None:
+                    callback("remove", old)
+            elif action in ("add", "change") and discovery.is_candidate(info):
+                stick = self._liveos_stick(info)
+                if stick is not None:
+                    callback("add", stick)
+
+        return discovery.start_monitor(handle)
+
+    # --- reading ---
+
+    def _published(self) -> StatusReport:
+        from liveos_tools.tasks import monitor
+
+        doc = monitor.read_published(self.status_file or monitor.STATUS_PATH)
+        return monitor.report_from_json(doc)
+
+    def status(self, stick: Stick) -> StatusReport:
+        from liveos_tools.media import open_medium
+        from liveos_tools.tasks.status import build_status
+
+        if stick.target is None and not self.is_root:
+            return self._published()
+        with open_medium(stick.target) as medium:
+            return build_status(medium)
+
+    def details(self, stick: Stick) -> Details:
+        from liveos_tools.media import open_medium
+
+        if stick.target is None and not self.is_root:
+            return Details()
+        with open_medium(stick.target) as medium:
+            return Details(_dm_table(medium), *_boot_args(medium))
+
+    # --- acting ---
+
+    def prepare(self, stick: Stick, action: Action, params: ActionParams) -> Prepared:
+        if not self.is_root:
+            return self._privileged(stick, action, params)
+        fn = load_task(action)
+        from liveos_tools.media import open_medium
+
+        stack = contextlib.ExitStack()
+        try:
+            medium = stack.enter_context(open_medium(stick.target))
+            plan = self._plan(fn, stack, medium, action, params)
+        except BaseException:
+            stack.close()
+            raise
+        return Prepared(plan=plan, release=stack.close)
+
+    def _plan(
+        self,
+        fn: Callable[..., Plan],
+        stack: contextlib.ExitStack,
+        medium: Medium,
+        action: Action,
+        params: ActionParams,
+    ) -> Plan:
+        if action is Action.GROW:
+            return fn(medium, by_bytes=params.by_bytes)
+        if action is Action.GROW_HOME:
+            if medium.home_path is None:
+                raise ActionUnavailable("this stick has no home.img to grow")
+            return fn(medium.home_path, by_bytes=params.by_bytes)
+        if action is Action.COPY_HOME:
+            if params.dest is None:
+                raise ActionUnavailable("choose the stick to copy home.img to")
+            from liveos_tools.media import open_medium
+
+            dest = stack.enter_context(open_medium(params.dest.target))
+            return fn(medium, dest, delete_existing=params.delete_existing)
+        return fn(medium)
+
+    def _privileged(self, stick: Stick, action: Action, params: ActionParams) -> Prepared:
+        home = None
+        if action is Action.GROW_HOME and stick.target is None:
+            home = str(LIVE_ROOT / "LiveOS" / "home.img")
+        tail = command_for(stick, action, params, home)
+        graphical = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+        if shutil.which("pkexec") and graphical:
+            tool, needs_terminal = "pkexec", False
+        elif shutil.which("sudo"):
+            tool, needs_terminal = "sudo", True
+        else:
+            raise ActionUnavailable(
+                f"{action.label} needs root, and neither pkexec nor sudo is installed",
+                "run liveos-tui as root",
+            )
+        argv = [tool, *liveos_overlay_argv(), *tail]
+        plan = Plan(title=action.label, target=stick.title)
+
+        def run_it() -> None:
+            from liveos_tools.run import run
+
+            run(argv)
+
+        plan.add(f"run as root through {tool}", run_it, argv=argv)
+        dry = " ".join(["liveos-overlay", *[a for a in tail if a != "--yes"], "--dry-run"])
+        plan.notes.append(f"you are not root: {tool} asks for a password first")
+        plan.notes.append(f"to see every step it takes, run as root: {dry}")
+        if action is Action.RESET:
+            plan.destroys.append("every change saved in the overlay")
+        return Prepared(
+            plan=plan,
+            needs_terminal=needs_terminal,
+            privilege=f"runs as root through {tool}",
+        )
+
+    def execute(self, prepared: Prepared, progress: Progress) -> None:
+        try:
+            prepared.plan.execute(progress)
+        except OSError as exc:  # a task let one through: still a message, not a traceback
+            raise LiveOSError(f"{prepared.plan.title} failed: {exc}") from exc
+
+
+def _same_device(node: str, path: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return os.stat(node).st_rdev == os.stat(path).st_dev
+    return False
+
+
+def _mounted_liveos(node: str) -> bool:
+    from liveos_tools import mounts
+
+    with contextlib.suppress(OSError):
+        st = os.stat(node)
+        for m in mounts.mounts_of_device((os.major(st.st_rdev), os.minor(st.st_rdev))):
+            if (Path(m.mountpoint) / "LiveOS").is_dir():
+                return True
+    return False
+
+
+def _dm_table(medium: Medium) -> str | None:
+    if medium.live_dm is None:
+        return None
+    from liveos_tools.run import run
+
+    with contextlib.suppress(LiveOSError):
+        return run(["dmsetup", "table", medium.live_dm]).stdout.strip() or None
+    return None
+
+
+def _boot_args(medium: Medium) -> tuple[dict[str, str], tuple[str, ...]]:
+    if medium.root is None:
+        return {}, ()
+    found: dict[str, str] = {}
+    files: list[str] = []
+    for rel in BOOT_FILES:
+        try:
+            text = (medium.root / rel).read_text(errors="replace")
+        except OSError:
+            continue
+        args = boot_args_from_config(text)
+        if args:
+            files.append(rel)
+            for k, v in args.items():
+                found.setdefault(k, v)
+    return found, tuple(files)
