@@ -144,11 +144,19 @@ class NoDmCryptError(LiveOSError):
 
 def require_dm_crypt() -> None:
     """Refuse early (before any change) on a kernel without device-mapper."""
-    if not os.path.exists("/dev/mapper/control"):
+    # Opening the control node (not just finding it) makes the kernel load dm_mod
+    # where it is a module; ENODEV means there is no driver behind the node.
+    try:
+        os.close(os.open("/dev/mapper/control", os.O_RDWR))
+    except PermissionError:
+        raise LiveOSError(
+            "opening a LUKS container needs root", "run the command with sudo"
+        ) from None
+    except OSError:
         raise NoDmCryptError(
             "opening a LUKS container needs device-mapper (dm-crypt), and this kernel has none",
             "load it (modprobe dm_crypt) or run on a system that has it",
-        )
+        ) from None
 
 
 def dm_node(name: str) -> str:
