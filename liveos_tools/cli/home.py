@@ -59,7 +59,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--to", metavar="SIZE", help="the new size of home.img")
     size.add_argument(
-        "--by", metavar="[+|-]SIZE", help="grow by SIZE, or shrink with a leading minus"
+        "--by",
+        metavar="[+|-]SIZE",
+        help="grow by SIZE, or shrink with a minus: --by=-512M (with '=')",
     )
     _passphrase_option(p)
     _write_options(p)
@@ -249,6 +251,9 @@ def run_create(args: argparse.Namespace) -> int:
                 encrypt=False,
                 delete_existing=args.delete_home,
             )
+            from liveos_tools.tools import cryptsetup
+
+            cryptsetup.require_dm_crypt()
             passphrase = _passphrase(args, twice=True)
         plan = home.plan_create(
             path,

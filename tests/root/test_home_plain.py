@@ -283,3 +283,29 @@ def test_copy_killed_leaves_old_file_or_nothing(tmp_path: Path) -> None:
     assert cli("home", "copy", str(src), str(old), "--delete-home", "--yes") == 0
     assert sha(old) == sha(src)
     assert sorted(p.name for p in backups.iterdir()) == [".none-yet.img.partial", "old.img"]
+
+
+def test_disk_image_target_is_mounted_writable_and_released(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "tree"
+    (src / "LiveOS").mkdir(parents=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    sh("mksquashfs", str(empty), str(src / "LiveOS" / "squashfs.img"), "-quiet", "-no-progress")
+    disk = tmp_path / "disk.img"
+    with disk.open("wb") as f:
+        f.truncate(200 * MiB)
+    sh("sfdisk", "-q", str(disk), input=b"start=2048, type=83\n")
+    sh("mkfs.ext4", "-q", "-F", "-E", "offset=1048576", "-d", str(src), str(disk), "190M")
+
+    assert cli("home", "create", str(disk), "--size", "40M", "--no-encrypt") == 0
+    assert cli("home", "resize", str(disk), "--by", "8M", "--yes") == 0
+    capsys.readouterr()
+    assert cli("home", "check", str(disk), "--json") == 0
+    out = capsys.readouterr().out
+    assert '"size_bytes": 50331648' in out and '"fsck_clean": true' in out
+    # Everything attached and mounted on the way was released.
+    assert str(disk) not in sh("losetup", "--list", "--noheadings", "--output", "BACK-FILE")
+    debugfs = sh("debugfs", "-R", "ls -l /LiveOS", f"{disk}?offset=1048576")
+    assert "home.img" in debugfs and "50331648" in debugfs
