@@ -19,6 +19,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
+from textual.events import DescendantFocus
 from textual.widgets import Footer, Header, Static
 
 from liveos_tools.errors import LiveOSError
@@ -83,6 +84,7 @@ class LiveOSApp(App[int]):
         self._stop_watch: Callable[[], None] | None = None
         #: the last action's outcome, for tests and the exit code: "done", "cancelled", "failed".
         self.last_outcome: str | None = None
+        self._selected_key: str | None = None
 
     # --- layout ---
 
@@ -115,11 +117,14 @@ class LiveOSApp(App[int]):
 
     @property
     def selected(self) -> StickCard | None:
-        focused = self.focused
-        if isinstance(focused, StickCard):
-            return focused
+        """The stick actions apply to: the card last focused (also under a details view)."""
         cards = self.cards
-        return cards[0] if cards else None
+        chosen = self.card_for(self._selected_key) if self._selected_key else None
+        return chosen or (cards[0] if cards else None)
+
+    def on_descendant_focus(self, event: DescendantFocus) -> None:
+        if isinstance(event.widget, StickCard):
+            self._selected_key = event.widget.stick.key
 
     def _update_empty(self) -> None:
         empty = self.query_one("#empty", Static)

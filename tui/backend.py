@@ -13,9 +13,9 @@ from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
 from liveos_tools.errors import LiveOSError
+from liveos_tools.plan import Plan, Progress
 
 if TYPE_CHECKING:
-    from liveos_tools.plan import Plan, Progress
     from liveos_tools.tasks.status import StatusReport
 
 
@@ -87,6 +87,9 @@ class Prepared:
     #: shown in the confirm dialog, e.g. "runs as root through pkexec".
     privilege: str | None = None
     release: Callable[[], None] = field(default=lambda: None)
+    #: how to carry it out, when that is more than plan.execute (e.g. re-planning on a
+    #: writable mount of a device, as the CLI does). None: plan.execute.
+    run: Callable[[Progress], None] | None = None
 
 
 @dataclass(frozen=True)

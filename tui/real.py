@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from liveos_tools.errors import LiveOSError
-from liveos_tools.media import LIVE_ROOT, Medium, parse_cmdline
+from liveos_tools.media import LIVE_ROOT, HomeKind, Medium, Source, parse_cmdline
 from liveos_tools.plan import Plan, Progress
 from liveos_tools.units import MiB
 
@@ -86,7 +86,7 @@ def size_arg(nbytes: int) -> str:
     return f"{nbytes // MiB}M" if nbytes % MiB == 0 else f"{nbytes}b"
 
 
-def command_for(stick: Stick, action: Action, params: ActionParams, home: str | None) -> list[str]:
+def command_for(stick: Stick, action: Action, params: ActionParams) -> list[str]:
     """The liveos-overlay command line that does the same as the action."""
     target = [stick.target] if stick.target else []
     by = ["--by", size_arg(params.by_bytes)] if params.by_bytes else []
@@ -96,11 +96,12 @@ def command_for(stick: Stick, action: Action, params: ActionParams, home: str | 
         return ["grow", *target, *by, "--yes"]
     if action is Action.RESET:
         return ["reset", *target, "--yes"]
+    live = [stick.target or str(LIVE_ROOT)]
     if action is Action.GROW_HOME:
-        return ["home", "resize", home or "home.img", *by, "--yes"]
-    dest = params.dest.target if params.dest and params.dest.target else "?"
-    extra = ["--delete-existing"] if params.delete_existing else []
-    return ["home", "copy", *target, dest, *extra, "--yes"]
+        return ["home", "resize", *live, *by, "--yes"]
+    dest = params.dest.target if params.dest and params.dest.target else str(LIVE_ROOT)
+    extra = ["--delete-home"] if params.delete_existing else []
+    return ["home", "copy", *live, dest, *extra, "--yes"]
 
 
 def liveos_overlay_argv() -> list[str]:
@@ -208,45 +209,65 @@ class RealBackend:
         if not self.is_root:
             return self._privileged(stick, action, params)
         fn = load_task(action)
-        from liveos_tools.media import open_medium
-
         stack = contextlib.ExitStack()
         try:
-            medium = stack.enter_context(open_medium(stick.target))
-            plan = self._plan(fn, stack, medium, action, params)
+            plan, medium = self._plan(fn, stack, stick, action, params, writable=False)
         except BaseException:
             stack.close()
             raise
-        return Prepared(plan=plan, release=stack.close)
+        if medium.source not in (Source.IMAGE, Source.DEVICE):
+            return Prepared(plan=plan, release=stack.close)
+
+        def run(progress: Progress) -> None:
+            # As the CLI does: the plan shown was made on a read-only mount; carry it
+            # out on a writable one, planned again the same way.
+            stack.close()
+            with contextlib.ExitStack() as wstack:
+                again, _ = self._plan(fn, wstack, stick, action, params, writable=True)
+                again.execute(progress)
+
+        return Prepared(plan=plan, release=stack.close, run=run)
 
     def _plan(
         self,
         fn: Callable[..., Plan],
         stack: contextlib.ExitStack,
-        medium: Medium,
+        stick: Stick,
         action: Action,
         params: ActionParams,
-    ) -> Plan:
-        if action is Action.GROW:
-            return fn(medium, by_bytes=params.by_bytes)
-        if action is Action.GROW_HOME:
-            if medium.home_path is None:
-                raise ActionUnavailable("this stick has no home.img to grow")
-            return fn(medium.home_path, by_bytes=params.by_bytes)
-        if action is Action.COPY_HOME:
-            if params.dest is None:
-                raise ActionUnavailable("choose the stick to copy home.img to")
-            from liveos_tools.media import open_medium
+        *,
+        writable: bool,
+    ) -> tuple[Plan, Medium]:
+        from liveos_tools.media import open_medium
 
-            dest = stack.enter_context(open_medium(params.dest.target))
-            return fn(medium, dest, delete_existing=params.delete_existing)
-        return fn(medium)
+        medium = stack.enter_context(open_medium(stick.target, writable=writable))
+        if action is Action.GROW:
+            return fn(medium, by_bytes=params.by_bytes), medium
+        if action in (Action.REPAIR, Action.RESET):
+            return fn(medium), medium
+        if medium.home_path is None:
+            raise ActionUnavailable(
+                f"{stick.title} has no home.img", "make one: liveos-overlay home create"
+            )
+        if action is Action.GROW_HOME:
+            if medium.home_kind is HomeKind.LUKS:
+                raise ActionUnavailable(
+                    "home.img is encrypted: grow it in a terminal, which asks for the passphrase",
+                    "run: liveos-overlay home resize "
+                    + (stick.target or "/run/initramfs/live")
+                    + f" --by {size_arg(params.by_bytes or 0)}",
+                )
+            return fn(medium.home_path, by_bytes=params.by_bytes), medium
+        if params.dest is None:
+            raise ActionUnavailable("choose the stick to copy home.img to")
+        dest = stack.enter_context(open_medium(params.dest.target, writable=writable))
+        if dest.livedir_path is None:
+            raise ActionUnavailable(f"{params.dest.title} has no {dest.livedir} folder to copy to")
+        dest_path = dest.livedir_path / medium.home_path.name
+        return fn(medium.home_path, dest_path, delete_existing=params.delete_existing), medium
 
     def _privileged(self, stick: Stick, action: Action, params: ActionParams) -> Prepared:
-        home = None
-        if action is Action.GROW_HOME and stick.target is None:
-            home = str(LIVE_ROOT / "LiveOS" / "home.img")
-        tail = command_for(stick, action, params, home)
+        tail = command_for(stick, action, params)
         graphical = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
         if shutil.which("pkexec") and graphical:
             tool, needs_terminal = "pkexec", False
@@ -279,7 +300,10 @@ class RealBackend:
 
     def execute(self, prepared: Prepared, progress: Progress) -> None:
         try:
-            prepared.plan.execute(progress)
+            if prepared.run is not None:
+                prepared.run(progress)
+            else:
+                prepared.plan.execute(progress)
         except OSError as exc:  # a task let one through: still a message, not a traceback
             raise LiveOSError(f"{prepared.plan.title} failed: {exc}") from exc
 

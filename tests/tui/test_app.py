@@ -396,3 +396,21 @@ async def test_live_history_and_time_left() -> None:
         left = (total - (used0 + 3 * MiB)) / (MiB / 10)
         assert card.history.seconds_left(total) == pytest.approx(left)
         assert f"full in ~{left / 3600:.1f} h" in screen_text(app)
+
+
+async def test_actions_from_the_details_view_apply_to_that_stick() -> None:
+    backend = FixtureBackend(fixture_sticks("02", "05"))
+    app = make_app(backend)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await select(app, pilot, "/dev/sde1")
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert isinstance(app.screen, DetailsScreen)
+        await pilot.press("r")
+        await settle(app, pilot)
+        assert isinstance(app.screen, ConfirmDialog)
+        assert "Repair overlay: CLASS5 /dev/sde1 (ext4)" in screen_text(app)
+        await pilot.press("n")
+        await settle(app, pilot)
+        assert backend.prepared[0][0] == "/dev/sde1" and backend.executed == []
