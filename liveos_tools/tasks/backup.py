@@ -46,9 +46,16 @@ RAM_FILESYSTEMS = ("tmpfs", "ramfs")
 
 
 def kill_point(name: str) -> None:
-    """Crash-safety tests kill the command at named points of its write order."""
-    if os.environ.get(ENV_KILL_AT) == name:
+    """Crash-safety tests kill the command at named points of its write order.
+
+    LIVEOS_TEST_KILL_AT=<point> sends SIGKILL (a power cut); <point>:INT sends SIGINT
+    (Ctrl-C), which the command must answer by tearing down and restoring.
+    """
+    want = os.environ.get(ENV_KILL_AT)
+    if want == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    elif want == f"{name}:INT":
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 @dataclass(frozen=True)

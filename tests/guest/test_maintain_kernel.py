@@ -175,13 +175,40 @@ def test_sigkill_at_every_step_then_restore_is_byte_exact(tmp_path: Path) -> Non
         no_leftovers(stick)
 
 
-def test_repair_refuses_an_overlay_in_use(tmp_path: Path) -> None:
+def test_refusal_failure_and_ctrl_c_leave_the_original(tmp_path: Path) -> None:
     stick = build_stick(tmp_path)
     break_overlay(stick, tmp_path, overflow=False)
-    before = hashlib.sha256(stick.overlay.read_bytes()).hexdigest()
+    original = stick.overlay.read_bytes()
+    bk = tmp_path / "bk"
     with snapshot(_name(), stick.rootfs, stick.overlay, overflow=False):
-        res = cli("repair", stick.root, "--yes", "--backup-dir", tmp_path / "bk")
+        res = cli("repair", stick.root, "--yes", "--backup-dir", bk)
         assert res.returncode == ExitCode.IN_USE, res.stderr
         assert "held by dm-" in res.stderr
-    assert hashlib.sha256(stick.overlay.read_bytes()).hexdigest() == before
-    assert not (tmp_path / "bk").exists()
+    assert stick.overlay.read_bytes() == original
+    assert not bk.exists()
+    # e2fsck failing (a fake one: no real e2fsck fails on demand): restored, and it says so
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "e2fsck").write_text("#!/bin/sh\necho 'fake: uncorrected' >&2\nexit 4\n")
+    (fake / "e2fsck").chmod(0o755)
+    path = f"{fake}:{os.environ['PATH']}"
+    res = cli("repair", stick.root, "--yes", "--backup-dir", bk, env={"PATH": path})
+    assert res.returncode == ExitCode.TOOL_FAILED, res.stderr
+    assert "4 (errors were left uncorrected)" in res.stderr
+    assert "the original overlay was restored from" in res.stderr
+    assert "byte for byte (checksum verified)" in res.stderr
+    assert stick.overlay.read_bytes() == original
+    no_leftovers(stick)
+    # Ctrl-C after e2fsck changed things: torn down and restored
+    res = cli(
+        "repair",
+        stick.root,
+        "--yes",
+        "--backup-dir",
+        bk,
+        env={"LIVEOS_TEST_KILL_AT": "repair-fsck-fix:INT"},
+    )
+    assert res.returncode == ExitCode.ABORTED, res.stderr
+    assert "interrupted: the original overlay was restored" in res.stderr
+    assert stick.overlay.read_bytes() == original
+    no_leftovers(stick)

@@ -303,3 +303,23 @@ def test_repair_without_device_mapper_changes_nothing(stick: Stick, tmp_path: Pa
     assert_refused(res, ExitCode.BAD_TARGET, "no device-mapper")
     assert "nothing on the stick was changed" in res.stderr
     assert tree_hashes(tmp_path) == before
+
+
+def test_damaged_table_says_what_it_drops_and_asks(stick: Stick, tmp_path: Path) -> None:
+    with open(stick.overlay, "r+b") as f:
+        f.seek(4096 + 30 * 16)
+        f.write(struct.pack("<QQ", 999, 2))  # entry 30 reuses entry 0's data chunk
+    before = tree_hashes(tmp_path)
+    res = cli("repair", stick.root, "--dry-run", "--backup-dir", tmp_path / "bk")
+    assert res.returncode == 0, res.stderr
+    assert (
+        "destroys: the exception table is damaged at area 0 entry 30 (entry reuses data chunk 2)"
+        ": the last 10 recorded changes are dropped" in res.stderr
+    )
+    assert f"write {stick.overlay} bytes 4576..8192 (3616 bytes): zeros: table end" in res.stderr
+    assert_refused(
+        cli("repair", stick.root, "--backup-dir", tmp_path / "bk"),
+        ExitCode.ABORTED,
+        "needs confirmation",
+    )
+    assert tree_hashes(tmp_path) == before
