@@ -57,6 +57,10 @@ PRELOAD_MODULES: tuple[str, ...] = (
     "nls_iso8859_1",
     "nls_utf8",
     "nls_ascii",
+    # dm-crypt's default LUKS2 cipher (aes-xts-plain64); the guest cannot autoload.
+    "xts",
+    "aesni_intel",
+    "algif_skcipher",
     "iso9660",
     "overlay",
 )
