@@ -150,7 +150,13 @@ class RealBackend:
             return None  # the running system's own stick: already the live card
         stick = Stick(node, node, discovery.title_of(info), StickOrigin.PLUGGED)
         if not self.is_root:
-            return stick if _mounted_liveos(node) else None
+            # Without root only a stick the desktop mounted can be read: through its folder.
+            where = _mounted_liveos(node)
+            if where is None:
+                return None
+            stick = Stick(node, where, stick.title, StickOrigin.PLUGGED)
+            self._plugged[node] = stick
+            return stick
         try:
             from liveos_tools.media import open_medium
 
@@ -314,15 +320,16 @@ def _same_device(node: str, path: Path) -> bool:
     return False
 
 
-def _mounted_liveos(node: str) -> bool:
+def _mounted_liveos(node: str) -> str | None:
+    """Where the device is mounted with a LiveOS folder, if it is."""
     from liveos_tools import mounts
 
     with contextlib.suppress(OSError):
         st = os.stat(node)
         for m in mounts.mounts_of_device((os.major(st.st_rdev), os.minor(st.st_rdev))):
             if (Path(m.mountpoint) / "LiveOS").is_dir():
-                return True
-    return False
+                return m.mountpoint
+    return None
 
 
 def _dm_table(medium: Medium) -> str | None:
