@@ -128,11 +128,23 @@ def _run_one(job: Job) -> Outcome:
 
 
 def write_all(prepared: Prepared, *, parallel: bool = True) -> list[Outcome]:
+    """Write every target; one overall progress line on a terminal (bytes of every
+    target's live image together, rate, ETA), per-target lines otherwise."""
+    from liveos_tools.writer import copy
+
     jobs = prepared.jobs
-    if len(jobs) == 1 or not parallel:
-        return [_run_one(j) for j in jobs]
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        return list(pool.map(_run_one, jobs))
+    board = copy.Board()
+    for j in jobs:
+        board.add(j.result.copy_bytes)
+    copy.set_board(board)
+    try:
+        if len(jobs) == 1 or not parallel:
+            return [_run_one(j) for j in jobs]
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            return list(pool.map(_run_one, jobs))
+    finally:
+        board.finish()
+        copy.set_board(None)
 
 
 def summary_table(outcomes: list[Outcome]) -> str:

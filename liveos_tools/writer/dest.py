@@ -21,12 +21,22 @@ from typing import Protocol
 from liveos_tools.errors import LiveOSError
 from liveos_tools.run import run
 from liveos_tools.tools import mtools
+from liveos_tools.writer import copy as copy_mod
+from liveos_tools.writer.source import SourceFile
+
+#: Files at least this big are written straight into clusters allocated for them.
+FAST_MIN = 1 << 20
+ZEROS = bytes(8 << 20)
 
 
 class Dest(Protocol):
     fstype: str
 
     def mkdir(self, rel: str) -> None: ...
+    def write_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
+                   checksum: bool) -> copy_mod.Checksum | None: ...
+    def checksum(self, rel: str, size: int) -> copy_mod.Checksum: ...
+    def zero_head(self, rel: str, length: int) -> None: ...
     def write_stream(self, rel: str, size: int, chunks: Iterable[bytes]) -> None: ...
     def write_zeros(self, rel: str, size: int) -> None: ...
     def write_bytes(self, rel: str, data: bytes) -> None: ...
@@ -48,6 +58,17 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
+def _write_zeros(fd: int, pieces: list[tuple[int, int]]) -> None:
+    """Real zeros (a reused stick's old bytes must not look like an overlay header)."""
+    kicker = copy_mod.Kicker(fd)
+    for off, length in pieces:
+        while length > 0:
+            n = os.pwrite(fd, memoryview(ZEROS)[: min(length, len(ZEROS))], off)
+            kicker.wrote(off, n)
+            off, length = off + n, length - n
+    kicker.flush()
+
+
 class FatDest:
     fstype = "vfat"
 
@@ -63,6 +84,55 @@ class FatDest:
 
     def mkdir(self, rel: str) -> None:
         mtools.mmd(self.device, self.offset, rel)
+
+    def _grow(self, rel: str, size: int) -> list[tuple[int, int]] | None:
+        """Make `rel` a file of `size` bytes whose clusters we allocated; where its data
+        goes. None when mtools must do it (small files, FAT12)."""
+        if size < FAST_MIN or mtools.fat_bits(mtools.read_geometry(self.device, self.offset)) == 12:
+            return None
+        placeholder = self._tmp("placeholder")
+        placeholder.write_bytes(b"\0")
+        try:
+            mtools.copy_in(self.device, self.offset, placeholder, rel)
+        finally:
+            placeholder.unlink()
+        return mtools.grow_placeholder(self.device, self.offset, rel, 1, size)
+
+    def write_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
+                   checksum: bool) -> copy_mod.Checksum | None:  # fmt: skip
+        pieces = self._grow(rel, sf.size)
+        if pieces is None:
+            hasher = copy_mod.SegmentHasher() if checksum else None
+            self.write_stream(rel, sf.size, copy_mod.source_chunks(sf, hasher, progress))
+            return hasher.result() if hasher else None
+        fd = os.open(self.device, os.O_WRONLY)
+        try:
+            return copy_mod.transfer(sf, fd, pieces, checksum=checksum, progress=progress)
+        finally:
+            os.close(fd)
+
+    def checksum(self, rel: str, size: int) -> copy_mod.Checksum:
+        geo = mtools.read_geometry(self.device, self.offset)
+        runs = mtools.clusters(self.device, self.offset, rel)
+        pieces = mtools.data_pieces(geo, self.offset, runs, size)
+        fd = os.open(self.device, os.O_RDONLY)
+        try:
+            return copy_mod.read_back(fd, pieces, size, rel)
+        finally:
+            os.close(fd)
+
+    def zero_head(self, rel: str, length: int) -> None:
+        """Zero the first `length` bytes of an existing file, in place."""
+        geo = mtools.read_geometry(self.device, self.offset)
+        runs = mtools.clusters(self.device, self.offset, rel)
+        allocated = sum(b - a + 1 for a, b in runs) * geo.cluster_bytes
+        pieces = mtools.data_pieces(geo, self.offset, runs, min(length, allocated))
+        fd = os.open(self.device, os.O_WRONLY)
+        try:
+            _write_zeros(fd, pieces)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def write_stream(self, rel: str, size: int, chunks: Iterable[bytes]) -> None:
         fifo = self._tmp("fifo")
@@ -111,6 +181,14 @@ class FatDest:
             raise LiveOSError(f"mcopy never opened its input for {rel}")
 
     def write_zeros(self, rel: str, size: int) -> None:
+        pieces = self._grow(rel, size)
+        if pieces is not None:
+            fd = os.open(self.device, os.O_WRONLY)
+            try:
+                _write_zeros(fd, pieces)
+            finally:
+                os.close(fd)
+            return
         # mcopy of a sparse file writes real zeros into allocated clusters.
         src = self._tmp("zeros")
         with open(src, "wb") as f:
@@ -157,16 +235,46 @@ class FatDest:
 class MountedDest:
     """A mounted ext* (or other kernel-supported) filesystem."""
 
-    def __init__(self, root: Path, fstype: str, device: str) -> None:
+    def __init__(self, root: Path, fstype: str, device: str,
+                 backing: tuple[str, int, int] | None = None) -> None:  # fmt: skip
         self.root = root
         self.fstype = fstype
         self.device = device
+        #: (disk or image, offset, length) under the loop device, to drop from the cache
+        self.backing = backing
 
     def _p(self, rel: str) -> Path:
         return self.root / rel.strip("/")
 
     def mkdir(self, rel: str) -> None:
         self._p(rel).mkdir(parents=True, exist_ok=True)
+
+    def write_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
+                   checksum: bool) -> copy_mod.Checksum | None:  # fmt: skip
+        fd = os.open(self._p(rel), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            if sf.size:
+                os.posix_fallocate(fd, 0, sf.size)  # contiguous, and no space = fails now
+            return copy_mod.transfer(sf, fd, [(0, sf.size)], checksum=checksum,
+                                     progress=progress)
+        finally:
+            os.close(fd)
+
+    def checksum(self, rel: str, size: int) -> copy_mod.Checksum:
+        fd = os.open(self._p(rel), os.O_RDONLY)
+        try:
+            return copy_mod.read_back(fd, [(0, size)], size, rel)
+        finally:
+            os.close(fd)
+
+    def zero_head(self, rel: str, length: int) -> None:
+        fd = os.open(self._p(rel), os.O_WRONLY)
+        try:
+            n = min(length, os.fstat(fd).st_size)
+            _write_zeros(fd, [(0, n)])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def write_stream(self, rel: str, size: int, chunks: Iterable[bytes]) -> None:
         with open(self._p(rel), "wb") as f:
@@ -216,6 +324,17 @@ class MountedDest:
     def sync(self) -> None:
         # os.syncfs is not in Python 3.11; sync(2) covers this filesystem too.
         os.sync()
+        if self.backing:
+            # The loop device writes through the image's page cache: drop it too, so a
+            # read-back comes from the disk.
+            path, offset, length = self.backing
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
 
 
 @contextlib.contextmanager
@@ -234,7 +353,7 @@ def mounted_range(
         try:
             mount_tool.mount(loop, where, fstype=fstype, options="rw")
             try:
-                yield MountedDest(where, fstype, loop)
+                yield MountedDest(where, fstype, loop, (device, offset, length))
             finally:
                 mount_tool.umount(where)
         finally:

@@ -13,7 +13,7 @@ import os
 import secrets
 import tempfile
 import uuid as uuidlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from liveos_tools.units import MiB, format_size
 from liveos_tools.writer import bootcfg, copy
 from liveos_tools.writer.dest import Dest, FatDest, mounted_range
 from liveos_tools.writer.layout import Layout
-from liveos_tools.writer.source import Source
+from liveos_tools.writer.source import Source, SourceFile
 from liveos_tools.writer.target import Target, TargetKind
 
 FAT_MAX_FILE = 4 * 1024**3 - 1
@@ -33,6 +33,7 @@ ESP_SIZE = 64 * MiB
 FAT_LABEL_MAX = 11
 EXT_LABEL_MAX = 16
 FSTYPES = ("vfat", "ext4", "ext3", "ext2")
+RESET_BYTES = 64 * 1024  # dracut's rd.live.overlay.reset zeroes this much
 
 
 @dataclass
@@ -118,12 +119,15 @@ class StickResult:
     label: str
     overlay_name: str | None
     checksums: dict[str, str] = field(default_factory=dict)
+    #: bytes of the live image this plan copies (for the overall progress)
+    copy_bytes: int = 0
 
 
-def _persistence(opts: WriteOptions, layout: Layout) -> bootcfg.Persistence:
+def _persistence(opts: WriteOptions, layout: Layout, keep: bool = False) -> bootcfg.Persistence:
+    """`keep`: an overlay is copied from the source or kept on the target."""
     p = opts.overlay
     if p is None:
-        p = bootcfg.Persistence.DM if opts.overlay_size else bootcfg.Persistence.NONE
+        p = bootcfg.Persistence.DM if opts.overlay_size or keep else bootcfg.Persistence.NONE
     if p is bootcfg.Persistence.DM and not layout.nested and not opts.skipcompress:
         opts.notes.append("the squashfs is flat: using OverlayFS persistence (FACTS: flat "
                           "images cannot take a device-mapper overlay)")
@@ -147,9 +151,28 @@ def plan_stick(
     """Build the whole plan for one target. Raises before anything is written."""
     from liveos_tools.tools import syslinux
 
-    persistence = _persistence(opts, layout)
     plan = Plan("write a LiveOS stick", target.spec)
-    plan.notes.extend(opts.notes)
+    ldir = opts.livedir
+    pre_fs = None if opts.format else existing_fs
+    pre_label = clean_label(opts.label or pre_fs.label, pre_fs.fstype) if pre_fs else ""
+    existing_ov = None
+    if pre_fs is not None and (opts.reset_overlay or not opts.overlay_size):
+        rel = f"{ldir}/overlay-{pre_label}-{pre_fs.uuid}"
+        existing_ov = rel if fs_has(pre_fs, rel) else None
+    copy_ov = source_overlay(src, layout) if opts.copy_overlay else None
+    if copy_ov is not None:
+        check_same_base(src, layout, opts, pre_fs, plan)
+    copy_home = source_home(src, layout) if opts.copy_home else None
+    if opts.reset_overlay and copy_ov is None and not opts.overlay_size and existing_ov is None:
+        raise UsageError(
+            f"--reset-overlay: {target.spec} has no overlay of its own to reset",
+            "make a new one with --overlay-size-mb N",
+        )
+    if opts.reset_overlay and (copy_ov is not None or opts.overlay_size):
+        plan.notes.append("--reset-overlay: the overlay is new anyway")
+    keep_ov = existing_ov is not None and copy_ov is None and not opts.overlay_size
+    persistence = _persistence(opts, layout, keep=copy_ov is not None or keep_ov)
+    plan.notes[:0] = opts.notes
     fstype = opts.fstype if opts.format else (existing_fs.fstype if existing_fs else "vfat")
     if fstype not in FSTYPES:
         raise UsageError(f"unsupported filesystem {fstype!r}", f"use one of {', '.join(FSTYPES)}")
@@ -170,9 +193,27 @@ def plan_stick(
         image_size = _nested_rootfs_size(image_sf.backing, image_sf.offset) or image_size * 4
     overlay_size = opts.overlay_size if persistence is bootcfg.Persistence.DM or (
         persistence is bootcfg.Persistence.OVERLAYFS and fstype == "vfat") else 0
+    if copy_ov is not None:
+        if opts.overlay_size and opts.overlay_size != copy_ov.size:
+            plan.notes.append(f"--copy-overlay: the copy keeps the source overlay's size "
+                              f"({format_size(copy_ov.size)}), not --overlay-size-mb; grow it "
+                              "later with `liveos-overlay grow`")
+        overlay_size = copy_ov.size
+    home_size = opts.home_size
+    if copy_home is not None:
+        if opts.home_size:
+            plan.notes.append("--copy-home: the source's home.img is copied; "
+                              "--home-size-mb is ignored")
+        home_size = copy_home.size
+        if pre_fs is not None and not opts.delete_home and fs_has(pre_fs, f"{ldir}/home.img"):
+            from liveos_tools.tasks.home import ExistsError
+
+            raise ExistsError(f"{target.spec} already has {ldir}/home.img",
+                              "add --delete-home to replace it with the source's (its files "
+                              "will be lost)")
     boot_bytes = 2 * (kernel_sf.size + initrd_sf.size) + sum(s.size for s in efi_sfs) + (
         efiboot_sf.size if efiboot_sf else 0) + 2 * MiB
-    sizes = Sizes(image_size, boot_bytes, overlay_size, opts.home_size, opts.swap_size)
+    sizes = Sizes(image_size, boot_bytes, overlay_size, home_size, opts.swap_size)
 
     if fstype == "vfat":
         for what, n in (("the live image", image_size), ("the overlay", sizes.overlay),
@@ -236,7 +277,6 @@ def plan_stick(
                          f"overlay-{label}-{uuid}" if overlay_size or persistence in (
                              bootcfg.Persistence.DM, bootcfg.Persistence.OVERLAYFS) else None)
     title = (src.label or "LiveOS").strip()
-    ldir = opts.livedir
     sys_dir = "syslinux"
     syslinux_text = bootcfg.syslinux_cfg(args, title=title, timeout_s=opts.timeout,
                                          menu=not opts.nomenu, bootmsg=not opts.nobootmsg)
@@ -309,9 +349,13 @@ def plan_stick(
 
     plan.add(f"open the {fstype} filesystem" + (" (through mtools)" if fstype == "vfat" else
                                                  " (loop mount)"), open_dest)
-    sums = result.checksums
-    sizes_of: dict[str, int] = {}
-    esp_sums: dict[str, str] = {}
+    verify_on = not opts.noverify
+    checks: list[tuple[Dest, str, copy.Checksum]] = []
+
+    def record(d: Dest, rel: str, c: copy.Checksum | None) -> None:
+        if c is not None:
+            checks.append((d, rel, c))
+            result.checksums[rel] = c.hexdigest()
     image_rel = f"{ldir}/{'rootfs.img' if opts.skipcompress else Path(layout.image).name}"
 
     def copy_image() -> None:
@@ -325,11 +369,11 @@ def plan_stick(
         else:
             sf = image_sf
         prog = copy.Progress(f"{target.spec}: {image_rel}", sf.size)
-        sums[image_rel] = copy.copy(sf, d, image_rel, prog)
-        sizes_of[image_rel] = sf.size
+        record(d, image_rel, copy.copy(sf, d, image_rel, prog, checksum=verify_on))
         prog.finish()
 
     if not opts.skipcopy:
+        result.copy_bytes = image_size
         plan.add(f"copy {layout.image} to {image_rel} ({format_size(image_size)}), with progress",
                  copy_image)
     boot_files = [(kernel_sf, f"{sys_dir}/vmlinuz"), (initrd_sf, f"{sys_dir}/initrd.img")]
@@ -342,8 +386,7 @@ def plan_stick(
         d = dest()
         for sf, rel in boot_files:
             d.mkdir(str(Path(rel).parent))
-            sums[rel] = copy.copy(sf, d, rel)
-            sizes_of[rel] = sf.size
+            record(d, rel, copy.copy(sf, d, rel, checksum=verify_on))
         for mod in modules:
             d.write_bytes(f"{sys_dir}/{mod.name}", mod.read_bytes())
         if gpt and not opts.noesp:
@@ -353,7 +396,7 @@ def plan_stick(
             for sf in efi_sfs:
                 if not sf.path.lower().endswith("grub.cfg"):
                     rel = "EFI/BOOT/" + Path(sf.path).name
-                    esp_sums[rel] = copy.copy(sf, esp, rel)
+                    record(esp, rel, copy.copy(sf, esp, rel, checksum=verify_on))
             esp.write_bytes("EFI/BOOT/grub.cfg", grub_text.encode())
 
     plan.add("copy the kernel and initrd to /syslinux, EFI/BOOT, images/efiboot.img: "
@@ -371,6 +414,12 @@ def plan_stick(
     if result.overlay_name:
         ov_rel = f"{ldir}/{result.overlay_name}"
 
+        def copy_overlay() -> None:
+            assert copy_ov is not None
+            d = dest()
+            d.remove(ov_rel)
+            record(d, ov_rel, copy.copy(copy_ov, d, ov_rel, checksum=verify_on))
+
         def make_overlay() -> None:
             d = dest()
             d.remove(ov_rel)
@@ -384,8 +433,25 @@ def plan_stick(
 
         what = ("an OverlayFS directory" if persistence is bootcfg.Persistence.OVERLAYFS and
                 fstype != "vfat" else f"{format_size(overlay_size)}, preallocated")
-        plan.add(f"create the overlay {ov_rel} ({what})", make_overlay)
-    if opts.home_size:
+        if copy_ov is not None:
+            plan.add(f"copy the overlay {copy_ov.path} ({format_size(copy_ov.size)}) to "
+                     f"{ov_rel}, the name dracut looks for on this stick", copy_overlay)
+        elif keep_ov and opts.reset_overlay:
+            plan.add(f"reset the overlay {ov_rel}: zero its first 64 KiB, as "
+                     "rd.live.overlay.reset does", lambda: dest().zero_head(ov_rel, RESET_BYTES))
+        elif keep_ov:
+            plan.notes.append(f"the overlay {ov_rel} is kept as it is")
+        else:
+            plan.add(f"create the overlay {ov_rel} ({what})", make_overlay)
+    if copy_home is not None:
+        home_sf = copy_home
+
+        def copy_home_img() -> None:
+            _copy_home(dest(), f"{ldir}/home.img", home_sf, record, verify_on)
+
+        plan.add(f"copy {home_sf.path} ({format_size(home_sf.size)}) to {ldir}/home.img, "
+                 "verified", copy_home_img)
+    elif opts.home_size:
         plan.add(f"create {ldir}/home.img ({format_size(opts.home_size)}, "
                  f"{'LUKS' if opts.encrypt_home else 'plain'} {opts.home_fstype})",
                  lambda: _make_home(dest(), f"{ldir}/home.img", opts,
@@ -413,9 +479,10 @@ def plan_stick(
     def sync_and_verify() -> None:
         d = dest()
         d.sync()
-        if not opts.noverify:
-            for rel, digest in sums.items():
-                copy.verify(d, rel, sizes_of[rel], digest)
+        for cd, rel, expected in checks:
+            if cd is not d:
+                cd.sync()
+            copy.verify(cd, rel, expected)
 
     plan.add("fsync, then verify every copied file against its source checksum"
              if not opts.noverify else "fsync (--noverify: no verification)",
@@ -570,6 +637,103 @@ def _make_home(d: Dest, rel: str, opts: WriteOptions, scratch: Path) -> None:
         d.remove(rel)
         _put_file(d, rel, where)
         where.unlink()
+
+
+def fs_has(fs: StickFs, rel: str) -> bool:
+    """Does the (unmounted) filesystem hold `rel`? mtools for FAT, debugfs for ext*."""
+    from liveos_tools.run import run
+    from liveos_tools.tools import mtools
+
+    if fs.fstype == "vfat":
+        return mtools.exists(fs.device, fs.offset, rel)
+    where = f"{fs.device}?offset={fs.offset}" if fs.offset else fs.device
+    res = run(["debugfs", "-R", f"stat /{rel.strip('/')}", where], check=False)
+    return res.returncode == 0 and "Inode:" in res.stdout
+
+
+def _stick_source(src: Source, what: str) -> None:
+    from liveos_tools.writer.source import SourceKind
+
+    if src.kind is SourceKind.ISO:
+        raise UsageError(f"{what}: an ISO image has no {what.split('-')[-1]} to copy",
+                         "give a stick as SOURCE: `live`, its device, or its mounted directory")
+
+
+def source_overlay(src: Source, layout: Layout) -> SourceFile:
+    """The source stick's overlay file (overlay-<LABEL>-<UUID> in its LiveOS directory)."""
+    _stick_source(src, "--copy-overlay")
+    prefix = f"/{layout.livedir}/overlay-".lower()
+    found = sorted((p for p in src.files if p.lower().startswith(prefix)), key=str.lower)
+    if len(found) > 1 and src.label:
+        mine = [p for p in found if p.lower().startswith(f"{prefix}{src.label.lower()}-")]
+        found = mine or found
+    if not found:
+        raise TargetError(f"--copy-overlay: {src.origin} has no overlay file in "
+                          f"/{layout.livedir}", "drop --copy-overlay to make a new overlay")
+    if len(found) > 1:
+        raise TargetError(f"--copy-overlay: {src.origin} has several overlays: "
+                          + ", ".join(found), "remove the stale ones first")
+    return src.files[found[0]]
+
+
+def source_home(src: Source, layout: Layout) -> SourceFile:
+    _stick_source(src, "--copy-home")
+    sf = src.get(f"/{layout.livedir}/home.img")
+    if sf is None:
+        raise TargetError(f"--copy-home: {src.origin} has no /{layout.livedir}/home.img",
+                          "drop --copy-home, or make a new one with --home-size-mb N")
+    from liveos_tools.tasks import home
+
+    home.ensure_not_in_use(Path(sf.backing))
+    return sf
+
+
+def check_same_base(src: Source, layout: Layout, opts: WriteOptions, fs: StickFs | None,
+                    plan: Plan) -> None:  # fmt: skip
+    """An overlay only means something on top of the image it was made over."""
+    if not opts.skipcopy:
+        plan.notes.append("--copy-overlay: the overlay goes with the very image it was made "
+                          f"over ({layout.image}, copied from the same source)")
+        return
+    image_sf = src.get(layout.image)
+    assert image_sf is not None
+    hint = "drop --skipcopy so the source's image is copied with its overlay"
+    rel = f"{opts.livedir}/{Path(layout.image).name}"
+    if fs is None or fs.fstype != "vfat":
+        raise UsageError("--copy-overlay with --skipcopy: the stick's image cannot be compared "
+                         "with the source's on this filesystem", hint)
+    from liveos_tools.tools import mtools
+
+    if not mtools.exists(fs.device, fs.offset, rel):
+        raise TargetError(f"--copy-overlay: the stick has no {rel} for the overlay", hint)
+    with tempfile.TemporaryDirectory(prefix="liveos-cmp-") as tmp:
+        mine = FatDest(fs.device, fs.offset, Path(tmp)).checksum(rel, image_sf.size)
+    theirs = copy.checksum_of(copy.source_chunks(image_sf, None, None))
+    same = mine.first_difference(theirs) is None and mtools.allocated_bytes(
+        fs.device, fs.offset, rel) >= image_sf.size
+    if not same:
+        raise UsageError(
+            f"--copy-overlay: the stick's {rel} is not the image the source's overlay was "
+            f"made over (checksums differ): the overlay would corrupt the root filesystem",
+            hint,
+        )
+    plan.notes.append(f"--copy-overlay: the stick's {rel} has the same checksum as the "
+                      f"source's {layout.image}")
+
+
+def _copy_home(d: Dest, rel: str, sf: SourceFile,
+               record: Callable[[Dest, str, copy.Checksum | None], None],
+               verify_on: bool) -> None:  # fmt: skip
+    """The home.img library copies into a mounted filesystem (temporary name, fsync,
+    SHA-256, rename); on FAT the fast writer copies it and the final pass verifies it."""
+    hp = d.host_path(rel)
+    if hp is not None:
+        from liveos_tools.tasks import home
+
+        home.plan_copy(Path(sf.backing), hp, delete_existing=True).execute()
+        return
+    d.remove(rel)
+    record(d, rel, copy.copy(sf, d, rel, checksum=verify_on))
 
 
 def _make_swap(d: Dest, rel: str, size: int, scratch: Path) -> None:
