@@ -14,7 +14,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -35,6 +35,8 @@ class Dest(Protocol):
     def mkdir(self, rel: str) -> None: ...
     def write_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
                    checksum: bool) -> copy_mod.Checksum | None: ...
+    def begin_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
+                   checksum: bool) -> Callable[[], copy_mod.Checksum | None]: ...
     def checksum(self, rel: str, size: int) -> copy_mod.Checksum: ...
     def zero_head(self, rel: str, length: int) -> None: ...
     def write_stream(self, rel: str, size: int, chunks: Iterable[bytes]) -> None: ...
@@ -100,16 +102,29 @@ class FatDest:
 
     def write_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
                    checksum: bool) -> copy_mod.Checksum | None:  # fmt: skip
+        return self.begin_file(rel, sf, progress, checksum=checksum)()
+
+    def begin_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
+                   checksum: bool) -> Callable[[], copy_mod.Checksum | None]:  # fmt: skip
+        """Create the file and allocate its clusters now; the returned function writes its
+        data. It touches only those clusters, so it may run in a thread while mtools goes
+        on changing the rest of the filesystem."""
         pieces = self._grow(rel, sf.size)
         if pieces is None:
             hasher = copy_mod.SegmentHasher() if checksum else None
             self.write_stream(rel, sf.size, copy_mod.source_chunks(sf, hasher, progress))
-            return hasher.result() if hasher else None
-        fd = os.open(self.device, os.O_WRONLY)
-        try:
-            return copy_mod.transfer(sf, fd, pieces, checksum=checksum, progress=progress)
-        finally:
-            os.close(fd)
+            done = hasher.result() if hasher else None
+            return lambda: done
+
+        def data() -> copy_mod.Checksum | None:
+            assert pieces is not None
+            fd = os.open(self.device, os.O_WRONLY)
+            try:
+                return copy_mod.transfer(sf, fd, pieces, checksum=checksum, progress=progress)
+            finally:
+                os.close(fd)
+
+        return data
 
     def checksum(self, rel: str, size: int) -> copy_mod.Checksum:
         geo = mtools.read_geometry(self.device, self.offset)
@@ -251,14 +266,26 @@ class MountedDest:
 
     def write_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
                    checksum: bool) -> copy_mod.Checksum | None:  # fmt: skip
+        return self.begin_file(rel, sf, progress, checksum=checksum)()
+
+    def begin_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
+                   checksum: bool) -> Callable[[], copy_mod.Checksum | None]:  # fmt: skip
         fd = os.open(self._p(rel), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             if sf.size:
                 os.posix_fallocate(fd, 0, sf.size)  # contiguous, and no space = fails now
-            return copy_mod.transfer(sf, fd, [(0, sf.size)], checksum=checksum,
-                                     progress=progress)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+
+        def data() -> copy_mod.Checksum | None:
+            try:
+                return copy_mod.transfer(sf, fd, [(0, sf.size)], checksum=checksum,
+                                         progress=progress)
+            finally:
+                os.close(fd)
+
+        return data
 
     def checksum(self, rel: str, size: int) -> copy_mod.Checksum:
         fd = os.open(self._p(rel), os.O_RDONLY)

@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import tempfile
+import threading
 import uuid as uuidlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -369,13 +370,21 @@ def plan_stick(
         else:
             sf = image_sf
         prog = copy.Progress(f"{target.spec}: {image_rel}", sf.size)
-        record(d, image_rel, copy.copy(sf, d, image_rel, prog, checksum=verify_on))
-        prog.finish()
+        bg = _Background(d, prog, d.begin_file(image_rel, sf, prog, checksum=verify_on))
+        # The image's bytes go to clusters allocated for it alone: write them while the
+        # next steps (boot files, configs, boot loader) go on through mtools.
+        bg.start(f"copy {target.spec}")
+        state["image"] = bg
+
+    def wait_image() -> None:
+        bg = state.pop("image", None)
+        if isinstance(bg, _Background):
+            record(bg.dest, image_rel, bg.wait())
 
     if not opts.skipcopy:
         result.copy_bytes = image_size
-        plan.add(f"copy {layout.image} to {image_rel} ({format_size(image_size)}), with progress",
-                 copy_image)
+        plan.add(f"copy {layout.image} to {image_rel} ({format_size(image_size)}), with "
+                 "progress (its data is written while the next steps run)", copy_image)
     boot_files = [(kernel_sf, f"{sys_dir}/vmlinuz"), (initrd_sf, f"{sys_dir}/initrd.img")]
     boot_files += [(s, s.path.lstrip("/")) for s in efi_sfs if not s.path.lower().endswith(
         "grub.cfg")]
@@ -476,6 +485,9 @@ def plan_stick(
     plan.add(f"install {'syslinux' if fstype == 'vfat' else 'extlinux'} into /{sys_dir}",
              install_loader)
 
+    if not opts.skipcopy:
+        plan.add(f"wait until {image_rel} is written", wait_image)
+
     def sync_and_verify() -> None:
         d = dest()
         d.sync()
@@ -489,6 +501,9 @@ def plan_stick(
              sync_and_verify)
 
     def close() -> None:
+        bg = state.pop("image", None)
+        if isinstance(bg, _Background):  # a later step failed: let the copy end first
+            bg.thread.join()
         stack = state.pop("stack", None)
         if isinstance(stack, contextlib.ExitStack):
             stack.close()
@@ -497,6 +512,35 @@ def plan_stick(
     plan.add("release the stick", close)
     state["close"] = close
     return plan, result
+
+
+@dataclass
+class _Background:
+    """A file's data being written in a thread."""
+
+    dest: Dest
+    progress: copy.Progress
+    data: Callable[[], copy.Checksum | None]
+    thread: threading.Thread = field(init=False)
+    checksum: copy.Checksum | None = None
+    error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self.checksum = self.data()
+        except BaseException as exc:  # handed to wait()
+            self.error = exc
+
+    def start(self, name: str) -> None:
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def wait(self) -> copy.Checksum | None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        self.progress.finish()
+        return self.checksum
 
 
 def execute(plan: Plan) -> None:
