@@ -23,6 +23,7 @@ from textual.events import DescendantFocus
 from textual.widgets import Footer, Header, Static
 
 from liveos_tools.errors import LiveOSError
+from liveos_tools.media import HomeKind
 
 from .backend import (
     SIZED_ACTIONS,
@@ -251,7 +252,19 @@ class LiveOSApp(App[int]):
         params = ActionParams()
         if action in SIZED_ACTIONS or action is Action.COPY_HOME:
             others = [c.stick for c in self.cards if c is not card and c.report is not None]
-            chosen = await self.push_screen_wait(ParamsDialog(action, stick, others))
+            encrypted = (
+                action is Action.GROW_HOME
+                and card.report is not None
+                and card.report.home.kind is HomeKind.LUKS
+            )
+            dialog = ParamsDialog(
+                action,
+                stick,
+                others,
+                ask_passphrase=encrypted and self.backend.accepts_passphrase(),
+                home_encrypted=encrypted,
+            )
+            chosen = await self.push_screen_wait(dialog)
             if chosen is None:
                 self._outcome("cancelled", "nothing was changed")
                 return

@@ -64,6 +64,33 @@ SIZED_ACTIONS = {Action.GROW, Action.GROW_HOME}
 DEFAULT_GROW = "512M"
 
 
+class Secret:
+    """A passphrase: its repr and str never show it (tracebacks with locals, logs, reprs).
+
+    `reveal()` gives the bytes, only where they are handed to the library or to a
+    child process's stdin.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def reveal(self) -> bytes:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
 @dataclass(frozen=True)
 class ActionParams:
     """What the user chose in the parameter dialog."""
@@ -71,6 +98,10 @@ class ActionParams:
     by_bytes: int | None = None
     dest: Stick | None = None
     delete_existing: bool = False
+    #: the LUKS passphrase of home.img (grow home), when it is encrypted.
+    passphrase: Secret | None = None
+    #: the card showed an encrypted home.img (so the backend can refuse before planning).
+    home_encrypted: bool = False
 
 
 class ActionUnavailable(LiveOSError):
@@ -129,4 +160,8 @@ class Backend(Protocol):
 
     def watch(self, callback: StickEvent) -> Callable[[], None] | None:
         """Start reporting sticks plugged in and removed; returns a stop function."""
+        ...
+
+    def accepts_passphrase(self) -> bool:
+        """Whether an action can be given a LUKS passphrase (the dialog asks only then)."""
         ...

@@ -74,11 +74,16 @@ class FixtureBackend:
         failures: dict[Action, LiveOSError] | None = None,
         unavailable: Iterable[Action] = (),
         step_delay: float = 0.0,
+        passphrase_ok: bool = True,
     ) -> None:
         self.sticks = {f.stick.key: f for f in sticks}
         self.failures = dict(failures or {})
         self.unavailable = set(unavailable)
         self.step_delay = step_delay
+        self.passphrase_ok = passphrase_ok
+        #: the passphrases the (fixture) grow-home planning was given, as the library's
+        #: plan_resize would get them.
+        self.plan_passphrases: list[bytes | None] = []
         self.prepared: list[tuple[str, Action, ActionParams]] = []
         self.executed: list[tuple[str, Action, ActionParams]] = []
         self.released = 0
@@ -112,6 +117,15 @@ class FixtureBackend:
             )
         self.prepared.append((stick.key, action, params))
         plan = Plan(title=action.label, target=stick.title)
+        if action is Action.GROW_HOME and self._home_kind(stick) == "luks":
+            # As home.plan_resize: an encrypted home.img cannot be planned without it.
+            secret = params.passphrase.reveal() if params.passphrase else None
+            self.plan_passphrases.append(secret)
+            if not secret:
+                raise LiveOSError(
+                    f"{stick.title}: home.img is encrypted (LUKS): the passphrase is needed"
+                )
+            plan.add("open home.img (LUKS) with the passphrase given, read-only: check it")
         record = (stick.key, action, params)
         failure = self.failures.get(action)
 
@@ -145,6 +159,15 @@ class FixtureBackend:
 
     def execute(self, prepared: Prepared, progress: Progress) -> None:
         prepared.plan.execute(progress)
+
+    def accepts_passphrase(self) -> bool:
+        return self.passphrase_ok
+
+    def _home_kind(self, stick: Stick) -> str | None:
+        status = self.sticks[stick.key].status
+        home = (status or {}).get("home") or {}
+        kind = home.get("kind")
+        return kind if isinstance(kind, str) else None
 
     def watch(self, callback: StickEvent) -> Callable[[], None] | None:
         self._callback = callback

@@ -256,14 +256,20 @@ class RealBackend:
                 f"{stick.title} has no home.img", "make one: liveos-overlay home create"
             )
         if action is Action.GROW_HOME:
-            if medium.home_kind is HomeKind.LUKS:
+            if medium.home_kind is not HomeKind.LUKS:
+                return fn(medium.home_path, by_bytes=params.by_bytes), medium
+            if params.passphrase is None:
+                # The card did not show LUKS (it changed since), so nobody asked.
                 raise ActionUnavailable(
-                    "home.img is encrypted: grow it in a terminal, which asks for the passphrase",
-                    "run: liveos-overlay home resize "
-                    + (stick.target or "/run/initramfs/live")
-                    + f" --by {size_arg(params.by_bytes or 0)}",
+                    "home.img is encrypted: its passphrase is needed",
+                    "press h again: the dialog now asks for it",
                 )
-            return fn(medium.home_path, by_bytes=params.by_bytes), medium
+            plan = fn(
+                medium.home_path,
+                by_bytes=params.by_bytes,
+                passphrase=params.passphrase.reveal(),
+            )
+            return plan, medium
         if params.dest is None:
             raise ActionUnavailable("choose the stick to copy home.img to")
         dest = stack.enter_context(open_medium(params.dest.target, writable=writable))
@@ -272,8 +278,19 @@ class RealBackend:
         dest_path = dest.livedir_path / medium.home_path.name
         return fn(medium.home_path, dest_path, delete_existing=params.delete_existing), medium
 
+    def accepts_passphrase(self) -> bool:
+        # As root the passphrase goes straight to the library. Not root, it would have
+        # to reach `liveos-overlay home resize` under pkexec/sudo on its stdin, and
+        # --passphrase-file does not read '-' yet: the user runs it in a terminal.
+        return self.is_root
+
     def _privileged(self, stick: Stick, action: Action, params: ActionParams) -> Prepared:
         tail = command_for(stick, action, params)
+        if action is Action.GROW_HOME and (params.home_encrypted or params.passphrase):
+            raise ActionUnavailable(
+                "home.img is encrypted: grow it in a terminal, which asks for the passphrase",
+                "run: sudo " + " ".join(["liveos-overlay", *[a for a in tail if a != "--yes"]]),
+            )
         graphical = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
         if shutil.which("pkexec") and graphical:
             tool, needs_terminal = "pkexec", False

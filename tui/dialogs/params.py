@@ -19,6 +19,7 @@ from ..backend import (
     SIZED_ACTIONS,
     Action,
     ActionParams,
+    Secret,
     Stick,
 )
 
@@ -37,11 +38,22 @@ class ParamsDialog(ModalScreen[ActionParams | None]):
     """
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, action: Action, stick: Stick, others: list[Stick]) -> None:
+    def __init__(
+        self,
+        action: Action,
+        stick: Stick,
+        others: list[Stick],
+        *,
+        ask_passphrase: bool = False,
+        home_encrypted: bool = False,
+    ) -> None:
         super().__init__()
         self.action = action
         self.stick = stick
         self.others = others
+        #: home.img is LUKS and the backend can take its passphrase: ask for it.
+        self.ask_passphrase = ask_passphrase
+        self.home_encrypted = home_encrypted
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
@@ -49,6 +61,11 @@ class ParamsDialog(ModalScreen[ActionParams | None]):
             if self.action in SIZED_ACTIONS:
                 yield Label("Grow by (e.g. 512M, 1G; a bare number is MiB):")
                 yield Input(value=DEFAULT_GROW, id="size")
+                if self.ask_passphrase:
+                    yield Label("Passphrase of the encrypted home.img:")
+                    # password=True: shown as dots; the value never leaves this dialog
+                    # except as a Secret in ActionParams.
+                    yield Input(password=True, id="passphrase")
             else:
                 yield Label("Copy home.img to:")
                 with RadioSet(id="dest"):
@@ -79,7 +96,18 @@ class ParamsDialog(ModalScreen[ActionParams | None]):
             if size <= 0:
                 self._problem("the size must be more than 0")
                 return None
-            return ActionParams(by_bytes=size)
+            secret = None
+            if self.ask_passphrase:
+                box = self.query_one("#passphrase", Input)
+                if not box.value:
+                    self._problem("type the passphrase of home.img")
+                    box.focus()
+                    return None
+                secret = Secret(box.value.encode())
+                box.value = ""
+            return ActionParams(
+                by_bytes=size, passphrase=secret, home_encrypted=self.home_encrypted
+            )
         index = self.query_one("#dest", RadioSet).pressed_index
         if not self.others or index < 0:
             self._problem("there is no other stick to copy to")
