@@ -23,14 +23,26 @@ OBSOLETE = {
 }
 
 
+BLOCK_SIZES = (1024, 2048, 4096)
+
+
 def _size_spec(text: str) -> tuple[int, str | None, int | None]:
     """`N[,fstype[,blksz]]` with N in MiB (a unit may be given)."""
+    from liveos_tools.errors import UsageError
     from liveos_tools.units import parse_size
 
     parts = text.split(",")
+    if len(parts) > 3:
+        raise UsageError(f"{text!r}: too many fields", "the form is N[,FSTYPE[,BLKSZ]]")
     size = parse_size(parts[0]) if parts[0] else 0
     fstype = parts[1] if len(parts) > 1 and parts[1] else None
-    blksz = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+    blksz = None
+    if len(parts) > 2 and parts[2]:
+        if not parts[2].isdigit() or int(parts[2]) not in BLOCK_SIZES:
+            raise UsageError(f"{text!r}: block size {parts[2]!r} is not one of "
+                             f"{', '.join(map(str, BLOCK_SIZES))}",
+                             "ext filesystems take 1024, 2048 or 4096 bytes per block")
+        blksz = int(parts[2])
     return size, fstype, blksz
 
 
@@ -130,11 +142,17 @@ def options_from_args(args: argparse.Namespace) -> Any:
         o.fstype = {"fat": "vfat", "fat32": "vfat", "msdos": "vfat"}.get(fstype or "vfat",
                                                                            fstype or "vfat")
         o.blocksize = blksz
+        if blksz and o.fstype == "vfat":
+            notes.append("--format SIZE,vfat,BLKSZ: BLKSZ applies to ext filesystems; "
+                         "mkfs.fat chooses the FAT cluster size: ignored")
     o.reset_mbr, o.efi, o.msdos, o.noesp = args.reset_mbr, args.efi, args.msdos, args.noesp
     o.noverify, o.skipcopy, o.force, o.label = args.noverify, args.skipcopy, args.force, args.label
     o.skipcompress = args.skipcompress
     if args.overlay_size_mb:
-        o.overlay_size = _size_spec(args.overlay_size_mb)[0]
+        o.overlay_size, o.overlay_fstype, o.overlay_blocksize = _size_spec(args.overlay_size_mb)
+        if o.overlay_fstype not in (None, "ext4", "ext3", "ext2"):
+            raise UsageError(f"--overlay-size-mb: an OverlayFS overlay image cannot be "
+                             f"{o.overlay_fstype!r}", "use ext4, ext3 or ext2")
     if args.overlayfs == "temp":
         o.overlay = Persistence.OVERLAYFS_TEMP
     elif args.overlayfs:
@@ -144,7 +162,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
     o.reset_overlay, o.copy_overlay = args.reset_overlay, args.copy_overlay
     o.copy_home = args.copy_home
     if args.home_size_mb:
-        size, fstype, _ = _size_spec(args.home_size_mb)
+        size, fstype, o.home_blocksize = _size_spec(args.home_size_mb)
         o.home_size, o.home_fstype = size, fstype or "ext4"
     o.delete_home = args.delete_home
     if args.crypted_home and args.unencrypted_home:

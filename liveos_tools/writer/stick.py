@@ -59,6 +59,9 @@ class WriteOptions:
     copy_overlay: bool = False
     home_size: int = 0
     home_fstype: str = "ext4"
+    home_blocksize: int | None = None
+    overlay_fstype: str | None = None  # for an OverlayFS overlay image on vfat
+    overlay_blocksize: int | None = None
     copy_home: bool = False
     delete_home: bool = False
     encrypt_home: bool = True
@@ -173,6 +176,17 @@ def plan_stick(
         plan.notes.append("--reset-overlay: the overlay is new anyway")
     keep_ov = existing_ov is not None and copy_ov is None and not opts.overlay_size
     persistence = _persistence(opts, layout, keep=copy_ov is not None or keep_ov)
+    ov_fs_used = persistence is bootcfg.Persistence.OVERLAYFS and (
+        opts.fstype if opts.format else (existing_fs.fstype if existing_fs else "vfat")) == "vfat"
+    if (opts.overlay_fstype or opts.overlay_blocksize) and not ov_fs_used:
+        plan.notes.append(
+            "--overlay-size-mb N,FSTYPE,BLKSZ: FSTYPE and BLKSZ apply only to an OverlayFS "
+            "overlay image on vfat; a device-mapper overlay is a raw snapshot store (dracut "
+            "uses 4 KiB chunks) and an OverlayFS directory uses the stick's filesystem: ignored")
+    if opts.home_blocksize and opts.encrypt_home and (opts.home_size and not opts.copy_home):
+        plan.notes.append("--home-size-mb N,FSTYPE,BLKSZ: BLKSZ is not applied inside an "
+                          "encrypted home.img yet (the home.img library has no block size); "
+                          "the filesystem gets mkfs's default")
     plan.notes[:0] = opts.notes
     fstype = opts.fstype if opts.format else (existing_fs.fstype if existing_fs else "vfat")
     if fstype not in FSTYPES:
@@ -436,7 +450,8 @@ def plan_stick(
                 d.mkdir(ov_rel)
                 d.mkdir(f"{ldir}/ovlwork")
             elif persistence is bootcfg.Persistence.OVERLAYFS:
-                _overlayfs_image(d, ov_rel, overlay_size, Path(str(state["scratch"])))
+                _overlayfs_image(d, ov_rel, overlay_size, Path(str(state["scratch"])),
+                                 opts.overlay_fstype or "ext4", opts.overlay_blocksize)
             else:
                 d.write_zeros(ov_rel, overlay_size)
 
@@ -640,22 +655,28 @@ def _extract_rootfs(backing: str, offset: int, scratch: Path) -> Path:
     return out / "LiveOS" / "rootfs.img"
 
 
-def _overlayfs_image(d: Dest, rel: str, size: int, scratch: Path) -> None:
-    """On vfat, OverlayFS persistence is an ext4 image holding overlayfs/ and ovlwork/."""
+def _overlayfs_image(d: Dest, rel: str, size: int, scratch: Path, fstype: str = "ext4",
+                     blocksize: int | None = None) -> None:  # fmt: skip
+    """On vfat, OverlayFS persistence is a filesystem image (ext4 unless
+    --overlay-size-mb N,FSTYPE,BLKSZ says otherwise) holding overlayfs/ and ovlwork/."""
     from liveos_tools.run import run
 
     tree = scratch / "ovl-tree"
     (tree / "overlayfs").mkdir(parents=True, exist_ok=True)
     (tree / "ovlwork").mkdir(exist_ok=True)
     img = scratch / "ovl.img"
-    run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", "-d", str(tree), str(img), str(size // 1024)])
+    bs = ["-b", str(blocksize)] if blocksize else []
+    run([f"mkfs.{fstype}", "-q", "-F", "-E", "nodiscard", *bs, "-d", str(tree), str(img),
+         str(size // (blocksize or 1024))])
     _put_file(d, rel, img)
     img.unlink()
 
 
 def _put_file(d: Dest, rel: str, host: Path) -> None:
     if isinstance(d, FatDest):
-        d.copy_host_file(rel, host)
+        d.remove(rel)
+        d.write_file(rel, SourceFile(rel, host.stat().st_size, str(host), 0), None,
+                     checksum=False)
     else:
         hp = d.host_path(rel)
         assert hp is not None
@@ -677,6 +698,12 @@ def _make_home(d: Dest, rel: str, opts: WriteOptions, scratch: Path) -> None:
                          encrypt=opts.encrypt_home, passphrase=opts.passphrase,
                          delete_existing=True)
     p.execute()
+    if opts.home_blocksize and not opts.encrypt_home:
+        # home.plan_create has no block size: make the (still empty) filesystem again
+        from liveos_tools.run import run
+
+        run([f"mkfs.{opts.home_fstype}", "-q", "-F", "-E", "nodiscard", "-L", home.HOME_LABEL,
+             "-b", str(opts.home_blocksize), str(where)])
     if hp is None:
         d.remove(rel)
         _put_file(d, rel, where)
