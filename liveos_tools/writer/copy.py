@@ -369,7 +369,8 @@ def _buffered(sf: SourceFile, src: int, dst: int, pieces: list[Piece],
     return Checksum(sf.size, digests, algorithm=_algorithm)
 
 
-def read_back(dst: int, pieces: list[Piece], size: int, what: str) -> Checksum:
+def read_back(dst: int, pieces: list[Piece], size: int, what: str,
+              progress: Progress | None = None) -> Checksum:  # fmt: skip
     """Hash what the disk holds: drop the (clean, fsynced) range from the page cache
     first so the bytes come from the device, then read it in segments."""
     for off, length in pieces:
@@ -380,6 +381,8 @@ def read_back(dst: int, pieces: list[Piece], size: int, what: str) -> Checksum:
         for off, length in seg:
             _pread_full(dst, buf[at:at + length], off, what)
             at += length
+        if progress:
+            progress.update(at)
 
     return Checksum(size, _ring_hash(segments(pieces, size), fill), algorithm=_algorithm)
 
@@ -415,8 +418,8 @@ def copy(sf: SourceFile, dest: Dest, rel: str, progress: Progress | None = None,
     return dest.write_file(rel, sf, progress, checksum=checksum)
 
 
-def verify(dest: Dest, rel: str, expected: Checksum) -> None:
-    got = dest.checksum(rel, expected.size)
+def verify(dest: Dest, rel: str, expected: Checksum, progress: Progress | None = None) -> None:
+    got = dest.checksum(rel, expected.size, progress)
     where = expected.first_difference(got)
     if where is not None:
         raise CorruptError(

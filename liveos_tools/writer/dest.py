@@ -37,7 +37,8 @@ class Dest(Protocol):
                    checksum: bool) -> copy_mod.Checksum | None: ...
     def begin_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
                    checksum: bool) -> Callable[[], copy_mod.Checksum | None]: ...
-    def checksum(self, rel: str, size: int) -> copy_mod.Checksum: ...
+    def checksum(self, rel: str, size: int,
+                 progress: copy_mod.Progress | None = None) -> copy_mod.Checksum: ...
     def zero_head(self, rel: str, length: int) -> None: ...
     def write_stream(self, rel: str, size: int, chunks: Iterable[bytes]) -> None: ...
     def write_zeros(self, rel: str, size: int) -> None: ...
@@ -126,13 +127,14 @@ class FatDest:
 
         return data
 
-    def checksum(self, rel: str, size: int) -> copy_mod.Checksum:
+    def checksum(self, rel: str, size: int,
+                 progress: copy_mod.Progress | None = None) -> copy_mod.Checksum:
         geo = mtools.read_geometry(self.device, self.offset)
         runs = mtools.clusters(self.device, self.offset, rel)
         pieces = mtools.data_pieces(geo, self.offset, runs, size)
         fd = os.open(self.device, os.O_RDONLY)
         try:
-            return copy_mod.read_back(fd, pieces, size, rel)
+            return copy_mod.read_back(fd, pieces, size, rel, progress)
         finally:
             os.close(fd)
 
@@ -287,10 +289,11 @@ class MountedDest:
 
         return data
 
-    def checksum(self, rel: str, size: int) -> copy_mod.Checksum:
+    def checksum(self, rel: str, size: int,
+                 progress: copy_mod.Progress | None = None) -> copy_mod.Checksum:
         fd = os.open(self._p(rel), os.O_RDONLY)
         try:
-            return copy_mod.read_back(fd, [(0, size)], size, rel)
+            return copy_mod.read_back(fd, [(0, size)], size, rel, progress)
         finally:
             os.close(fd)
 

@@ -123,7 +123,7 @@ class StickResult:
     label: str
     overlay_name: str | None
     checksums: dict[str, str] = field(default_factory=dict)
-    #: bytes of the live image this plan copies (for the overall progress)
+    #: bytes of the live image this plan writes and reads back (for the overall progress)
     copy_bytes: int = 0
 
 
@@ -396,7 +396,7 @@ def plan_stick(
             record(bg.dest, image_rel, bg.wait())
 
     if not opts.skipcopy:
-        result.copy_bytes = image_size
+        result.copy_bytes = image_size * (1 if opts.noverify else 2)  # written, read back
         plan.add(f"copy {layout.image} to {image_rel} ({format_size(image_size)}), with "
                  "progress (its data is written while the next steps run)", copy_image)
     boot_files = [(kernel_sf, f"{sys_dir}/vmlinuz"), (initrd_sf, f"{sys_dir}/initrd.img")]
@@ -509,7 +509,11 @@ def plan_stick(
         for cd, rel, expected in checks:
             if cd is not d:
                 cd.sync()
-            copy.verify(cd, rel, expected)
+            prog = (copy.Progress(f"{target.spec}: verify {rel}", expected.size)
+                    if rel == image_rel else None)
+            copy.verify(cd, rel, expected, prog)
+            if prog:
+                prog.finish()
 
     plan.add("fsync, then verify every copied file against its source checksum"
              if not opts.noverify else "fsync (--noverify: no verification)",
