@@ -12,7 +12,7 @@ import argparse
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from rich.text import Text
 from textual import work
@@ -31,6 +31,7 @@ from .backend import (
     ActionParams,
     Backend,
     Prepared,
+    Reading,
     Stick,
 )
 from .dialogs.confirm import ConfirmDialog
@@ -40,9 +41,6 @@ from .dialogs.progress import ProgressDialog
 from .screens.details import DetailsScreen
 from .screens.help import HelpScreen
 from .widgets.stick_card import StickCard
-
-if TYPE_CHECKING:
-    from liveos_tools.tasks.status import StatusReport
 
 EMPTY_TEXT = (
     "No LiveOS stick found yet.\n\n"
@@ -169,21 +167,21 @@ class LiveOSApp(App[int]):
         """In a worker thread: read each stick and update its card."""
         for stick in sticks:
             try:
-                report: StatusReport | LiveOSError = self.backend.status(stick)
+                reading: Reading | LiveOSError = self.backend.status(stick)
             except LiveOSError as err:
-                report = err
+                reading = err
             except Exception as exc:  # a bug must not kill the refresh loop
-                report = LiveOSError(f"internal error: {exc.__class__.__name__}: {exc}")
-            self.call_from_thread(self._show, stick.key, report)
+                reading = LiveOSError(f"internal error: {exc.__class__.__name__}: {exc}")
+            self.call_from_thread(self._show, stick.key, reading)
 
-    def _show(self, key: str, report: StatusReport | LiveOSError) -> None:
+    def _show(self, key: str, reading: Reading | LiveOSError) -> None:
         card = self.card_for(key)
         if card is None:
             return
-        if isinstance(report, LiveOSError):
-            card.show_error(report)
+        if isinstance(reading, LiveOSError):
+            card.show_error(reading)
         else:
-            card.show_report(report)
+            card.show_report(reading.report, reading)
 
     @work(thread=True, exclusive=True, group="refresh", exit_on_error=False)
     def refresh_all(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from liveos_tools.errors import LiveOSError
 from liveos_tools.plan import Plan, Progress
@@ -133,6 +133,34 @@ class Details:
     boot_files: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Reading:
+    """A stick's status as the backend read it."""
+
+    report: StatusReport
+    #: seconds since the monitor published it; None: read from the stick just now.
+    age: float | None = None
+    #: older than this many seconds, the monitor has stopped publishing.
+    stale_after: float | None = None
+
+    @property
+    def stale(self) -> bool:
+        return self.age is not None and self.stale_after is not None and self.age > self.stale_after
+
+
+def reading_of_published(doc: dict[str, Any], now: float) -> Reading:
+    """The monitor's document as a Reading: the report, how old it is, when it is stale."""
+    from liveos_tools.tasks import monitor
+
+    age = monitor.age_seconds(doc, now)
+    return Reading(
+        monitor.report_from_json(doc),
+        # A clock a little behind the monitor's is not "from the future": 0 s old.
+        age=None if age is None else max(0.0, age),
+        stale_after=monitor.stale_after(doc),
+    )
+
+
 #: hotplug callback: ("add" | "remove", stick). Called from a background thread.
 StickEvent = Callable[[str, Stick], None]
 
@@ -142,8 +170,8 @@ class Backend(Protocol):
         """Every stick to show. May be slow (probes devices): call it from a worker."""
         ...
 
-    def status(self, stick: Stick) -> StatusReport:
-        """Read the stick now; raises LiveOSError."""
+    def status(self, stick: Stick) -> Reading:
+        """Read the stick now (or the monitor's last publication of it); raises LiveOSError."""
         ...
 
     def details(self, stick: Stick) -> Details:

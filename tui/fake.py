@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from liveos_tools.errors import LiveOSError
 from liveos_tools.plan import Plan, Progress
@@ -27,13 +28,12 @@ from .backend import (
     ActionUnavailable,
     Details,
     Prepared,
+    Reading,
     Stick,
     StickEvent,
     StickOrigin,
+    reading_of_published,
 )
-
-if TYPE_CHECKING:
-    from liveos_tools.tasks.status import StatusReport
 
 
 @dataclass
@@ -75,12 +75,14 @@ class FixtureBackend:
         unavailable: Iterable[Action] = (),
         step_delay: float = 0.0,
         passphrase_ok: bool = True,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.sticks = {f.stick.key: f for f in sticks}
         self.failures = dict(failures or {})
         self.unavailable = set(unavailable)
         self.step_delay = step_delay
         self.passphrase_ok = passphrase_ok
+        self.wall_clock = wall_clock
         #: the passphrases the (fixture) grow-home planning was given, as the library's
         #: plan_resize would get them.
         self.plan_passphrases: list[bytes | None] = []
@@ -98,13 +100,15 @@ class FixtureBackend:
     def list_sticks(self) -> list[Stick]:
         return [f.stick for f in self.sticks.values()]
 
-    def status(self, stick: Stick) -> StatusReport:
+    def status(self, stick: Stick) -> Reading:
         self.status_calls += 1
         f = self.sticks[stick.key]
         if f.error is not None:
             raise f.error
         assert f.status is not None
-        return report_from_json(f.status)
+        if "published_at" in f.status:  # as the monitor published it: judge its age
+            return reading_of_published(f.status, self.wall_clock())
+        return Reading(report_from_json(f.status))
 
     def details(self, stick: Stick) -> Details:
         return self.sticks[stick.key].details

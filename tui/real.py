@@ -13,9 +13,9 @@ import importlib
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from liveos_tools.errors import LiveOSError
 from liveos_tools.media import LIVE_ROOT, HomeKind, Medium, Source, parse_cmdline
@@ -29,13 +29,12 @@ from .backend import (
     ActionUnavailable,
     Details,
     Prepared,
+    Reading,
     Stick,
     StickEvent,
     StickOrigin,
+    reading_of_published,
 )
-
-if TYPE_CHECKING:
-    from liveos_tools.tasks.status import StatusReport
 
 #: where each action lives in the library: (module, function).
 TASKS: dict[Action, tuple[str, str]] = {
@@ -120,12 +119,15 @@ class RealBackend:
         live: bool | None = None,
         status_file: Path | None = None,
         is_root: bool | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.targets = list(targets)
         self.scan = scan
         self.live = running_live_system() if live is None else live
         self.is_root = os.geteuid() == 0 if is_root is None else is_root
         self.status_file = status_file
+        #: the time the monitor's published_at is compared with.
+        self.wall_clock = wall_clock
         # Sticks found by udev: node -> stick, so a removal can name the card.
         self._plugged: dict[str, Stick] = {}
 
@@ -186,20 +188,20 @@ class RealBackend:
 
     # --- reading ---
 
-    def _published(self) -> StatusReport:
+    def _published(self) -> Reading:
         from liveos_tools.tasks import monitor
 
         doc = monitor.read_published(self.status_file or monitor.STATUS_PATH)
-        return monitor.report_from_json(doc)
+        return reading_of_published(doc, self.wall_clock())
 
-    def status(self, stick: Stick) -> StatusReport:
+    def status(self, stick: Stick) -> Reading:
         from liveos_tools.media import open_medium
         from liveos_tools.tasks.status import build_status
 
         if stick.target is None and not self.is_root:
             return self._published()
         with open_medium(stick.target) as medium:
-            return build_status(medium)
+            return Reading(build_status(medium))
 
     def details(self, stick: Stick) -> Details:
         from liveos_tools.media import open_medium

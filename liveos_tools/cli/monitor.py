@@ -124,6 +124,12 @@ def show_cmd(args: argparse.Namespace) -> int:
     doc = monitor.read_published(Path(args.output) if args.output else monitor.STATUS_PATH)
     age = monitor.age_seconds(doc)
     if age is not None:
-        print(f"published {age:.0f} s ago", file=sys.stderr)
+        stale = ""
+        if monitor.is_stale(doc):
+            stale = (
+                f" (stale: older than {monitor.stale_after(doc):.0f} s;"
+                f" is {monitor.UNIT_NAME} running?)"
+            )
+        print(f"published {age:.0f} s ago{stale}", file=sys.stderr)
     print(json.dumps(doc, indent=2))
     return int(doc.get("exit_code", 0))

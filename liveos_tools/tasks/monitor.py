@@ -42,8 +42,10 @@ UNIT_NAME = "liveos-overlay-monitor.service"
 UNIT_DIR = "etc/systemd/system"
 WANTED_BY = "multi-user.target"
 DEFAULT_INTERVAL = 5.0
-#: A published status older than this many intervals is reported as stale.
-STALE_INTERVALS = 6
+#: A published status older than this many of the monitor's intervals is stale...
+STALE_INTERVALS = 3
+#: ...or older than this when the document does not say its interval.
+STALE_SECONDS_UNKNOWN = 60.0
 
 
 def unit_text(exe: str, interval: float = DEFAULT_INTERVAL) -> str:
@@ -124,6 +126,8 @@ def run_loop(
             doc = build()
         except LiveOSError as err:
             doc = error_doc(err)
+        # Readers judge the age against it: older than STALE_INTERVALS of these is stale.
+        doc.setdefault("interval", interval)
         publish(doc, path)
         rounds += 1
         if once:
@@ -199,6 +203,21 @@ def age_seconds(doc: dict[str, Any], now: float | None = None) -> float | None:
     if not isinstance(at, int | float):
         return None
     return (time.time() if now is None else now) - float(at)
+
+
+def stale_after(doc: dict[str, Any]) -> float:
+    """Seconds after publication at which the document is stale (the monitor stopped)."""
+    interval = doc.get("interval")
+    if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
+        # run_loop sleeps at least 0.5 s between rounds.
+        return STALE_INTERVALS * max(0.5, float(interval))
+    return STALE_SECONDS_UNKNOWN
+
+
+def is_stale(doc: dict[str, Any], now: float | None = None) -> bool:
+    """Older than stale_after(doc); a document without published_at cannot be judged (False)."""
+    age = age_seconds(doc, now)
+    return age is not None and age > stale_after(doc)
 
 
 def _path(value: Any) -> Path | None:

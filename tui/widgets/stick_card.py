@@ -16,7 +16,7 @@ from liveos_tools.errors import LiveOSError
 from liveos_tools.tasks.status import StatusReport
 
 from .. import present
-from ..backend import Stick
+from ..backend import Reading, Stick
 from ..history import History, format_duration
 
 BAR_WIDTH = 20
@@ -28,7 +28,10 @@ LEVEL_CLASSES = (
     "level-none",
     "level-error",
     "level-loading",
+    "level-stale",
 )
+#: the service that publishes the status for users who are not root.
+MONITOR_UNIT = "liveos-overlay-monitor"
 
 
 class StickCard(Vertical, can_focus=True):
@@ -57,6 +60,8 @@ class StickCard(Vertical, can_focus=True):
     StickCard.level-critical .badge { background: $error 60%; }
     StickCard.level-broken .badge { background: $error; color: $text; }
     StickCard.level-error .badge { background: $error 40%; }
+    StickCard.level-stale .badge { background: $warning 30%; }
+    StickCard.level-stale .gauge { color: $text-muted; }
     StickCard.level-ok .gauge { color: $success; }
     StickCard.level-filling .gauge { color: $warning; }
     StickCard.level-critical .gauge { color: $error; }
@@ -74,6 +79,8 @@ class StickCard(Vertical, can_focus=True):
         self.stick = stick
         self.report: StatusReport | None = None
         self.error: LiveOSError | None = None
+        #: the last reading came from the monitor's file, and it is old.
+        self.stale = False
         self.history = History()
         self._clock = clock
         self.border_title = stick.title
@@ -97,16 +104,19 @@ class StickCard(Vertical, can_focus=True):
             return "unreadable"
         if self.report is None:
             return "reading..."
+        if self.stale:
+            return "stale"
         return present.badge(self.report)
 
     def _set_level(self, cls: str) -> None:
         self.remove_class(*LEVEL_CLASSES)
         self.add_class(cls)
 
-    def show_report(self, report: StatusReport) -> None:
+    def show_report(self, report: StatusReport, reading: Reading | None = None) -> None:
         self.report, self.error = report, None
-        self._set_level(present.level_class(report))
-        self.query_one(".badge", Label).update(Text(f"[ {present.badge(report)} ]"))
+        self.stale = reading is not None and reading.stale
+        self._set_level("level-stale" if self.stale else present.level_class(report))
+        self.query_one(".badge", Label).update(Text(f"[ {self.badge_text} ]"))
         o = report.overlay
         gauge = "Overlay  "
         if o.total_bytes:
@@ -115,28 +125,34 @@ class StickCard(Vertical, can_focus=True):
         self.query_one(".home", Static).update(Text("Home     " + present.home_line(report)))
         self.query_one(".free", Static).update(Text("Stick    " + present.stick_line(report)))
         warning = report.warnings[0] if report.warnings else ""
+        if self.stale and reading is not None and reading.age is not None:
+            # The numbers above are the last the monitor published: say how old they are.
+            warning = f"status from {format_duration(reading.age)} ago: is {MONITOR_UNIT} running?"
         box = self.query_one(".warning", Static)
         box.update(Text(f"! {warning}" if warning else ""))
         box.display = bool(warning)
         live = present.is_live(report)
         self.set_class(live, "live")
-        if live:
+        if not live:
+            return
+        if not self.stale:
+            # The same old numbers again are no trend: a stale reading adds no sample.
             self.history.add(self._clock(), o.used_bytes)
-            values = self.history.values()
-            spark = self.query_one(Sparkline)
-            # One sample draws a full bar: wait for a second one to show a trend.
-            spark.display = len(values) >= 2
-            spark.data = values
-            left = self.history.seconds_left(o.total_bytes)
-            text = (
-                "time left: measuring..." if left is None else f"full in ~{format_duration(left)}"
-            )
-            if left is None and self.history.rate() is not None:
-                text = "not filling"
-            self.query_one(".time-left", Label).update(Text(text))
+        values = self.history.values()
+        spark = self.query_one(Sparkline)
+        # One sample draws a full bar: wait for a second one to show a trend.
+        spark.display = len(values) >= 2
+        spark.data = values
+        left = self.history.seconds_left(o.total_bytes)
+        text = "time left: measuring..." if left is None else f"full in ~{format_duration(left)}"
+        if left is None and self.history.rate() is not None:
+            text = "not filling"
+        if self.stale:
+            text = "time left: not known"
+        self.query_one(".time-left", Label).update(Text(text))
 
     def show_error(self, error: LiveOSError) -> None:
-        self.report, self.error = None, error
+        self.report, self.error, self.stale = None, error, False
         self._set_level("level-error")
         self.query_one(".badge", Label).update(Text("[ unreadable ]"))
         self.query_one(".gauge", Static).update(Text(f"error: {error.message}"))
