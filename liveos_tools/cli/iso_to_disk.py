@@ -210,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
             return int(ExitCode.OK)
         for job in prepared.jobs:
             if job.plan.destroys:
-                confirm(job.plan, yes=args.yes, question=f"Format {job.target.spec}?")
+                confirm(job.plan, yes=args.yes, question=f"{'Format' if opts.format else 'Write'}"
+                        f" {job.target.spec}?")
         from liveos_tools.writer import copy
 
         copy.set_algorithm(args.verify_hash)

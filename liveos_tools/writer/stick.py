@@ -160,9 +160,12 @@ def plan_stick(
     pre_fs = None if opts.format else existing_fs
     pre_label = clean_label(opts.label or pre_fs.label, pre_fs.fstype) if pre_fs else ""
     existing_ov = None
-    if pre_fs is not None and (opts.reset_overlay or not opts.overlay_size):
+    if pre_fs is not None:
         rel = f"{ldir}/overlay-{pre_label}-{pre_fs.uuid}"
         existing_ov = rel if fs_has(pre_fs, rel) else None
+        if existing_ov and (opts.overlay_size or opts.copy_overlay):
+            plan.destroys.append(f"the overlay {existing_ov} on {target.spec} and every change "
+                                 "stored in it (a new one replaces it)")
     copy_ov = source_overlay(src, layout) if opts.copy_overlay else None
     if copy_ov is not None:
         check_same_base(src, layout, opts, pre_fs, plan)

@@ -11,7 +11,7 @@ import pytest
 
 from liveos_tools.tools import mtools, parted
 from tests.fixtures import isobuild
-from tests.root.test_iso_write import blkid_at, write
+from tests.root.test_iso_write import CLI, blkid_at, write
 
 MIB = 1 << 20
 pytestmark = pytest.mark.skipif(
@@ -158,4 +158,18 @@ def test_reset_overlay_without_an_overlay_is_refused(iso: isobuild.FixtureIso,
     before = sha(img)
     res = write("--skipcopy", "--reset-overlay", str(iso.path), str(img))
     assert res.returncode == 2 and "no overlay of its own to reset" in res.stderr
+    assert sha(img) == before
+
+
+def test_replacing_an_existing_overlay_asks_first(iso: isobuild.FixtureIso,
+                                                  tmp_path: Path) -> None:  # fmt: skip
+    img = tmp_path / "stick.img"
+    res = write("--format", "256M", "--overlay-size-mb", "16", "--yes", str(iso.path), str(img))
+    assert res.returncode == 0, res.stderr
+    before = sha(img)
+    again = subprocess.run([*CLI,
+                            "--skipcopy", "--overlay-size-mb", "24", str(iso.path), str(img)],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert again.returncode == 9, again.stderr
+    assert "every change stored in it" in again.stderr
     assert sha(img) == before
