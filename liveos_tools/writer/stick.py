@@ -729,6 +729,35 @@ def fs_has(fs: StickFs, rel: str) -> bool:
     return res.returncode == 0 and "Inode:" in res.stdout
 
 
+def ext_pieces(fs: StickFs, rel: str) -> tuple[int, list[tuple[int, int]]]:
+    """(size, absolute byte ranges in file order) of a file on an unmounted ext*
+    filesystem, from debugfs's `stat` and `blocks` (read-only, no journal replay)."""
+    import re
+    import struct
+
+    from liveos_tools.run import run
+
+    where = f"{fs.device}?offset={fs.offset}" if fs.offset else fs.device
+    stat_out = run(["debugfs", "-R", f"stat /{rel.strip('/')}", where]).stdout
+    m = re.search(r"\bSize: (\d+)", stat_out)
+    if m is None:
+        raise TargetError(f"{rel}: debugfs shows no size for it")
+    size = int(m.group(1))
+    blocks = [int(b) for b in run(["debugfs", "-R", f"blocks /{rel.strip('/')}", where]
+                                  ).stdout.split()]  # fmt: skip
+    with open(fs.device, "rb") as f:
+        f.seek(fs.offset + 1024 + 24)
+        bs = 1024 << struct.unpack("<I", f.read(4))[0]
+    pieces: list[tuple[int, int]] = []
+    for b in blocks:
+        off = fs.offset + b * bs
+        if pieces and pieces[-1][0] + pieces[-1][1] == off:
+            pieces[-1] = (pieces[-1][0], pieces[-1][1] + bs)
+        else:
+            pieces.append((off, bs))
+    return size, pieces
+
+
 def _stick_source(src: Source, what: str) -> None:
     from liveos_tools.writer.source import SourceKind
 
@@ -777,18 +806,30 @@ def check_same_base(src: Source, layout: Layout, opts: WriteOptions, fs: StickFs
     assert image_sf is not None
     hint = "drop --skipcopy so the source's image is copied with its overlay"
     rel = f"{opts.livedir}/{Path(layout.image).name}"
-    if fs is None or fs.fstype != "vfat":
-        raise UsageError("--copy-overlay with --skipcopy: the stick's image cannot be compared "
-                         "with the source's on this filesystem", hint)
+    if fs is None:
+        raise UsageError("--copy-overlay with --skipcopy needs a stick with an image", hint)
     from liveos_tools.tools import mtools
 
-    if not mtools.exists(fs.device, fs.offset, rel):
+    if not fs_has(fs, rel):
         raise TargetError(f"--copy-overlay: the stick has no {rel} for the overlay", hint)
-    with tempfile.TemporaryDirectory(prefix="liveos-cmp-") as tmp:
-        mine = FatDest(fs.device, fs.offset, Path(tmp)).checksum(rel, image_sf.size)
+    mine: copy.Checksum | None = None
+    if fs.fstype == "vfat":
+        same_size = mtools.allocated_bytes(fs.device, fs.offset, rel) >= image_sf.size
+        with tempfile.TemporaryDirectory(prefix="liveos-cmp-") as tmp:
+            mine = FatDest(fs.device, fs.offset, Path(tmp)).checksum(rel, image_sf.size)
+    else:
+        size, pieces = ext_pieces(fs, rel)
+        same_size = size == image_sf.size
+        if same_size and sum(n for _, n in pieces) < size:
+            raise UsageError(f"--copy-overlay: the stick's {rel} is sparse, so it cannot be "
+                             "compared with the source's image here", hint)
+        fd = os.open(fs.device, os.O_RDONLY)
+        try:
+            mine = copy.read_back(fd, pieces, size, rel) if same_size else None
+        finally:
+            os.close(fd)
     theirs = copy.checksum_of(copy.source_chunks(image_sf, None, None))
-    same = mine.first_difference(theirs) is None and mtools.allocated_bytes(
-        fs.device, fs.offset, rel) >= image_sf.size
+    same = same_size and mine is not None and mine.first_difference(theirs) is None
     if not same:
         raise UsageError(
             f"--copy-overlay: the stick's {rel} is not the image the source's overlay was "

@@ -173,3 +173,30 @@ def test_replacing_an_existing_overlay_asks_first(iso: isobuild.FixtureIso,
     assert again.returncode == 9, again.stderr
     assert "every change stored in it" in again.stderr
     assert sha(img) == before
+
+
+def test_copy_overlay_skipcopy_on_ext4_compares_the_image(source_stick: Path,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    new = tmp_path / "new.img"
+    assert write("--format", "300M,ext4", "--yes", str(source_stick), str(new)).returncode == 0
+    res = write("--skipcopy", "--copy-overlay", str(source_stick), str(new))
+    assert res.returncode == 0, res.stderr
+    assert "same checksum" in res.stderr
+    # change one byte of the stick's image (found through debugfs, as the writer does)
+    from liveos_tools.writer.stick import StickFs, ext_pieces
+
+    part = parted.read_table(new).partitions[0]
+    info = blkid_at(new, part.start)
+    fs = StickFs(str(new), part.start, part.length, "ext4", info["LABEL"], info["UUID"], False)
+    size, pieces = ext_pieces(fs, "LiveOS/squashfs.img")
+    assert size == (source_stick / "LiveOS" / "squashfs.img").stat().st_size
+    with open(new, "r+b") as f:
+        f.seek(pieces[0][0] + 5000)
+        old = f.read(1)
+        f.seek(pieces[0][0] + 5000)
+        f.write(bytes([old[0] ^ 0xFF]))
+    before = sha(new)
+    other = write("--skipcopy", "--copy-overlay", str(source_stick), str(new))
+    assert other.returncode == 2, other.stderr
+    assert "not the image the source's overlay was made over" in other.stderr
+    assert sha(new) == before
