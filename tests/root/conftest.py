@@ -1,31 +1,36 @@
-"""Host tests that need root and loop devices (ext4 only: no vfat, no dm on this kernel)."""
+"""Host tests that need root and loop devices (ext4 only: no vfat, no dm on this kernel).
+
+After each test, any loop device backed by a file under the test's tmp_path, and any
+mount below it, is a leak: it is cleaned up and the test fails. Only those: other
+processes on the machine may be using loop devices of their own at the same time.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-
-def _loops() -> set[str]:
-    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    return {line.split(":")[0] for line in out.splitlines() if line}
+from liveos_tools import mounts
+from liveos_tools.tools import losetup
 
 
 @pytest.fixture(autouse=True)
-def _needs_root_and_no_leaks() -> Iterator[None]:
+def _needs_root_and_no_leaks(tmp_path: Path) -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.skip("needs root for loop devices and mounts")
-    before = _loops()
-    with open("/proc/self/mountinfo") as f:
-        mounts_before = f.read().count("\n")
     yield
-    leaked = _loops() - before
-    with open("/proc/self/mountinfo") as f:
-        mounts_after = f.read().count("\n")
-    for dev in leaked:
+    mine = str(tmp_path.resolve()) + "/"
+    leaked_mounts = [m.mountpoint for m in mounts.mounts() if m.mountpoint.startswith(mine)]
+    for where in reversed(leaked_mounts):
+        subprocess.run(["umount", "-l", where], check=False)
+    leaked_loops = [
+        d.name for d in losetup.list_devices() if d.back_file and d.back_file.startswith(mine)
+    ]
+    for dev in leaked_loops:
         subprocess.run(["losetup", "-d", dev], check=False)
-    assert not leaked, f"the test leaked loop devices: {sorted(leaked)}"
-    assert mounts_after == mounts_before, "the test leaked mounts"
+    assert not leaked_mounts, f"the test leaked mounts: {leaked_mounts}"
+    assert not leaked_loops, f"the test leaked loop devices: {leaked_loops}"
