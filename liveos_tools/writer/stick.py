@@ -493,7 +493,8 @@ def plan_stick(
 
         d = dest()
         if fstype == "vfat":
-            d.sync()
+            # syslinux (mtools build) reads and writes the image through the page cache,
+            # like mtools and our writes: no fsync is needed first.
             sl.install_fat(fs.device, fs.offset, f"/{sys_dir}")
         else:
             host = d.host_path(sys_dir)
