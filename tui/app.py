@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from rich.text import Text
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SuspendNotSupported
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.events import DescendantFocus
@@ -346,12 +346,18 @@ class LiveOSApp(App[int]):
             if i < n:
                 print(f"[{i + 1}/{n}] {summary}", file=sys.stderr, flush=True)
 
-        with self.suspend():
-            print(f"liveos-tui: {prepared.plan.title} ({prepared.privilege})", file=sys.stderr)
-            try:
-                self.backend.execute(prepared, progress)
-            except LiveOSError as err:
-                return err
+        try:
+            with self.suspend():
+                print(f"liveos-tui: {prepared.plan.title} ({prepared.privilege})", file=sys.stderr)
+                try:
+                    self.backend.execute(prepared, progress)
+                except LiveOSError as err:
+                    return err
+        except SuspendNotSupported:
+            return LiveOSError(
+                "this terminal cannot be handed over for the password prompt",
+                "run the command shown in the plan in a terminal",
+            )
         return None
 
 

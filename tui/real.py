@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from liveos_tools.errors import LiveOSError
+from liveos_tools.errors import LiveOSError, ToolError
 from liveos_tools.media import LIVE_ROOT, HomeKind, Medium, Source, parse_cmdline
 from liveos_tools.plan import Plan, Progress
 from liveos_tools.units import MiB
@@ -309,7 +309,11 @@ class RealBackend:
         def run_it() -> None:
             from liveos_tools.run import run
 
-            run(argv)
+            try:
+                # stdin empty, not the terminal: the app (or sudo's prompt) owns that.
+                run(argv, input=b"")
+            except ToolError as err:
+                raise privileged_error(tool, err) from None
 
         plan.add(f"run as root through {tool}", run_it, argv=argv)
         dry = " ".join(["liveos-overlay", *[a for a in tail if a != "--yes"], "--dry-run"])
@@ -331,6 +335,42 @@ class RealBackend:
                 prepared.plan.execute(progress)
         except OSError as exc:  # a task let one through: still a message, not a traceback
             raise LiveOSError(f"{prepared.plan.title} failed: {exc}") from exc
+
+
+#: pkexec's own exit codes (man pkexec): it did not run the command.
+PKEXEC_DISMISSED = 126
+PKEXEC_NOT_AUTHORIZED = 127
+
+
+def privileged_error(tool: str, err: ToolError) -> LiveOSError:
+    """What a failed `pkexec|sudo liveos-overlay ...` means, as one error with a hint.
+
+    liveos-overlay prints `error: ...` and `hint: ...` on stderr: those are the
+    message. Otherwise it is pkexec or sudo refusing, and nothing ran.
+    """
+    message = hint = None
+    for line in err.stderr.splitlines():
+        if line.startswith("error: "):
+            message = line.removeprefix("error: ").strip()
+        elif line.startswith("hint: "):
+            hint = line.removeprefix("hint: ").strip()
+    if message:
+        return LiveOSError(message, hint)
+    if tool == "pkexec" and err.returncode == PKEXEC_DISMISSED:
+        return LiveOSError("the password dialog was dismissed", "nothing was changed")
+    if tool == "pkexec" and err.returncode == PKEXEC_NOT_AUTHORIZED:
+        return LiveOSError(
+            f"pkexec did not authorize it ({_last_line(err.stderr) or 'not authorized'})",
+            "nothing was changed; ask an administrator, or run liveos-tui as root",
+        )
+    return LiveOSError(
+        err.message, err.hint or "run it in a terminal to see all it says: " + " ".join(err.argv)
+    )
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def _same_device(node: str, path: Path) -> bool:

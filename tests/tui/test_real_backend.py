@@ -34,29 +34,49 @@ COW = Path(__file__).resolve().parents[1] / "fixtures" / "cow" / "demo-60pct.cow
 TOOLS = ("mkfs.ext4", "mksquashfs", "losetup", "mount", "blkid")
 
 
-def _loops() -> set[str]:
-    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    return {line.split(":")[0] for line in out.splitlines() if line}
+def _our_loops(tmp: Path) -> set[str]:
+    """Loop devices backed by a file under tmp (other tests on this machine use loops too)."""
+    out = subprocess.run(
+        ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    found = set()
+    for line in out.splitlines():
+        name, _, back = line.strip().partition(" ")
+        if back.strip().startswith(str(tmp)):
+            found.add(name)
+    return found
 
 
-def _mount_count() -> int:
-    return Path("/proc/self/mountinfo").read_text().count("\n")
+def _mounts_of(devices: set[str]) -> list[str]:
+    """Mount points (in this namespace) whose source is one of the devices."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        source = fields[fields.index("-") + 2]
+        if source in devices:
+            found.append(fields[4])
+    return found
 
 
 @pytest.fixture
-def no_leaks() -> Iterator[None]:
+def no_leaks(tmp_path: Path) -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.skip("needs root for loop devices and mounts")
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
         pytest.skip(f"missing tools: {', '.join(missing)}")
-    before, mounts_before = _loops(), _mount_count()
     yield
-    leaked = _loops() - before
+    # Only what this test made: other engineers' tests attach loops and mount meanwhile.
+    leaked = _our_loops(tmp_path)
+    mounted = _mounts_of(leaked)
+    for where in mounted:
+        subprocess.run(["umount", where], check=False)
     for dev in leaked:
         subprocess.run(["losetup", "-d", dev], check=False)
+    assert not mounted, f"the test leaked mounts: {mounted}"
     assert not leaked, f"the test leaked loop devices: {sorted(leaked)}"
-    assert _mount_count() == mounts_before, "the test leaked mounts"
 
 
 def _run(*argv: str) -> None:
