@@ -28,8 +28,8 @@ def _passphrase_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--passphrase-file",
         metavar="FILE",
-        help="read the LUKS passphrase from FILE (one trailing newline is dropped); "
-        "otherwise it is asked on the terminal",
+        help="read the LUKS passphrase from FILE, or from standard input with - (one "
+        "trailing newline is dropped); otherwise it is asked on the terminal",
     )
 
 
@@ -164,11 +164,17 @@ def _is_disk_image(path: Path) -> bool:
 
 
 def _read_passphrase_file(name: str) -> bytes:
+    import sys
+
     from liveos_tools.errors import UsageError
 
     try:
-        with open(name, "rb") as f:
-            data = f.read()
+        if name == "-":
+            # For a caller that pipes it in (the TUI through pkexec): never on argv.
+            data = sys.stdin.buffer.read()
+        else:
+            with open(name, "rb") as f:
+                data = f.read()
     except OSError as exc:
         raise UsageError(f"{name}: cannot read the passphrase file ({exc.strerror})") from None
     # `echo secret > file` adds a newline nobody types at the boot prompt.

@@ -195,3 +195,16 @@ def test_create_plan_lists_its_steps(tmp_path: Path) -> None:
     assert "mkfs.ext4 -q -F -E nodiscard -L HOME" in text
     assert not plan.destructive
     assert list(tmp_path.iterdir()) == []  # planning wrote nothing
+
+
+def test_passphrase_from_stdin_with_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from liveos_tools.cli.home import _read_passphrase_file
+    from liveos_tools.errors import UsageError
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"s3cret pass\n")))
+    assert _read_passphrase_file("-") == b"s3cret pass"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\n")))
+    with pytest.raises(UsageError, match="empty"):
+        _read_passphrase_file("-")
