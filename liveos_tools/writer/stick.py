@@ -510,14 +510,23 @@ def plan_stick(
     def sync_and_verify() -> None:
         d = dest()
         d.sync()
-        for cd, rel, expected in checks:
-            if cd is not d:
-                cd.sync()
+        for cd in {id(c[0]): c[0] for c in checks if c[0] is not d}.values():
+            cd.sync()
+
+        def check(cd: Dest, rel: str, expected: copy.Checksum) -> None:
             prog = (copy.Progress(f"{target.spec}: verify {rel}", expected.size)
                     if rel == image_rel else None)
             copy.verify(cd, rel, expected, prog)
             if prog:
                 prog.finish()
+
+        # The image is read back while the small files are checked beside it.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="liveos-verify") as ex:
+            for fut in [ex.submit(check, *c) for c in sorted(
+                    checks, key=lambda c: c[1] != image_rel)]:
+                fut.result()
 
     plan.add("fsync, then verify every copied file against its source checksum"
              if not opts.noverify else "fsync (--noverify: no verification)",
