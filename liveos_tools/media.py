@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import TYPE_CHECKING, NamedTuple
 
 from liveos_tools import mounts
 from liveos_tools.errors import InUseError, LiveOSError, TargetError
@@ -62,8 +62,12 @@ class HomeKind(Enum):
     UNKNOWN = "unknown"
 
 
-@dataclass(frozen=True)
-class Volume:
+#: Records here are NamedTuples, not dataclasses: `liveos-overlay status` must start
+#: fast, and importing dataclasses (with inspect) costs more than the rest of the path.
+_NO_ARGS: Mapping[str, str] = MappingProxyType({})
+
+
+class Volume(NamedTuple):
     """The filesystem that holds the LiveOS directory, as blkid names it."""
 
     device: str | None
@@ -78,8 +82,7 @@ class Volume:
         return f"overlay-{self.label}-{self.uuid}"
 
 
-@dataclass(frozen=True)
-class Medium:
+class Medium(NamedTuple):
     source: Source
     target: str
     root: Path | None
@@ -95,7 +98,7 @@ class Medium:
     swap_path: Path | None
     other_overlays: tuple[Path, ...] = ()
     live_dm: str | None = None  # the dm device of a running live system
-    boot_args: dict[str, str] = field(default_factory=dict)
+    boot_args: Mapping[str, str] = _NO_ARGS
 
     @property
     def livedir_path(self) -> Path | None:

@@ -6,6 +6,7 @@ colour class follows the same thresholds as `liveos-overlay status`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from liveos_tools.media import HomeKind, OverlayKind
@@ -159,5 +160,5 @@ def details_rows(report: StatusReport, details: Details | None) -> list[tuple[st
     return rows
 
 
-def _args(args: dict[str, str]) -> str:
+def _args(args: Mapping[str, str]) -> str:
     return " ".join(k if v == "1" else f"{k}={v}" for k, v in sorted(args.items()))

@@ -7,8 +7,10 @@ liveos_tools.errors.ExitCode (a traceback only with --debug).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from liveos_tools import __version__
 from liveos_tools.errors import ExitCode, LiveOSError
@@ -41,6 +43,30 @@ COMMAND_NAMES = {
 }
 
 
+class _Formatter(argparse.HelpFormatter):
+    # argparse imports shutil (and with it bz2, lzma, fnmatch) in every formatter it
+    # makes, one per add_argument, just to learn the terminal width. Tell it instead.
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            try:
+                width = int(os.environ.get("COLUMNS") or os.get_terminal_size(2).columns) - 2
+            except (OSError, ValueError):
+                width = 78
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
 def _chosen_command(argv: Sequence[str]) -> str | None:
     for word in argv:
         if word == "--":
@@ -54,7 +80,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; given argv naming a known command, only that command's module loads."""
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="liveos-overlay",
         description="Status, repair and maintenance of LiveOS sticks with persistent overlays.",
     )

@@ -25,12 +25,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _emit(report: StatusReport, as_json: bool, watching: bool) -> None:
-    import json
     import sys
 
     from liveos_tools.tasks.status import render_text, to_json
 
     if as_json:
+        import json
+
         print(json.dumps(to_json(report), indent=None if watching else 2), flush=True)
         return
     if watching and sys.stdout.isatty():

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from liveos_tools.cow import SECTOR, read_store
 from liveos_tools.errors import ExitCode, LiveOSError
@@ -51,8 +50,7 @@ class Level(Enum):
     BROKEN = "broken"
 
 
-@dataclass(frozen=True)
-class OverlayStatus:
+class OverlayStatus(NamedTuple):
     kind: OverlayKind
     path: str | None
     state: OverlayState
@@ -72,16 +70,14 @@ class OverlayStatus:
         return self.used_bytes / self.total_bytes if self.total_bytes else 0.0
 
 
-@dataclass(frozen=True)
-class HomeStatus:
+class HomeStatus(NamedTuple):
     path: str | None
     kind: HomeKind
     size_bytes: int | None = None
     used_bytes: int | None = None
 
 
-@dataclass(frozen=True)
-class StatusReport:
+class StatusReport(NamedTuple):
     medium: Medium
     overlay: OverlayStatus
     home: HomeStatus
@@ -142,7 +138,7 @@ def _from_kernel(dm_name: str, path: Path | None) -> OverlayStatus:
         # No numbers from the kernel: the file still has them.
         if path is not None and os.access(path, os.R_OK):
             offline = _from_store_file(path)
-            return _replace(offline, state=kernel_state or offline.state, read_from="kernel+file")
+            return offline._replace(state=kernel_state or offline.state, read_from="kernel+file")
         return OverlayStatus(
             kind=OverlayKind.DM,
             path=str(path) if path else None,
@@ -168,10 +164,6 @@ def _from_kernel(dm_name: str, path: Path | None) -> OverlayStatus:
         total_sectors=total,
         metadata_sectors=meta,
     )
-
-
-def _replace(s: OverlayStatus, **changes: Any) -> OverlayStatus:
-    return OverlayStatus(**{**asdict(s), **changes})
 
 
 def _tree_bytes(path: Path) -> int:
@@ -338,7 +330,7 @@ def to_json(report: StatusReport) -> dict[str, Any]:
             "live_dm": m.live_dm,
             "free_bytes": report.stick_free_bytes,
             "total_bytes": report.stick_total_bytes,
-            "boot_args": m.boot_args,
+            "boot_args": dict(m.boot_args),
         },
         "home": {
             "path": report.home.path,

@@ -10,7 +10,6 @@ say what `status` would say for that state.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +97,7 @@ def canonical(d: dict[str, Any]) -> dict[str, Any]:
     report = report_from_json(d)
     level = status._level(report.overlay)
     warnings = tuple(status._warnings(report.medium, report.overlay, level))
-    return status.to_json(replace(report, level=level, warnings=warnings))
+    return status.to_json(report._replace(level=level, warnings=warnings))
 
 
 DETAILS_LIVE = {
