@@ -39,9 +39,11 @@ def _size_spec(text: str) -> tuple[int, str | None, int | None]:
     blksz = None
     if len(parts) > 2 and parts[2]:
         if not parts[2].isdigit() or int(parts[2]) not in BLOCK_SIZES:
-            raise UsageError(f"{text!r}: block size {parts[2]!r} is not one of "
-                             f"{', '.join(map(str, BLOCK_SIZES))}",
-                             "ext filesystems take 1024, 2048 or 4096 bytes per block")
+            raise UsageError(
+                f"{text!r}: block size {parts[2]!r} is not one of "
+                f"{', '.join(map(str, BLOCK_SIZES))}",
+                "ext filesystems take 1024, 2048 or 4096 bytes per block",
+            )
         blksz = int(parts[2])
     return size, fstype, blksz
 
@@ -61,52 +63,103 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="TARGET", nargs="?")
     p.add_argument("--debug", action="store_true", help="show commands run and tracebacks")
     g = p.add_argument_group("targets and safety")
-    g.add_argument("--target", action="append", default=[], metavar="TARGET", dest="targets",
-                   help="another target; repeat to write many sticks in parallel")
+    g.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        dest="targets",
+        help="another target; repeat to write many sticks in parallel",
+    )
     g.add_argument("--dry-run", action="store_true", help="print the whole plan, change nothing")
     g.add_argument("-y", "--yes", action="store_true", help="do not ask before --format")
-    g.add_argument("--force", action="store_true",
-                   help="write a disk that is not removable (never the system disk)")
+    g.add_argument(
+        "--force",
+        action="store_true",
+        help="write a disk that is not removable (never the system disk)",
+    )
     g.add_argument("--noverify", action="store_true", help="skip the checksum verification")
-    g.add_argument("--verify-hash", choices=("crc32", "sha256"), default="crc32",
-                   help="checksum of the verification, per 16 MiB segment (default crc32: "
-                   "fast; sha256 costs about 1 s per GiB of CPU)")
-    g.add_argument("--serial", action="store_true",
-                   help="write several targets one after another, not in parallel")
+    g.add_argument(
+        "--verify-hash",
+        choices=("crc32", "sha256"),
+        default="crc32",
+        help="checksum of the verification, per 16 MiB segment (default crc32: "
+        "fast; sha256 costs about 1 s per GiB of CPU)",
+    )
+    g.add_argument(
+        "--serial",
+        action="store_true",
+        help="write several targets one after another, not in parallel",
+    )
     g = p.add_argument_group("partitioning and filesystems")
-    g.add_argument("--format", nargs="?", const="", default=None, metavar="SIZE[,FS[,BLKSZ]]",
-                   help="partition and format the whole disk (vfat by default; ext4...); "
-                   "SIZE makes a new disk image file")
-    g.add_argument("--reset-mbr", "--resetmbr", action="store_true",
-                   help="write syslinux's MBR boot code")
-    g.add_argument("--efi", "--mactel", action="store_true",
-                   help="GPT with an EFI system partition, plus GRUB's EFI config")
+    g.add_argument(
+        "--format",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="SIZE[,FS[,BLKSZ]]",
+        help="partition and format the whole disk (vfat by default; ext4...); "
+        "SIZE makes a new disk image file",
+    )
+    g.add_argument(
+        "--reset-mbr", "--resetmbr", action="store_true", help="write syslinux's MBR boot code"
+    )
+    g.add_argument(
+        "--efi",
+        "--mactel",
+        action="store_true",
+        help="GPT with an EFI system partition, plus GRUB's EFI config",
+    )
     g.add_argument("--msdos", action="store_true", help="msdos partition table even with --efi")
     g.add_argument("--noesp", action="store_true", help="no separate EFI system partition")
     g.add_argument("--nomac", action="store_true", help="(accepted; no Mac partition is made)")
     g.add_argument("--label", help="filesystem label (spaces become _)")
     g = p.add_argument_group("what is copied")
-    g.add_argument("--skipcopy", "--reconfig", action="store_true", dest="skipcopy",
-                   help="do not copy the live image; only rewrite boot files and persistence")
-    g.add_argument("--livedir", "--multi", default="LiveOS", dest="livedir", metavar="DIR",
-                   help="directory for the live image (rd.live.dir)")
-    g.add_argument("--skipcompress", action="store_true",
-                   help="unpack rootfs.img from the squashfs onto the stick")
+    g.add_argument(
+        "--skipcopy",
+        "--reconfig",
+        action="store_true",
+        dest="skipcopy",
+        help="do not copy the live image; only rewrite boot files and persistence",
+    )
+    g.add_argument(
+        "--livedir",
+        "--multi",
+        default="LiveOS",
+        dest="livedir",
+        metavar="DIR",
+        help="directory for the live image (rd.live.dir)",
+    )
+    g.add_argument(
+        "--skipcompress",
+        action="store_true",
+        help="unpack rootfs.img from the squashfs onto the stick",
+    )
     g.add_argument("--compress", action="store_true", help="(accepted; the default)")
     g.add_argument("--updates", metavar="IMG", help="(accepted; not copied)")
     g.add_argument("--ks", metavar="FILE", help="(accepted; not copied)")
     g.add_argument("--xo", action="store_true", help="(accepted; ignored)")
     g.add_argument("--xo-no-home", action="store_true", help="(accepted; ignored)")
     g = p.add_argument_group("persistence")
-    g.add_argument("--overlay-size-mb", metavar="N[,FS[,BLKSZ]]",
-                   help="persistent overlay of N MiB (preallocated overlay-<LABEL>-<UUID>)")
+    g.add_argument(
+        "--overlay-size-mb",
+        metavar="N[,FS[,BLKSZ]]",
+        help="persistent overlay of N MiB (preallocated overlay-<LABEL>-<UUID>)",
+    )
     g.add_argument("--no-overlay", action="store_true", help="no persistent overlay")
-    g.add_argument("--overlayfs", nargs="?", const="persist", choices=("persist", "temp"),
-                   help="OverlayFS persistence (a directory on ext4, an image on vfat); "
-                   "`temp` keeps nothing")
+    g.add_argument(
+        "--overlayfs",
+        nargs="?",
+        const="persist",
+        choices=("persist", "temp"),
+        help="OverlayFS persistence (a directory on ext4, an image on vfat); `temp` keeps nothing",
+    )
     g.add_argument("--reset-overlay", action="store_true", help="start with an empty overlay")
-    g.add_argument("--copy-overlay", action="store_true",
-                   help="copy the source's overlay (SOURCE live or a stick)")
+    g.add_argument(
+        "--copy-overlay",
+        action="store_true",
+        help="copy the source's overlay (SOURCE live or a stick)",
+    )
     g.add_argument("--home-size-mb", metavar="N[,FS[,BLKSZ]]", help="make home.img of N MiB")
     g.add_argument("--copy-home", action="store_true", help="copy the source's home.img")
     g.add_argument("--delete-home", action="store_true", help="replace an existing home.img")
@@ -115,10 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--passphrase-file", metavar="FILE", help="passphrase for a LUKS home.img")
     g.add_argument("--swap-size-mb", metavar="N", help="make swap.img of N MiB")
     g = p.add_argument_group("boot")
-    g.add_argument("--extra-kernel-args", default="", metavar="ARGS",
-                   help="more kernel arguments")
-    g.add_argument("--timeout", type=int, default=10, metavar="SECONDS",
-                   help="boot menu timeout (0: boot at once, -1: wait)")
+    g.add_argument("--extra-kernel-args", default="", metavar="ARGS", help="more kernel arguments")
+    g.add_argument(
+        "--timeout",
+        type=int,
+        default=10,
+        metavar="SECONDS",
+        help="boot menu timeout (0: boot at once, -1: wait)",
+    )
     g.add_argument("--totaltimeout", type=int, metavar="SECONDS", help="(accepted; see --timeout)")
     g.add_argument("--nobootmsg", action="store_true", help="no boot message")
     g.add_argument("--nomenu", action="store_true", help="no boot menu")
@@ -139,20 +196,25 @@ def options_from_args(args: argparse.Namespace) -> Any:
         o.format = True
         size, fstype, blksz = _size_spec(args.format) if args.format else (0, None, None)
         o.format_size = size or None
-        o.fstype = {"fat": "vfat", "fat32": "vfat", "msdos": "vfat"}.get(fstype or "vfat",
-                                                                           fstype or "vfat")
+        o.fstype = {"fat": "vfat", "fat32": "vfat", "msdos": "vfat"}.get(
+            fstype or "vfat", fstype or "vfat"
+        )
         o.blocksize = blksz
         if blksz and o.fstype == "vfat":
-            notes.append("--format SIZE,vfat,BLKSZ: BLKSZ applies to ext filesystems; "
-                         "mkfs.fat chooses the FAT cluster size: ignored")
+            notes.append(
+                "--format SIZE,vfat,BLKSZ: BLKSZ applies to ext filesystems; "
+                "mkfs.fat chooses the FAT cluster size: ignored"
+            )
     o.reset_mbr, o.efi, o.msdos, o.noesp = args.reset_mbr, args.efi, args.msdos, args.noesp
     o.noverify, o.skipcopy, o.force, o.label = args.noverify, args.skipcopy, args.force, args.label
     o.skipcompress = args.skipcompress
     if args.overlay_size_mb:
         o.overlay_size, o.overlay_fstype, o.overlay_blocksize = _size_spec(args.overlay_size_mb)
         if o.overlay_fstype not in (None, "ext4", "ext3", "ext2"):
-            raise UsageError(f"--overlay-size-mb: an OverlayFS overlay image cannot be "
-                             f"{o.overlay_fstype!r}", "use ext4, ext3 or ext2")
+            raise UsageError(
+                f"--overlay-size-mb: an OverlayFS overlay image cannot be {o.overlay_fstype!r}",
+                "use ext4, ext3 or ext2",
+            )
     if args.overlayfs == "temp":
         o.overlay = Persistence.OVERLAYFS_TEMP
     elif args.overlayfs:
@@ -166,8 +228,9 @@ def options_from_args(args: argparse.Namespace) -> Any:
         o.home_size, o.home_fstype = size, fstype or "ext4"
     o.delete_home = args.delete_home
     if args.crypted_home and args.unencrypted_home:
-        raise UsageError("--crypted-home and --unencrypted-home contradict each other",
-                         "give one of them")
+        raise UsageError(
+            "--crypted-home and --unencrypted-home contradict each other", "give one of them"
+        )
     o.encrypt_home = not args.unencrypted_home
     if o.home_size and o.encrypt_home and not o.copy_home:
         if args.passphrase_file:
@@ -181,8 +244,10 @@ def options_from_args(args: argparse.Namespace) -> Any:
 
             o.passphrase = getpass.getpass("Passphrase for home.img: ").encode()
         else:
-            raise UsageError("an encrypted home.img needs a passphrase",
-                             "give --passphrase-file FILE, or --unencrypted-home")
+            raise UsageError(
+                "an encrypted home.img needs a passphrase",
+                "give --passphrase-file FILE, or --unencrypted-home",
+            )
     if args.swap_size_mb:
         o.swap_size = _size_spec(args.swap_size_mb)[0]
     o.extra_args = tuple(args.extra_kernel_args.split())
@@ -202,16 +267,22 @@ def run(args: argparse.Namespace) -> int:
     for note in opts.notes:
         print(f"note: {note}", file=sys.stderr)
     with write.prepare(args.source, targets, opts) as prepared:
-        print(f"source: {args.source} ({prepared.layout.kind.value} layout, label "
-              f"{prepared.source.label!r})", file=sys.stderr)
+        print(
+            f"source: {args.source} ({prepared.layout.kind.value} layout, label "
+            f"{prepared.source.label!r})",
+            file=sys.stderr,
+        )
         for job in prepared.jobs:
             show_plan(job.plan)
         if args.dry_run:
             return int(ExitCode.OK)
         for job in prepared.jobs:
             if job.plan.destroys:
-                confirm(job.plan, yes=args.yes, question=f"{'Format' if opts.format else 'Write'}"
-                        f" {job.target.spec}?")
+                confirm(
+                    job.plan,
+                    yes=args.yes,
+                    question=f"{'Format' if opts.format else 'Write'} {job.target.spec}?",
+                )
         from liveos_tools.writer import copy
 
         copy.set_algorithm(args.verify_hash)
@@ -226,8 +297,10 @@ def run(args: argparse.Namespace) -> int:
         return int(ExitCode.TOOL_FAILED)
     for o in outcomes:
         if o.result:
-            print(f"{o.target}: written, UUID={o.result.uuid} LABEL={o.result.label}"
-                  + (f" overlay={o.result.overlay_name}" if o.result.overlay_name else ""))
+            print(
+                f"{o.target}: written, UUID={o.result.uuid} LABEL={o.result.label}"
+                + (f" overlay={o.result.overlay_name}" if o.result.overlay_name else "")
+            )
     return int(ExitCode.OK)
 
 
@@ -249,8 +322,6 @@ def _optional_values(argv: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from liveos_tools.errors import ExitCode, LiveOSError
-
     parser = build_parser()
     args = parser.parse_args(_optional_values(list(sys.argv[1:] if argv is None else argv)))
     args.target_more = args.targets
@@ -258,26 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from liveos_tools import run as run_mod
 
         run_mod.set_debug(True)
-    try:
-        return run(args)
-    except LiveOSError as err:
-        if args.debug:
-            import traceback
+    from liveos_tools.cli.main import run_reported
 
-            traceback.print_exc()
-        print(f"error: {err.message}", file=sys.stderr)
-        if err.hint:
-            print(f"hint: {err.hint}", file=sys.stderr)
-        return int(err.code)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return int(ExitCode.ABORTED)
-    except Exception as exc:  # the one place a bug becomes a clean exit
-        if args.debug:
-            raise
-        print(f"error: internal error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
-        print("hint: run again with --debug and report the traceback", file=sys.stderr)
-        return int(ExitCode.INTERNAL)
+    return run_reported(lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

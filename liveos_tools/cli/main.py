@@ -114,10 +114,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from liveos_tools import run
 
         run.set_debug(True)
+    return run_reported(lambda: _load(args.handler)(args), debug=args.debug)
+
+
+def run_reported(work: Callable[[], int], *, debug: bool) -> int:
+    """Run a command; turn every failure into `error:`/`hint:` lines and an exit code.
+
+    The one place where exceptions become exit codes, for every console script.
+    """
     try:
-        return _load(args.handler)(args)
+        return work()
     except LiveOSError as err:
-        if args.debug:
+        if debug:
             import traceback
 
             traceback.print_exc()
@@ -130,8 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.ABORTED
     except BrokenPipeError:
         return ExitCode.OK
-    except Exception as exc:  # the one place a bug becomes a clean exit
-        if args.debug:
+    except Exception as exc:  # a bug becomes a clean exit, with the traceback on --debug
+        if debug:
             raise
         print(f"error: internal error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         print("hint: run again with --debug and report the traceback", file=sys.stderr)
