@@ -281,18 +281,20 @@ class RealBackend:
         return fn(medium.home_path, dest_path, delete_existing=params.delete_existing), medium
 
     def accepts_passphrase(self) -> bool:
-        # As root the passphrase goes straight to the library. Not root, it would have
-        # to reach `liveos-overlay home resize` under pkexec/sudo on its stdin, and
-        # --passphrase-file does not read '-' yet: the user runs it in a terminal.
-        return self.is_root
+        # As root the passphrase goes straight to the library; not root, it reaches
+        # `liveos-overlay home resize --passphrase-file -` on stdin under pkexec/sudo
+        # (sudo asks for its own password on the terminal, not on stdin).
+        return True
 
     def _privileged(self, stick: Stick, action: Action, params: ActionParams) -> Prepared:
         tail = command_for(stick, action, params)
+        stdin = b""
         if action is Action.GROW_HOME and (params.home_encrypted or params.passphrase):
-            raise ActionUnavailable(
-                "home.img is encrypted: grow it in a terminal, which asks for the passphrase",
-                "run: sudo " + " ".join(["liveos-overlay", *[a for a in tail if a != "--yes"]]),
-            )
+            if params.passphrase is None:
+                raise ActionUnavailable("home.img is encrypted: its passphrase is needed")
+            # On stdin, never on the command line (which every user can read in /proc).
+            tail = [*tail, "--passphrase-file", "-"]
+            stdin = params.passphrase.reveal()
         graphical = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
         if shutil.which("pkexec") and graphical:
             tool, needs_terminal = "pkexec", False
@@ -310,8 +312,9 @@ class RealBackend:
             from liveos_tools.run import run
 
             try:
-                # stdin empty, not the terminal: the app (or sudo's prompt) owns that.
-                run(argv, input=b"")
+                # Not the terminal: the app (or sudo's prompt) owns that. Only an
+                # encrypted home's passphrase goes this way.
+                run(argv, input=stdin)
             except ToolError as err:
                 raise privileged_error(tool, err) from None
 

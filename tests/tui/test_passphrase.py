@@ -4,7 +4,10 @@ is never shown, rendered, put in a repr or on a command line."""
 from __future__ import annotations
 
 import gzip
+import json
+import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,16 +140,42 @@ async def test_a_backend_that_cannot_take_it_does_not_ask() -> None:
         assert backend.executed == []
 
 
-def test_not_root_says_which_command_to_run_in_a_terminal() -> None:
+def test_not_root_sends_the_passphrase_on_stdin_never_on_argv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fake sudo that records what it got: no real sudo can be driven from a test.
+    record = tmp_path / "calls.json"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sudo").write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(record)!r}, 'w').write(json.dumps("
+        "{'argv': sys.argv[1:], 'stdin': sys.stdin.buffer.read().decode()}))\n"
+    )
+    (bin_dir / "sudo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     backend = RealBackend(scan=False, live=True, is_root=False)
-    assert backend.accepts_passphrase() is False
+    assert backend.accepts_passphrase() is True
     live = Stick("live", None, "live", StickOrigin.LIVE)
-    with pytest.raises(ActionUnavailable) as err:
+    with pytest.raises(ActionUnavailable, match="passphrase is needed"):
         backend.prepare(
             live, Action.GROW_HOME, ActionParams(by_bytes=512 * MiB, home_encrypted=True)
         )
-    assert "encrypted" in err.value.message
-    assert err.value.hint == "run: sudo liveos-overlay home resize /run/initramfs/live --by 512M"
+    secret = "correct horse battery"
+    prepared = backend.prepare(
+        live,
+        Action.GROW_HOME,
+        ActionParams(by_bytes=512 * MiB, home_encrypted=True, passphrase=Secret(secret.encode())),
+    )
+    assert secret not in prepared.plan.render()
+    backend.execute(prepared, lambda *_: None)
+    call = json.loads(record.read_text())
+    assert call["stdin"] == secret
+    assert secret not in " ".join(call["argv"])
+    assert call["argv"][-2:] == ["--passphrase-file", "-"]
+    assert call["argv"][1:6] == ["home", "resize", "/run/initramfs/live", "--by", "512M"]
 
 
 # --- through RealBackend as root, on a stick folder with a LUKS home.img ------------------------
