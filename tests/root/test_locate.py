@@ -228,3 +228,20 @@ def test_not_a_liveos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert sha(img) == before
     with pytest.raises(TargetError), open_medium(str(sparse(tmp_path / "zeros.img", 0))):
         pass
+
+
+def test_a_filesystem_the_kernel_cannot_mount_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from liveos_tools.tools.mount import kernel_filesystems
+
+    if "vfat" in kernel_filesystems():
+        pytest.skip("this kernel mounts vfat; the guest tests cover vfat sticks")
+    tree = stick_tree(tmp_path, label="SOAS", uuid="5A0B-C0DE", home=False)
+    disk = disk_image(tmp_path / "disk.img", tree, label="SOAS", uuid="5A0B-C0DE", fs="vfat")
+    before = sha(disk)
+    assert main(["status", str(disk)]) == ExitCode.BAD_TARGET
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: this kernel cannot mount vfat filesystems")
+    assert err[1] == "hint: load its module (modprobe vfat) or use a system with vfat support"
+    assert sha(disk) == before

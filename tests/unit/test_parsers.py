@@ -276,3 +276,10 @@ def test_format_size() -> None:
         "300 MiB",
         "1.5 GiB",
     ]
+
+
+def test_kernel_filesystems() -> None:
+    from liveos_tools.tools.mount import kernel_filesystems
+
+    text = "nodev\tsysfs\nnodev\ttmpfs\n\text4\n\tsquashfs\nnodev\toverlay\n"
+    assert kernel_filesystems(text) == {"sysfs", "tmpfs", "ext4", "squashfs", "overlay"}
