@@ -430,11 +430,41 @@ def _from_image(
     _need_root(f"the disk image {path}")
     from liveos_tools.tools import losetup
 
+    attached = losetup.find_by_file(path)
+    if attached:
+        # Never a second loop device over the same image: two kernels' views of one
+        # filesystem, one of them writing, corrupt it.
+        if writable:
+            raise InUseError(
+                f"{path} is in use: {_describe_users([d.name for d in attached])}",
+                "unmount it and detach it (umount MOUNTPOINT; losetup -d DEVICE), "
+                "or point at its mounted directory instead",
+            )
+        return _from_device(
+            stack, attached[0].name, source=Source.IMAGE, target=str(path), livedir=livedir
+        )
     loop = losetup.attach(path, readonly=not writable, partscan=True)
     stack.callback(losetup.detach, loop)
     return _from_device(
         stack, loop, source=Source.IMAGE, target=str(path), livedir=livedir, writable=writable
     )
+
+
+def _describe_users(devices: list[str]) -> str:
+    """'attached to /dev/loop3 (partition /dev/loop3p1 mounted at /mnt)' for a message."""
+    table = mounts.mounts()
+    parts = []
+    for dev in devices:
+        names = [dev, *(p for p in _partition_nodes(dev))]
+        where = [f"{m.source} mounted at {m.mountpoint}" for m in table if m.source in names]
+        parts.append(f"attached to {dev}" + (f" ({', '.join(where)})" if where else ""))
+    return "; ".join(parts)
+
+
+def _partition_nodes(device: str) -> list[str]:
+    from liveos_tools.tools import losetup
+
+    return losetup.partitions(device)
 
 
 def _from_overlay_file(path: Path, *, livedir: str) -> Medium:

@@ -245,3 +245,19 @@ def test_a_filesystem_the_kernel_cannot_mount_is_named(
     assert err[0].startswith("error: this kernel cannot mount vfat filesystems")
     assert err[1] == "hint: load its module (modprobe vfat) or use a system with vfat support"
     assert sha(disk) == before
+
+
+def test_an_image_mounted_elsewhere_is_never_attached_twice(
+    stick_img: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with loop(stick_img) as dev, mounted(dev, tmp_path / "mnt"):
+        # Reading goes through the existing device and mount...
+        with open_medium(str(stick_img)) as medium:
+            assert medium.root == tmp_path / "mnt"
+            assert medium.volume is not None and medium.volume.device == dev
+        # ...and a writing command refuses instead of mounting it a second time.
+        assert main(["reset", str(stick_img), "--yes"]) == ExitCode.IN_USE
+        err = capsys.readouterr().err
+        assert f"is in use: attached to {dev} ({dev} mounted at {tmp_path / 'mnt'})" in err
+        overlay = tmp_path / "mnt" / "LiveOS" / f"overlay-SOAS-{UUID}"
+        assert overlay.read_bytes()[:4] == b"SnAp"
