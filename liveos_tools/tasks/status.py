@@ -67,7 +67,9 @@ class OverlayStatus(NamedTuple):
 
     @property
     def used_fraction(self) -> float:
-        return self.used_bytes / self.total_bytes if self.total_bytes else 0.0
+        # A truncated store's table points past its end: it is corrupt, and "1062%" would
+        # only confuse. The raw sectors stay in the report.
+        return min(1.0, self.used_bytes / self.total_bytes) if self.total_bytes else 0.0
 
 
 class HomeStatus(NamedTuple):

@@ -141,3 +141,13 @@ def test_thresholds(used: int, level: str) -> None:
 
     s = OverlayStatus(OverlayKind.DM, None, OverlayState.VALID, "file", used, 1000)
     assert _level(s).value == level
+
+
+def test_truncated_overlay_is_corrupt_and_never_over_100_percent(tmp_path: Path) -> None:
+    path = overlay(tmp_path, "used-c8")
+    with open(path, "r+b") as f:
+        f.truncate(100000)
+    r = run("status", str(path), "--json")
+    doc = json.loads(r.stdout)
+    assert (r.returncode, doc["state"], doc["used_percent"]) == (3, "corrupt", 100.0)
+    assert "past the end" in doc["problem"]
