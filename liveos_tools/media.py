@@ -52,7 +52,7 @@ class ImageLayout(Enum):
     FLAT = "flat"  # squashfs.img holding the root tree itself
     UNCOMPRESSED = "uncompressed"  # LiveOS/rootfs.img on the stick (--skipcompress)
     NONE = "none"
-    UNKNOWN = "unknown"  # squashfs.img present, but unsquashfs is not installed
+    UNKNOWN = "unknown"  # squashfs.img present, but unsquashfs is missing or cannot read it
 
 
 class HomeKind(Enum):
@@ -99,6 +99,9 @@ class Medium(NamedTuple):
     other_overlays: tuple[Path, ...] = ()
     live_dm: str | None = None  # the dm device of a running live system
     boot_args: Mapping[str, str] = _NO_ARGS
+    #: an image or device this process mounted read-only to look at (writing commands
+    #: plan on it, then open it again writable): its read-only mount is not the stick's.
+    opened_readonly: bool = False
 
     @property
     def livedir_path(self) -> Path | None:
@@ -188,7 +191,12 @@ def _image_layout(livedir: Path) -> tuple[ImageLayout, Path | None, Path | None]
         return ImageLayout.UNKNOWN, squash, None
     from liveos_tools.tools import squashfs
 
-    found = squashfs.find_paths(squash, squashfs.NESTED_NAMES)
+    try:
+        found = squashfs.find_paths(squash, squashfs.NESTED_NAMES)
+    except LiveOSError:
+        # A damaged squashfs.img must not stop status, grow or reset, which never read
+        # it; repair, which needs it, reads it again and names the damage.
+        return ImageLayout.UNKNOWN, squash, None
     if found:
         return ImageLayout.NESTED, squash, Path(sorted(found)[0])
     return ImageLayout.FLAT, squash, None
@@ -411,7 +419,10 @@ def _from_device(
         root = _mounted_root(stack, dev, fstype, writable=writable)
         if _has_livedir(root, livedir):
             volume = Volume(dev, info.get("LABEL"), info.get("UUID"), fstype)
-            return inspect_root(root, source=source, target=target, livedir=livedir, volume=volume)
+            medium = inspect_root(
+                root, source=source, target=target, livedir=livedir, volume=volume
+            )
+            return medium._replace(opened_readonly=not writable)
     if not seen:
         raise TargetError(
             f"{target} holds no filesystem: it is not a LiveOS stick, a disk image or an overlay",

@@ -30,7 +30,11 @@ _SUFFIX = {
     "s": SECTOR,
 }
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*([a-zA-Z]*)\s*$")
+#: No file or disk is anywhere near this (2^63 - 1, the largest file offset).
+MAX_SIZE = (1 << 63) - 1
+#: Digits worth reading: MAX_SIZE has 19, fractions of a TB need no more than 13.
+_MAX_DIGITS = 24
 
 
 def parse_size(text: str) -> int:
@@ -40,14 +44,27 @@ def parse_size(text: str) -> int:
         raise UsageError(
             f"not a size: {text!r}", "write a number with an optional unit, e.g. 512M or 2G"
         )
-    number, unit = match.groups()
+    whole, frac, unit = match.groups()
     factor = _SUFFIX.get(unit.lower())
     if factor is None:
         raise UsageError(
             f"unknown size unit {unit!r} in {text!r}", "use K, M, G, T (or KiB, MB...)"
         )
-    value = float(number) * factor
-    return int(value)
+    whole = whole.lstrip("0") or "0"
+    frac = (frac or "").rstrip("0")
+    if len(whole) > _MAX_DIGITS or len(frac) > _MAX_DIGITS:
+        shown = text.strip() if len(text.strip()) <= 40 else text.strip()[:37] + "..."
+        raise UsageError(f"size {shown!r} has too many digits", _TOO_BIG_HINT)
+    # Exact integer arithmetic (a float loses bytes past 2^53 and overflows at 1e308);
+    # a fraction of a byte is dropped.
+    scale: int = 10 ** len(frac)
+    value = int(whole) * factor + int(frac or "0") * factor // scale
+    if value > MAX_SIZE:
+        raise UsageError(f"size {text.strip()!r} is larger than any disk", _TOO_BIG_HINT)
+    return value
+
+
+_TOO_BIG_HINT = "write a size such as 512M or 2G"
 
 
 def format_size(nbytes: int) -> str:

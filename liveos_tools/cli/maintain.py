@@ -46,6 +46,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     _common(p)
     p.add_argument("--restore", metavar="BACKUP", help="put this backup (.lobak) back")
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --restore: restore even if the overlay changed since the operation "
+        "(what it overwrites is backed up first)",
+    )
+    p.add_argument(
         "--grow-by", metavar="SIZE", help="grow the overlay by SIZE first (default: if full)"
     )
     p.set_defaults(handler="liveos_tools.cli.maintain:run_repair")
@@ -84,32 +90,44 @@ def _drive(
     *,
     ask: bool,
     question: str = "Go ahead?",
+    target: str | None = None,
+    livedir: str | None = None,
 ) -> Plan | None:
     """Plan on a read-only view, show, confirm, then execute on a writable one."""
-    from liveos_tools.cli.common import confirm, progress_printer, show_plan
+    from liveos_tools.cli.common import confirm, show_plan
     from liveos_tools.media import Source, open_medium
 
-    with open_medium(args.target, livedir=args.livedir) as medium:
+    target = target if target is not None else args.target
+    livedir = livedir if livedir is not None else args.livedir
+    with open_medium(target, livedir=livedir) as medium:
         plan = make(medium)
         show_plan(plan)
         if args.dry_run:
             _say("dry run: nothing was changed")
             return None
+        ready = getattr(plan, "ready", None)
+        if ready is not None:
+            ready()
         if ask or plan.destructive:
             confirm(plan, yes=args.yes, question=question)
         if medium.source not in (Source.IMAGE, Source.DEVICE):
-            before = len(plan.notes)
-            plan.execute(progress_printer())
-            for note in plan.notes[before:]:
-                _say(note)
+            _execute(plan)
             return plan
-    with open_medium(args.target, livedir=args.livedir, writable=True) as medium:
+    with open_medium(target, livedir=livedir, writable=True) as medium:
         plan = make(medium)
-        before = len(plan.notes)
+        _execute(plan)
+        return plan
+
+
+def _execute(plan: Plan) -> None:
+    from liveos_tools.cli.common import progress_printer
+
+    before = len(plan.notes)
+    try:
         plan.execute(progress_printer())
+    finally:
         for note in plan.notes[before:]:
             _say(note)
-        return plan
 
 
 def _size(text: str | None) -> int | None:
@@ -146,33 +164,44 @@ def run_repair(args: argparse.Namespace) -> int:
 
 
 def _run_restore(args: argparse.Namespace) -> int:
+    """Plan the restore on a read-only view of the medium, ask, then write."""
     from pathlib import Path
 
-    from liveos_tools.cli.common import confirm, progress_printer, show_plan
-    from liveos_tools.media import open_medium
+    from liveos_tools.cli.common import confirm, show_plan
+    from liveos_tools.tasks import backup as bk
     from liveos_tools.tasks import repair
 
-    def go(overlay: Path | None) -> None:
-        plan = repair.plan_restore(args.restore, overlay)
+    def make(medium: Medium | None) -> Plan:
+        return repair.plan_restore(
+            args.restore, medium, force=args.force, backup_dir=args.backup_dir
+        )
+
+    target, livedir = args.target, args.livedir
+    if target is None:
+        rec = bk.read_backup(args.restore)[0].record
+        if rec.medium_source in ("image", "device") and rec.medium_target:
+            # The overlay was reached through a temporary mount: open the image or
+            # device the user named then, and find the overlay inside it again.
+            target = rec.medium_target
+            if livedir is None and rec.inner:
+                livedir = str(Path(rec.inner).parent)
+    if target is None:
+        plan = make(None)
         show_plan(plan)
         if args.dry_run:
             _say("dry run: nothing was changed")
-            return
+            return 0
         confirm(plan, yes=args.yes, question="Restore the backup now?")
-        before = len(plan.notes)
-        plan.execute(progress_printer())
-        for note in plan.notes[before:]:
-            _say(note)
-
-    if args.target is None:
-        go(None)
+        _execute(plan)
         return 0
-    with open_medium(args.target, livedir=args.livedir, writable=not args.dry_run) as medium:
-        if medium.overlay_path is None:
-            from liveos_tools.errors import TargetError
-
-            raise TargetError(f"{args.target} has no overlay to restore", None)
-        go(medium.overlay_path)
+    _drive(
+        args,
+        make,
+        ask=True,
+        question="Restore the backup now?",
+        target=target,
+        livedir=livedir,
+    )
     return 0
 
 

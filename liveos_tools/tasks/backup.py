@@ -21,6 +21,7 @@ and checks the whole-file sha256: the overlay comes back byte for byte.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -29,10 +30,21 @@ import secrets
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from liveos_tools import mounts
-from liveos_tools.errors import CorruptError, InUseError, LiveOSError, TargetError, UsageError
+from liveos_tools.errors import (
+    AbortedError,
+    CorruptError,
+    InUseError,
+    LiveOSError,
+    TargetError,
+    UsageError,
+)
+from liveos_tools.plan import Plan, Progress
+
+if TYPE_CHECKING:
+    from liveos_tools.media import Medium
 
 MAGIC_LINE = b"LIVEOS-TOOLS-BACKUP 1\n"
 SUFFIX = ".lobak"
@@ -83,10 +95,21 @@ class BackupRecord:
     workdir: str | None = None
     dm_prefix: str | None = None
     notes: tuple[str, ...] = field(default=())
+    #: the target as the user gave it (an image, a device, a directory) and the overlay's
+    #: path inside that medium: a temporary mount point is gone by the time of a restore.
+    medium_target: str | None = None
+    medium_source: str | None = None
+    inner: str | None = None
+    #: the state the operation left the overlay in (recorded once it finished): a restore
+    #: checks it first, so it never writes old bytes over a store changed since.
+    after_size: int | None = None
+    after_regions: tuple[Region, ...] = ()
+    after_sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["regions"] = [asdict(r) for r in self.regions]
+        data["after_regions"] = [asdict(r) for r in self.after_regions]
         data["notes"] = list(self.notes)
         return data
 
@@ -96,6 +119,7 @@ class BackupRecord:
             regions = tuple(Region(**r) for r in data["regions"])
             fields = {k: v for k, v in data.items() if k in BackupRecord.__dataclass_fields__}
             fields["regions"] = regions
+            fields["after_regions"] = tuple(Region(**r) for r in data.get("after_regions", ()))
             fields["notes"] = tuple(data.get("notes", ()))
             return BackupRecord(**fields)
         except (KeyError, TypeError) as exc:
@@ -167,6 +191,136 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class Origin(NamedTuple):
+    """Where an overlay was found, as the user named it (see BackupRecord)."""
+
+    target: str
+    source: str
+    inner: str | None
+
+    @staticmethod
+    def of(medium: Medium, overlay: Path) -> Origin:
+        inner = None
+        if medium.root is not None:
+            with contextlib.suppress(ValueError):
+                inner = str(overlay.relative_to(medium.root))
+        return Origin(medium.target, medium.source.value, inner)
+
+    def describe(self, overlay: Path) -> str:
+        """The overlay as the user knows it: 'disk.img: LiveOS/overlay-...' for an
+        image or device (whose mount point is temporary), else its path."""
+        if self.source in ("image", "device") and self.inner:
+            return f"{self.target}: {self.inner}"
+        return str(overlay)
+
+
+def _make_dirs(directory: Path) -> None:
+    """mkdir -p, fsyncing each directory it creates and the one that holds it."""
+    missing = []
+    d = directory
+    while not d.exists() and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    for new in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            new.mkdir()
+        _fsync_dir(new)
+        _fsync_dir(new.parent)
+
+
+def _write_file(final: Path, record: BackupRecord, payload: bytes) -> None:
+    """Write a backup under a temporary name, fsync it, rename it, fsync the directory."""
+    tmp = final.with_name(final.name + ".part")
+    with open(tmp, "wb") as out:
+        out.write(MAGIC_LINE)
+        out.write(json.dumps(record.to_json(), sort_keys=True).encode() + b"\n")
+        out.write(payload)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def zeros_sha256(length: int) -> str:
+    h = hashlib.sha256()
+    block = bytes(min(_BLOCK, max(length, 0)))
+    left = length
+    while left > 0:
+        h.update(block[: min(len(block), left)])
+        left -= len(block)
+    return h.hexdigest()
+
+
+def seal(
+    backup: Backup,
+    *,
+    size: int,
+    regions: tuple[Region, ...] = (),
+    whole_sha256: str | None = None,
+) -> Backup:
+    """Record in the backup the state the operation left the overlay in (atomically)."""
+    rec = dataclasses.replace(
+        backup.record, after_size=size, after_regions=regions, after_sha256=whole_sha256
+    )
+    try:
+        payload = read_backup(backup.path)[1]
+        _write_file(backup.path, rec, payload)
+    except OSError as exc:
+        raise TargetError(
+            f"cannot update the backup {backup.path}: {exc.strerror}",
+            "the operation itself finished; a restore from this backup will not be able to "
+            "check that the overlay is unchanged since",
+        ) from None
+    return Backup(backup.path, rec)
+
+
+def changed_since(backup: Backup, overlay: Path) -> str | None:
+    """Why the overlay is no longer as the operation left it, or None if it is (or if the
+    backup does not say: an operation that did not finish, an older backup)."""
+    rec = backup.record
+    if rec.after_size is None:
+        return None
+    try:
+        size = overlay.stat().st_size
+        if size != rec.after_size:
+            return f"it is {size} bytes, the {rec.op} left it at {rec.after_size}"
+        with open(overlay, "rb") as f:
+            for r in rec.after_regions:
+                h = hashlib.sha256()
+                f.seek(r.offset)
+                left = r.length
+                while left > 0:
+                    block = f.read(min(_BLOCK, left))
+                    if not block:
+                        break
+                    h.update(block)
+                    left -= len(block)
+                if h.hexdigest() != r.sha256:
+                    return (
+                        f"bytes {r.offset}..{r.offset + r.length} changed since the {rec.op}"
+                    )
+        if rec.after_sha256 is not None and file_sha256(overlay) != rec.after_sha256:
+            return f"its contents changed since the {rec.op}"
+    except OSError as exc:
+        return f"it cannot be read: {exc.strerror}"
+    return None
+
+
+def changed_since_zero(path: Path, offset: int, length: int) -> bool:
+    """True if `length` bytes of `path` at `offset` are not all zeros."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        left = length
+        while left > 0:
+            block = f.read(min(_BLOCK, left))
+            if not block:
+                break
+            if block.count(0) != len(block):
+                return True
+            left -= len(block)
+    return False
+
+
 def file_sha256(path: Path, length: int | None = None) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -202,10 +356,11 @@ def write_backup(
     workdir: str | None = None,
     dm_prefix: str | None = None,
     notes: tuple[str, ...] = (),
+    origin: Origin | None = None,
 ) -> Backup:
     """Save `regions` of the overlay (and make an empty undo store); durable on return."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        _make_dirs(directory)
         size = overlay.stat().st_size
         saved: list[Region] = []
         chunks: list[bytes] = []
@@ -234,6 +389,9 @@ def write_backup(
             workdir=workdir,
             dm_prefix=dm_prefix,
             notes=notes,
+            medium_target=origin.target if origin else None,
+            medium_source=origin.source if origin else None,
+            inner=origin.inner if origin else None,
         )
         if undo_name and undo_bytes:
             # A zero header is a new store: the kernel initialises it on first use.
@@ -242,15 +400,7 @@ def write_backup(
                 u.truncate(undo_bytes)
                 os.fsync(u.fileno())
         final = directory / name
-        tmp = directory / (name + ".part")
-        with open(tmp, "wb") as out:
-            out.write(MAGIC_LINE)
-            out.write(json.dumps(record.to_json(), sort_keys=True).encode() + b"\n")
-            out.write(payload)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(directory)
+        _write_file(final, record, payload)
     except OSError as exc:
         raise TargetError(
             f"cannot write the backup in {directory}: {exc.strerror}",
@@ -390,16 +540,19 @@ def describe_restore(backup: Backup) -> list[str]:
 
 
 def loop_users(path: Path) -> list[tuple[str, list[str]]]:
-    """Loop devices backed by `path`, each with the dm devices holding it (from sysfs)."""
-    from liveos_tools.run import which
+    """Loop devices backed by `path`, each with the dm devices holding it (from sysfs).
+
+    Without losetup (or when it fails) nobody can tell whether the overlay is in use,
+    so that is an error (exit 7 / 8), never an empty answer.
+    """
+    from liveos_tools.run import require
     from liveos_tools.tools import losetup
 
-    if not which("losetup"):
-        return []
+    require("losetup")
     try:
         found = losetup.find_by_file(path)
-    except LiveOSError:
-        return []
+    except OSError as exc:
+        raise TargetError(f"{path}: {exc.strerror}", "check the path to the overlay") from None
     out = []
     for dev in found:
         holders = Path("/sys/block") / Path(dev.name).name / "holders"
@@ -418,3 +571,94 @@ def refuse_in_use(path: Path, doing: str) -> None:
         "shut down the live system that uses it and run this from another system, "
         "or release it (dmsetup remove, losetup -d) first",
     )
+
+
+def readonly_mount(path: Path) -> str | None:
+    """Where `path`'s filesystem is mounted read-only, or None if it is writable.
+
+    os.access(W_OK) says yes on a read-only mount, so ask the mount table and statvfs.
+    """
+    probe = _existing_parent(path)
+    mount = mounts.mount_of(probe)
+    if mount is not None and mount.readonly:
+        return mount.mountpoint
+    try:
+        flags = os.statvfs(probe).f_flag
+    except OSError:
+        return None
+    if flags & os.ST_RDONLY:
+        return mount.mountpoint if mount is not None else str(probe)
+    return None
+
+
+def refuse_readonly(path: Path) -> None:
+    where = readonly_mount(path)
+    if where is not None:
+        raise InUseError(
+            f"the stick is mounted read-only at {where}: {path.name} cannot be changed",
+            f"remount it read-write (mount -o remount,rw {where}) and try again",
+        )
+
+
+def preflight(path: Path, doing: str) -> None:
+    """Right before the first write: still not in use, still writable."""
+    refuse_in_use(path, doing)
+    refuse_readonly(path)
+
+
+def translate_oserror(exc: OSError, path: Path, state: str) -> LiveOSError:
+    """A stray OSError met while changing `path`, as an error with a hint (never exit 70)."""
+    import errno
+
+    if exc.errno == errno.EROFS:
+        where = readonly_mount(path) or str(path.parent)
+        return InUseError(
+            f"the stick is mounted read-only at {where}: {exc.strerror}",
+            f"{state}; remount it read-write (mount -o remount,rw {where}) and try again",
+        )
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        from liveos_tools.errors import NoSpaceError
+
+        return NoSpaceError(
+            f"{path.name}: {exc.strerror}", f"{state}; free space on the stick and try again"
+        )
+    name = exc.filename if isinstance(exc.filename, str) else str(path)
+    return TargetError(f"{name}: {exc.strerror}", state)
+
+
+@dataclass
+class SafePlan(Plan):
+    """A Plan whose interruption or stray OSError ends in an error that says what state
+    the overlay is in (and what to do), instead of a bare 'interrupted' or exit 70."""
+
+    overlay: Path | None = None
+    #: what the overlay may look like if the plan stops after it started writing.
+    partial_state: str = "the overlay may be partly changed"
+    partial_hint: str = "run the command again, or liveos-overlay repair --restore BACKUP"
+    #: steps from this index on change the overlay even without a ByteRange.
+    writes_from: int = 1 << 30
+
+    def execute(self, progress: Progress | None = None) -> None:
+        started = False
+        try:
+            for i, step in enumerate(self.steps):
+                if progress:
+                    progress(i, len(self.steps), step.summary)
+                started = started or bool(step.writes) or i >= self.writes_from
+                if step.action is not None:
+                    step.action()
+            if progress:
+                progress(len(self.steps), len(self.steps), "done")
+        except KeyboardInterrupt:
+            if not started:
+                raise AbortedError(
+                    "interrupted: the overlay was not changed", "run the command again"
+                ) from None
+            raise AbortedError(f"interrupted: {self.partial_state}", self.partial_hint) from None
+        except OSError as exc:
+            state = (
+                f"{self.partial_state} ({self.partial_hint})"
+                if started
+                else "the overlay was not changed"
+            )
+            raise translate_oserror(exc, self.overlay or Path(self.target), state) from None

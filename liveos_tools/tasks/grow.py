@@ -12,13 +12,14 @@ allocation.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from liveos_tools import mounts
-from liveos_tools.cow import CowStore
-from liveos_tools.errors import NoSpaceError, TargetError, UsageError
+from liveos_tools.cow import StoreState, read_store
+from liveos_tools.errors import CorruptError, NoSpaceError, TargetError, UsageError
 from liveos_tools.media import Medium, OverlayKind
 from liveos_tools.plan import ByteRange, Plan
 from liveos_tools.tasks import backup as bk
@@ -74,9 +75,24 @@ def _fstype(path: Path, medium: Medium | None) -> str | None:
     return medium.volume.fstype if medium and medium.volume else None
 
 
-def _chunk_bytes(path: Path) -> int:
-    with CowStore(path) as store:
-        return store.geometry().chunk_bytes
+def _store_chunk_bytes(path: Path, *, in_use: bool, allow_corrupt: bool) -> int:
+    """The store's chunk size; refuses a store that is not safe to grow (exit 10).
+
+    A new (all-zero), valid, full or invalid store may be grown (repair grows a full
+    one). A corrupt one may not: growing a truncated store would make its exceptions
+    that point past the end look valid again. A store in use by a running snapshot
+    changes while it is read, so only its header is judged then (the kernel is using
+    the rest).
+    """
+    report = read_store(path, full=not in_use)
+    header_damaged = report.state is StoreState.CORRUPT and report.next_free == 0
+    if report.state is StoreState.CORRUPT and not allow_corrupt and (header_damaged or not in_use):
+        raise CorruptError(
+            f"{path.name} is corrupt ({report.problem}): growing it would hide the damage",
+            "nothing was changed; see liveos-overlay status --full, then "
+            "liveos-overlay repair (or reset, to start afresh)",
+        )
+    return report.chunk_sectors * 512
 
 
 def target_size(old: int, chunk: int, *, to_bytes: int | None, by_bytes: int | None) -> int:
@@ -107,10 +123,13 @@ def check_grow(
     *,
     to_bytes: int | None = None,
     by_bytes: int | None = None,
+    allow_corrupt: bool = False,
 ) -> GrowFacts:
-    """Every check before growing; raises NoSpaceError/UsageError with nothing changed."""
+    """Every check before growing; raises NoSpaceError/UsageError/CorruptError with
+    nothing changed. `allow_corrupt` is for repair, which cuts a damaged table first."""
+    users = tuple((loop, tuple(h)) for loop, h in bk.loop_users(path))
     old = path.stat().st_size
-    chunk = _chunk_bytes(path)
+    chunk = _store_chunk_bytes(path, in_use=bool(users), allow_corrupt=allow_corrupt)
     new = target_size(old, chunk, to_bytes=to_bytes, by_bytes=by_bytes)
     fstype = _fstype(path, medium)
     if fstype in FAT_TYPES and new > FAT_MAX_FILE:
@@ -127,7 +146,6 @@ def check_grow(
             f"{format_size(free)} free on the stick",
             f"grow by at most {free // MiB} MiB, or free space on the stick first",
         )
-    users = tuple((loop, tuple(h)) for loop, h in bk.loop_users(path))
     return GrowFacts(path, old, new, chunk, free, fstype, users)
 
 
@@ -136,7 +154,8 @@ def append_zeros(path: Path, new_size: int) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise TargetError(f"{path}: {exc.strerror}") from None
+        raise bk.translate_oserror(exc, path, "nothing was changed") from None
+    pos = 0
     try:
         pos = os.lseek(fd, 0, os.SEEK_END)
         first = True
@@ -149,9 +168,13 @@ def append_zeros(path: Path, new_size: int) -> None:
         os.fsync(fd)
     except OSError as exc:
         # Only zeros went past the old end: the overlay still works at any length.
-        raise NoSpaceError(
-            f"growing {path.name} stopped at {format_size(pos)}: {exc.strerror}",
-            "the overlay still works as it was; free space on the stick and try again",
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise NoSpaceError(
+                f"growing {path.name} stopped at {format_size(pos)}: {exc.strerror}",
+                "the overlay still works as it was; free space on the stick and try again",
+            ) from None
+        raise bk.translate_oserror(
+            exc, path, f"growing stopped at {format_size(pos)}; the overlay still works as it was"
         ) from None
     finally:
         os.close(fd)
@@ -198,8 +221,23 @@ def plan_grow(
     backup_dir: str | Path | None = None,
 ) -> Plan:
     path = dm_overlay(medium)
+    if not medium.opened_readonly:
+        bk.refuse_readonly(path)
     facts = check_grow(path, medium, to_bytes=to_bytes, by_bytes=by_bytes)
-    plan = Plan("grow overlay", str(path))
+    origin = bk.Origin.of(medium, path)
+    plan = bk.SafePlan(
+        "grow overlay",
+        origin.describe(path),
+        overlay=path,
+        partial_state=f"{path.name} may have zeros appended past its old end "
+        f"({format_size(facts.old_size)})",
+        partial_hint="that is harmless (it works as before): run grow again, "
+        "or cut them off with liveos-overlay repair --restore BACKUP",
+    )
+    plan.add(
+        "check again that the overlay is not in use and the stick is writable",
+        lambda: _recheck(path, facts),
+    )
     left = facts.fs_free - facts.delta
     plan.notes.append(
         f"{format_size(facts.fs_free)} free on the stick"
@@ -210,20 +248,37 @@ def plan_grow(
         plan.notes.append("less than 100 MiB will be left free on the stick")
     directory, notes = bk.choose_dir(path, backup_dir)
     run_id = bk.new_run_id()
+    made: list[bk.Backup] = []
 
     def save() -> None:
         # Growing never changes a byte that exists, so the record is only the old size:
         # `repair --restore` cuts the file back. A full live system may not be able to
         # write it (its /var lives on the full overlay); the grow goes on regardless.
         try:
-            made = bk.write_backup(path, "grow", [], directory, run_id=run_id, whole_hash=False)
-            plan.notes.append(f"to undo: liveos-overlay repair --restore {made.path}")
+            made.append(
+                bk.write_backup(
+                    path, "grow", [], directory, run_id=run_id, whole_hash=False, origin=origin
+                )
+            )
+            plan.notes.append(f"to undo: liveos-overlay repair --restore {made[0].path}")
+            plan.partial_hint = (
+                "that is harmless (it works as before): run grow again, or cut them off "
+                f"with liveos-overlay repair --restore {made[0].path}"
+            )
         except TargetError as err:
             plan.notes.append(f"no undo record: {err.message}")
+
+    def seal() -> None:
+        # A restore cuts the zeros off only while they are still zeros: once a boot
+        # stored changes there, cutting them would break the overlay.
+        if made:
+            tail = bk.Region(facts.old_size, facts.delta, bk.zeros_sha256(facts.delta))
+            made[0] = bk.seal(made[0], size=facts.new_size, regions=(tail,))
 
     plan.add(f"record the old size in a backup under {directory}", save)
     plan.notes.extend(notes)
     add_grow_steps(plan, facts)
+    plan.add("record the new size in the backup", seal)
     for loop, holders in facts.loops:
         plan.add(
             f"tell {loop} (in use{' by ' + ', '.join(holders) if holders else ''}) "
@@ -242,6 +297,22 @@ def plan_grow(
         else:
             plan.notes.append("the running snapshot can use the new space at once, no reboot")
     return plan
+
+
+def _recheck(path: Path, facts: GrowFacts) -> None:
+    """Right before the write (the prompt may have waited): same users, still writable."""
+    bk.refuse_readonly(path)
+    users = tuple((loop, tuple(h)) for loop, h in bk.loop_users(path))
+    if users != facts.loops:
+        raise UsageError(
+            f"{path.name} was attached or released since the plan was made",
+            "nothing was changed; run grow again",
+        )
+    if path.stat().st_size != facts.old_size:
+        raise UsageError(
+            f"{path.name} changed size since the plan was made",
+            "nothing was changed; run grow again",
+        )
 
 
 def _refresh(loop: str) -> None:

@@ -55,6 +55,18 @@ DM_PREFIX = "liveos-repair-"
 LEASES = "leases"
 
 
+class NoDeviceMapperError(LiveOSError):
+    code = ExitCode.TOOL_MISSING
+
+
+def no_device_mapper() -> NoDeviceMapperError:
+    return NoDeviceMapperError(
+        "this kernel has no device-mapper (no usable /dev/mapper/control)",
+        "load it (modprobe dm_snapshot) or run the repair from another system; "
+        "nothing was changed",
+    )
+
+
 class RepairError(LiveOSError):
     """A repair step failed after the overlay was changed (then restored)."""
 
@@ -214,10 +226,9 @@ class _Session:
 
     def take_backup(self, regions: list[tuple[int, int]]) -> None:
         if not _has_device_mapper():
-            raise TargetError(
-                "this kernel has no device-mapper (no /dev/mapper/control)",
-                "load it (modprobe dm_snapshot) or run the repair from another system",
-            )
+            raise no_device_mapper()
+        # The prompt may have waited a long time: in use or read-only by now?
+        bk.preflight(self.overlay, "repaired")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.backup = bk.write_backup(
             self.overlay,
@@ -228,12 +239,16 @@ class _Session:
             undo_bytes=self.undo_bytes,
             workdir=str(self.workdir),
             dm_prefix=self.prefix,
+            origin=bk.Origin.of(self.medium, self.overlay),
         )
         bk.kill_point("repair-backup")
 
     def write(self, offset: int, data: bytes, point: str) -> None:
         self.changed = True
-        fd = os.open(self.overlay, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            fd = os.open(self.overlay, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise bk.translate_oserror(exc, self.overlay, "the overlay was not written") from None
         try:
             os.pwrite(fd, data, offset)
             os.fsync(fd)
@@ -342,6 +357,13 @@ class _Session:
                 ExitCode.CORRUPT,
             )
         self.result = report
+        if self.backup is not None:
+            # What a restore must find before it puts the old bytes back.
+            self.backup = bk.seal(
+                self.backup,
+                size=self.overlay.stat().st_size,
+                whole_sha256=bk.file_sha256(self.overlay),
+            )
         bk.kill_point("repair-done")
 
     def abort(self) -> str:
@@ -379,9 +401,21 @@ class _Session:
 class RepairPlan(Plan):
     session: _Session | None = None
 
+    #: why the repair cannot run here (shown with the plan, refused before asking).
+    blocker: LiveOSError | None = None
+
+    def ready(self) -> None:
+        """Raise what stops this plan from running, before the user is asked."""
+        if self.blocker is not None:
+            raise self.blocker
+
     def execute(self, progress: Progress | None = None) -> None:
         try:
             super().execute(progress)
+        except OSError as exc:
+            said = self.session.abort() if self.session else "nothing was changed"
+            where = self.session.overlay if self.session else Path(self.target)
+            raise bk.translate_oserror(exc, where, said) from None
         except KeyboardInterrupt:
             said = self.session.abort() if self.session else "nothing was changed"
             raise AbortedError(f"interrupted: {said}", None) from None
@@ -409,8 +443,19 @@ def _check_base(medium: Medium) -> None:
             "point at the stick (its mount point, device or image), not the overlay alone",
         )
     layout = medium.image_layout
-    if layout is ImageLayout.UNKNOWN:
+    if layout is ImageLayout.UNKNOWN and medium.squashfs_path is not None:
         require("unsquashfs")
+        from liveos_tools.tools import squashfs
+
+        try:
+            squashfs.find_paths(medium.squashfs_path, squashfs.NESTED_NAMES)
+        except LiveOSError as err:
+            raise CorruptError(
+                f"the live image {medium.squashfs_path} cannot be read ({err.message}): "
+                "repair needs it as the base of the overlay",
+                "nothing was changed; the stick's squashfs.img is damaged: copy the overlay "
+                "off the stick, put a good squashfs.img of the same release back, then repair",
+            ) from None
     if layout not in (ImageLayout.NESTED, ImageLayout.UNCOMPRESSED) or medium.rootfs_path is None:
         raise UsageError(
             f"the live image on {medium.target} has the {layout.value} layout, "
@@ -435,7 +480,7 @@ def _grow_to(report: StoreReport, path: Path, medium: Medium, grow_by: int | Non
             f"the overlay is full and the stick has only {format_size(avail)} free to grow it",
             "free space on the stick (or copy the overlay to a bigger one) and run repair again",
         )
-    return gr.check_grow(path, medium, by_bytes=by).new_size
+    return gr.check_grow(path, medium, by_bytes=by, allow_corrupt=True).new_size
 
 
 def plan_repair(
@@ -448,6 +493,8 @@ def plan_repair(
     if medium.source is Source.LIVE or medium.live_dm:
         raise bk_in_use(path)
     bk.refuse_in_use(path, "repaired")
+    if not medium.opened_readonly:
+        bk.refuse_readonly(path)
     report = read_store(path, full=True)
     if report.state is StoreState.NEW:
         raise UsageError(f"{path.name} is empty (a new store): nothing to repair", None)
@@ -478,7 +525,12 @@ def plan_repair(
         # Room for a copy of every chunk of the overlay plus the undo store's own table.
         undo_bytes=(final + final // 128 + 2 * MiB) // 4096 * 4096,
     )
-    plan = RepairPlan("repair overlay", str(path), session=session)
+    plan = RepairPlan(
+        "repair overlay", bk.Origin.of(medium, path).describe(path), session=session
+    )
+    if not _has_device_mapper():
+        plan.blocker = no_device_mapper()
+        plan.notes.append("this kernel has no device-mapper: the repair cannot run here")
     plan.notes.append(
         f"{path.name}: {report.state.value}, {report.exceptions} chunks changed, "
         f"{format_size(report.free_chunks * geo.chunk_bytes)} free, chunk {chunk} sectors"
@@ -511,7 +563,7 @@ def plan_repair(
             f"the overlay has {format_size(report.free_chunks * geo.chunk_bytes)} free: "
             f"it is grown to {format_size(new_size)} first"
         )
-        facts = gr.check_grow(path, medium, to_bytes=new_size)
+        facts = gr.check_grow(path, medium, to_bytes=new_size, allow_corrupt=True)
         plan.add(
             f"grow {path.name} {format_size(report.size_bytes)} -> {format_size(new_size)} "
             "(zeros appended), fsync",
@@ -614,17 +666,87 @@ def bk_in_use(path: Path) -> LiveOSError:
 # --- restore ----------------------------------------------------------------------------
 
 
-def plan_restore(backup_file: str | Path, overlay: Path | None = None) -> Plan:
-    """Put a backup back (after a failed or unwanted repair, reset or grow)."""
+def restore_overlay_path(backup: bk.Backup, medium: Medium | None) -> Path:
+    """The overlay a restore writes: inside the medium if one was opened (the backup's
+    path inside it first), else the path recorded in the backup."""
+    rec = backup.record
+    if medium is None:
+        return Path(rec.overlay)
+    if medium.root is not None and rec.inner:
+        inside = medium.root / rec.inner
+        if inside.exists():
+            return inside
+    if medium.overlay_path is None:
+        raise TargetError(f"{medium.target} has no overlay to restore", None)
+    return medium.overlay_path
+
+
+def _pre_restore_regions(backup: bk.Backup, path: Path) -> list[tuple[int, int]]:
+    """Every byte range of `path` the restore of `backup` will overwrite or cut off."""
+    rec = backup.record
+    ranges = [(r.offset, r.length) for r in rec.regions]
+    undo = backup.undo_path
+    if undo is not None and undo.exists():
+        with CowStore(undo) as store:
+            chunk = store.geometry().chunk_bytes
+            for old, _new in store.exceptions():
+                if old * chunk < rec.size_bytes:
+                    ranges.append((old * chunk, min(chunk, rec.size_bytes - old * chunk)))
+    size = path.stat().st_size
+    if size > rec.size_bytes:
+        # Cut off by the restore; zeros need no copy (a restore of this backup
+        # extends the file with zeros again).
+        tail = rec.size_bytes, size - rec.size_bytes
+        if bk.changed_since_zero(path, *tail):
+            ranges.append(tail)
+    ranges.sort()
+    merged: list[tuple[int, int]] = []
+    for off, length in ranges:
+        if merged and off <= merged[-1][0] + merged[-1][1]:
+            last_off, last_len = merged[-1]
+            merged[-1] = (last_off, max(last_len, off + length - last_off))
+        else:
+            merged.append((off, length))
+    return merged
+
+
+def plan_restore(
+    backup_file: str | Path,
+    medium: Medium | None = None,
+    *,
+    force: bool = False,
+    backup_dir: str | Path | None = None,
+) -> Plan:
+    """Put a backup back (after a failed or unwanted repair, reset or grow).
+
+    Before writing it checks that the overlay is still as the operation left it (the
+    backup records that state once the operation finished), and backs up what it is
+    about to overwrite (a pre-restore backup), so the restore itself can be undone.
+    """
     backup, payload = bk.read_backup(backup_file)
     rec = backup.record
-    path = overlay or Path(rec.overlay)
+    path = restore_overlay_path(backup, medium)
     if not path.exists():
+        where = rec.medium_target or "the stick"
         raise TargetError(
             f"the overlay {rec.overlay} is not there",
-            "mount the stick and give it as TARGET: liveos-overlay repair --restore BACKUP TARGET",
+            f"give {where} as TARGET: liveos-overlay repair --restore BACKUP TARGET",
         )
-    plan = Plan("restore overlay from backup", str(path))
+    if medium is not None:
+        origin: bk.Origin | None = bk.Origin.of(medium, path)
+    elif rec.medium_target and rec.medium_source:
+        origin = bk.Origin(rec.medium_target, rec.medium_source, rec.inner)
+    else:
+        origin = None
+    shown = origin.describe(path) if origin else str(path)
+    directory = Path(backup_dir) if backup_dir else backup.path.parent
+    plan = bk.SafePlan(
+        "restore overlay from backup",
+        shown,
+        overlay=path,
+        partial_state=f"{path.name} may be partly restored",
+        partial_hint=f"run liveos-overlay repair --restore {backup.path} again",
+    )
     workdir = Path(rec.workdir) if rec.workdir else None
 
     def clear() -> None:
@@ -637,11 +759,51 @@ def plan_restore(backup_file: str | Path, overlay: Path | None = None) -> Plan:
     def check() -> None:
         bk.refuse_in_use(path, "restored")
         bk.check_belongs(backup, path)
+        changed = bk.changed_since(backup, path)
+        if changed is None:
+            return
+        if not force:
+            raise CorruptError(
+                f"{path.name} is no longer as the {rec.op} of {rec.created} left it: {changed}",
+                "nothing was changed: it was probably booted since, and writing the old "
+                "bytes over it would mix two stores; --force restores anyway (what it "
+                "overwrites is backed up first)",
+            )
+        plan.notes.append(f"--force: restoring although {changed}")
 
     check_now = workdir is None or not workdir.exists()
     if check_now:
         check()
-    plan.add("check that the overlay is not in use and that the backup belongs to it", check)
+        if medium is None or not medium.opened_readonly:
+            bk.refuse_readonly(path)
+
+    def check_all() -> None:
+        check()
+        bk.refuse_readonly(path)
+
+    plan.add(
+        "check that the overlay is not in use, is writable, that the backup belongs to it "
+        "and that it is as the operation left it",
+        check_all,
+    )
+    pre: list[bk.Backup] = []
+
+    def save_pre() -> None:
+        regions = _pre_restore_regions(backup, path)
+        made = bk.write_backup(
+            path, "pre-restore", regions, directory, run_id=bk.new_run_id(), origin=origin
+        )
+        pre.append(made)
+        plan.partial_hint = (
+            f"run liveos-overlay repair --restore {backup.path} again, or put back what was "
+            f"there: liveos-overlay repair --restore {made.path}"
+        )
+        bk.kill_point("restore-backup")
+
+    plan.add(
+        f"back up what the restore overwrites (a pre-restore backup) under {directory}, fsync",
+        save_pre,
+    )
     writes = [ByteRange(str(path), r.offset, r.length, "saved bytes") for r in rec.regions]
     undo = backup.undo_path
     if undo is not None and undo.exists():
@@ -649,7 +811,7 @@ def plan_restore(backup_file: str | Path, overlay: Path | None = None) -> Plan:
     plan.add(
         f"write the saved bytes back, cut the file to {rec.size_bytes} bytes, fsync"
         + (", and verify the whole file's sha256" if rec.overlay_sha256 else ""),
-        lambda: _restore(backup, payload, path, plan),
+        lambda: _restore(backup, payload, path, plan, pre),
         writes=writes,
     )
     plan.destroys.append(
@@ -658,10 +820,20 @@ def plan_restore(backup_file: str | Path, overlay: Path | None = None) -> Plan:
     return plan
 
 
-def _restore(backup: bk.Backup, payload: bytes, path: Path, plan: Plan) -> None:
+def _restore(
+    backup: bk.Backup, payload: bytes, path: Path, plan: Plan, pre: list[bk.Backup]
+) -> None:
     exact = bk.restore(backup, payload, path)
+    rec = backup.record
+    if pre:
+        whole = rec.overlay_sha256 if exact else bk.file_sha256(path)
+        bk.seal(pre[0], size=rec.size_bytes, whole_sha256=whole)
+        plan.notes.append(
+            f"what the restore overwrote is kept in {pre[0].path} "
+            "(liveos-overlay repair --restore puts it back)"
+        )
     plan.notes.append(
         "restored byte for byte (sha256 verified)"
         if exact
-        else f"restored; the file is back to {backup.record.size_bytes} bytes"
+        else f"restored; the file is back to {rec.size_bytes} bytes"
     )

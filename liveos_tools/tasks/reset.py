@@ -73,8 +73,15 @@ def plan_reset(medium: Medium, *, backup_dir: str | Path | None = None) -> Plan:
     if path is None or medium.overlay_kind is OverlayKind.NONE:
         raise TargetError(f"{medium.target} has no persistent overlay", "nothing to reset")
     _refuse_live(medium, path)
-    plan = Plan("reset overlay", str(path))
+    if not medium.opened_readonly:
+        bk.refuse_readonly(path)
+    origin = bk.Origin.of(medium, path)
+    plan = bk.SafePlan("reset overlay", origin.describe(path), overlay=path)
     plan.destroys.append(f"{path.name}: {LOSS}")
+    plan.add(
+        "check again that the overlay is not in use and the stick is writable",
+        lambda: bk.preflight(path, "reset"),
+    )
     kind = medium.overlay_kind
     if kind is OverlayKind.DM:
         if not path.is_file():
@@ -84,27 +91,47 @@ def plan_reset(medium: Medium, *, backup_dir: str | Path | None = None) -> Plan:
         directory, notes = bk.choose_dir(path, backup_dir)
         run_id = bk.new_run_id()
         plan.notes.extend(notes)
+        made: list[bk.Backup] = []
 
         def save() -> None:
-            made = bk.write_backup(path, "reset", [(0, head)], directory, run_id=run_id)
-            plan.notes.append(f"to undo: liveos-overlay repair --restore {made.path}")
+            made.append(
+                bk.write_backup(
+                    path, "reset", [(0, head)], directory, run_id=run_id, origin=origin
+                )
+            )
+            plan.notes.append(f"to undo: liveos-overlay repair --restore {made[0].path}")
+            plan.partial_hint = (
+                f"run reset again, or undo it: liveos-overlay repair --restore {made[0].path}"
+            )
             bk.kill_point("reset-backup")
 
+        def zero_and_seal() -> None:
+            zero_head(path)
+            # What a restore must find to put the old header back safely.
+            zeros = bk.Region(0, head, bk.zeros_sha256(head))
+            made[0] = bk.seal(made[0], size=size, regions=(zeros,))
+
+        plan.partial_state = f"the first {format_size(head)} of {path.name} may be partly zeroed"
         plan.add(f"back up the first {format_size(head)} of {path.name} under {directory}", save)
         plan.add(
             f"zero the first {format_size(head)} (as dracut's rd.live.overlay.reset), then fsync",
-            lambda: zero_head(path),
+            zero_and_seal,
             writes=[ByteRange(str(path), 0, head, "zeros: an empty store")],
         )
     elif kind is OverlayKind.OVERLAYFS_DIR:
         work = path.parent / "ovlwork"
+        plan.partial_state = f"{path.name} may be partly emptied"
+        plan.partial_hint = "run reset again to finish emptying it"
         plan.notes.append("an OverlayFS directory is not backed up: copy out what you need first")
+        plan.writes_from = len(plan.steps)
         plan.add(f"delete everything inside {path} (the directory stays)", lambda: empty_dir(path))
         if work.is_dir():
             plan.add(
                 f"delete everything inside {work} (the directory stays)", lambda: empty_dir(work)
             )
     else:
+        plan.partial_state = f"the filesystem in {path.name} may be half made"
+        plan.partial_hint = "run reset again to make it afresh"
         plan.notes.append("an OverlayFS image is not backed up: copy out what you need first")
         plan.add(
             f"make a new empty filesystem in {path.name} (same label and UUID) "

@@ -183,7 +183,7 @@ def test_refusals_leave_every_byte(stick: Stick, tmp_path: Path) -> None:
                 "is in use: attached to /dev/loop",
             )
     # no terminal and no --yes: refuse to write without asking
-    assert_refused(cli("repair", stick.root, "--backup-dir", bk), ExitCode.ABORTED, "--yes")
+    assert_refused(cli("reset", stick.root, "--backup-dir", bk), ExitCode.ABORTED, "--yes")
     assert_refused(cli("grow", "--to", "4M", stick.root, "--yes"), ExitCode.USAGE, "shrink")
     assert_refused(cli("grow", "--by", "1T", stick.root, "--yes"), ExitCode.NO_SPACE, "free")
     assert tree_hashes(tmp_path) == before
@@ -299,9 +299,16 @@ def test_repair_without_device_mapper_changes_nothing(stick: Stick, tmp_path: Pa
     if _has_device_mapper():
         pytest.skip("this kernel has device-mapper")
     before = tree_hashes(tmp_path)
-    res = cli("repair", stick.root, "--yes", "--backup-dir", tmp_path / "bk")
-    assert_refused(res, ExitCode.BAD_TARGET, "no device-mapper")
-    assert "nothing on the stick was changed" in res.stderr
+    # refused before asking (no --yes, no terminal): exit 7, not 9
+    for extra in ((), ("--yes",)):
+        res = cli("repair", stick.root, *extra, "--backup-dir", tmp_path / "bk")
+        assert_refused(res, ExitCode.TOOL_MISSING, "this kernel has no device-mapper")
+        assert "hint: load it (modprobe dm_snapshot)" in res.stderr
+        assert "needs confirmation" not in res.stderr
+    # a dry run still shows the plan, and says why it would not run
+    res = cli("repair", stick.root, "--dry-run", "--backup-dir", tmp_path / "bk")
+    assert res.returncode == 0, res.stderr
+    assert "note: this kernel has no device-mapper: the repair cannot run here" in res.stderr
     assert tree_hashes(tmp_path) == before
 
 
@@ -317,9 +324,14 @@ def test_damaged_table_says_what_it_drops_and_asks(stick: Stick, tmp_path: Path)
         ": the last 10 recorded changes are dropped" in res.stderr
     )
     assert f"write {stick.overlay} bytes 4576..8192 (3616 bytes): zeros: table end" in res.stderr
+    from liveos_tools.tasks.repair import _has_device_mapper
+
     assert_refused(
         cli("repair", stick.root, "--backup-dir", tmp_path / "bk"),
-        ExitCode.ABORTED,
-        "needs confirmation",
+        *(
+            (ExitCode.ABORTED, "needs confirmation")
+            if _has_device_mapper()
+            else (ExitCode.TOOL_MISSING, "no device-mapper")
+        ),
     )
     assert tree_hashes(tmp_path) == before

@@ -92,3 +92,58 @@ def test_backup_dir_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv(bk.ENV_DIR, str(tmp_path / "env"))
     assert bk.choose_dir(ovl)[0] == tmp_path / "env"
     assert bk.choose_dir(ovl, tmp_path / "mine")[0] == tmp_path / "mine"
+
+
+def test_parse_size_is_exact_and_refuses_absurd_sizes() -> None:
+    from liveos_tools.units import MAX_SIZE, parse_size
+
+    assert parse_size("1.5GiB") == 3 * 512 * MiB
+    assert parse_size("9007199254740993b") == 9007199254740993  # 2^53 + 1: a float loses it
+    assert parse_size("0.5k") == 512 and parse_size("1.1") == 1153433 and parse_size("8s") == 4096
+    assert parse_size(f"{MAX_SIZE}b") == MAX_SIZE
+    for text, words in (
+        ("9" * 300 + ".5", "too many digits"),
+        ("1." + "5" * 300, "too many digits"),
+        (f"{MAX_SIZE + 1}b", "larger than any disk"),
+        ("99999999999T", "larger than any disk"),
+    ):
+        with pytest.raises(UsageError, match=words):
+            parse_size(text)
+
+
+def test_write_backup_fsyncs_every_directory_it_creates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ovl = tmp_path / "overlay-L-U"
+    _store(ovl, [(7, 2)])
+    synced: list[Path] = []
+    real = bk._fsync_dir
+    monkeypatch.setattr(bk, "_fsync_dir", lambda p: (synced.append(Path(p)), real(p))[1])
+    where = tmp_path / "stick" / "liveos-backups"
+    bk.write_backup(ovl, "reset", [(0, 4096)], where, run_id="x4")
+    # each new directory and the directory that holds it, then the backup's directory
+    assert synced == [
+        tmp_path / "stick",
+        tmp_path,
+        where,
+        tmp_path / "stick",
+        where,
+    ]
+
+
+def test_seal_and_changed_since(tmp_path: Path) -> None:
+    ovl = tmp_path / "overlay-L-U"
+    _store(ovl, [(7, 2)])
+    made = bk.write_backup(ovl, "reset", [(0, 65536)], tmp_path / "b", run_id="x5")
+    assert bk.changed_since(made, ovl) is None  # not sealed: the reset did not finish
+    with open(ovl, "r+b") as f:
+        f.write(bytes(65536))
+    sealed = bk.seal(made, size=MiB, regions=(bk.Region(0, 65536, bk.zeros_sha256(65536)),))
+    assert bk.read_backup(made.path)[0].record.after_size == MiB
+    assert bk.changed_since(bk.read_backup(made.path)[0], ovl) is None
+    with open(ovl, "r+b") as f:
+        f.write(b"SnAp")
+    assert bk.changed_since(sealed, ovl) == "bytes 0..65536 changed since the reset"
+    with open(ovl, "ab") as f:
+        f.write(bytes(10))
+    assert bk.changed_since(sealed, ovl) == f"it is {MiB + 10} bytes, the reset left it at {MiB}"
