@@ -7,14 +7,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import contextlib
+    from collections.abc import Callable
     from pathlib import Path
 
     from liveos_tools.plan import Plan
 
 TARGET_HELP = (
     "the stick's mount point (the folder holding LiveOS/), its LiveOS folder, a block device "
-    "or disk image of the stick, or a home.img file itself"
+    "or disk image of the stick (partitioned or a bare filesystem: a file with a LiveOS "
+    "folder inside is a stick), or a home.img file itself. A path that does not exist is "
+    "refused, except one named home.img in an existing folder for create"
 )
+
+#: (where a stick image or device was mounted, how to show it: "IMAGE:")
+Names = list[tuple[str, str]]
 
 
 def _write_options(p: argparse.ArgumentParser) -> None:
@@ -104,10 +110,23 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _open_file(
-    stack: contextlib.ExitStack, target: str, livedir: str | None, name: str, *, writable: bool
-) -> Path:
-    """The path of LiveOS/<name> for TARGET (it need not exist yet)."""
-    import inspect
+    stack: contextlib.ExitStack,
+    target: str,
+    livedir: str | None,
+    name: str,
+    *,
+    writable: bool,
+    mode: str = "existing",
+) -> tuple[Path, Names]:
+    """The path of LiveOS/<name> for TARGET (it need not exist yet), and how to show it.
+
+    `mode`: "existing" (resize, check, copy source, swap remove), "create" (home or swap
+    create: TARGET must exist, or be a file named `name` in an existing folder) or
+    "dest" (copy destination: a new backup file in an existing folder is fine).
+    A regular file is the file itself only if it is not a stick: a partitioned image,
+    or a filesystem image holding the LiveOS folder, is opened as a stick (read-only
+    unless `writable`).
+    """
     import os
     import stat
     from pathlib import Path
@@ -120,44 +139,121 @@ def _open_file(
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        if path.parent.is_dir():
-            return path  # a file to create
+        if mode == "create" and path.name != name:
+            raise TargetError(
+                f"{target}: no such directory",
+                "check the path: give the stick's mount point (the folder holding "
+                f"{ldir}/), its {ldir} folder, or a path ending in {name}",
+            ) from None
+        if mode != "existing" and path.parent.is_dir():
+            return path, []  # a file to create
+        if mode == "existing" and path.parent.is_dir():
+            return path, []  # the task says "no such file" with its hint
         raise TargetError(f"{target}: no such file or directory", "check the path") from None
+    except PermissionError:
+        raise TargetError(f"{target}: permission denied", "run with sudo") from None
     if stat.S_ISDIR(st.st_mode):
         if (path / ldir).is_dir():
-            return path / ldir / name
+            return path / ldir / name, []
         if path.name == ldir or (path / "squashfs.img").exists() or any(path.glob("overlay-*")):
-            return path / name
+            return path / name, []
         raise TargetError(
             f"no {ldir} folder in {target}",
             "point at the stick's mount point (the folder that holds LiveOS/)",
         )
-    if stat.S_ISREG(st.st_mode) and not _is_disk_image(path):
-        return path
-    if stat.S_ISBLK(st.st_mode) or stat.S_ISREG(st.st_mode):
-        kwargs: dict[str, Any] = {}
-        if "writable" in inspect.signature(open_medium).parameters:
-            kwargs["writable"] = writable
-        elif writable:
+    if stat.S_ISREG(st.st_mode) and not _is_stick_image(path, ldir):
+        if mode == "create" and path.name != name and not _is_home_image(path):
             raise TargetError(
-                f"{target} is a device or disk image: mount it first",
-                "give the folder where the stick is mounted",
+                f"{target} is neither a stick nor a {name}",
+                f"give the stick's mount point, its {ldir} folder, or a path ending in {name}",
             )
-        medium = stack.enter_context(open_medium(target, livedir=livedir, **kwargs))
-        if medium.livedir_path is None:
+        return path, []
+    if stat.S_ISBLK(st.st_mode) or stat.S_ISREG(st.st_mode):
+        medium = stack.enter_context(open_medium(target, livedir=livedir, writable=writable))
+        if medium.livedir_path is None or medium.root is None:
             raise TargetError(f"{target} has no {ldir} folder")
-        return medium.livedir_path / name
+        return medium.livedir_path / name, [(str(medium.root), f"{target}:")]
     raise TargetError(f"{target} is not a directory, a block device or a file")
 
 
-def _is_disk_image(path: Path) -> bool:
-    """A partitioned stick image (MBR/GPT signature), not a home.img or a backup of one."""
+def _is_stick_image(path: Path, livedir: str) -> bool:
+    """A stick's image, not a home.img or a backup of one: a partition table (or a FAT
+    boot sector), or an ext filesystem whose root holds the LiveOS folder with a live
+    image or an overlay in it (read with debugfs: nothing is mounted)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(512)
+            head = f.read(1082)
     except OSError:
         return False
-    return len(head) == 512 and head[510:512] == b"\x55\xaa" and head[:6] != b"LUKS\xba\xbe"
+    if head[:6] == b"LUKS\xba\xbe":
+        return False
+    if len(head) >= 512 and head[510:512] == b"\x55\xaa":
+        return True
+    if head[1080:1082] != b"\x53\xef":
+        return False
+    from liveos_tools.run import run
+
+    listing = run(["debugfs", "-R", f"ls -p /{livedir}", str(path)], check=False).stdout
+    names = [line.split("/")[5] for line in listing.splitlines() if line.count("/") >= 6]
+    from liveos_tools.media import IMAGE_NAMES
+
+    return any(n in IMAGE_NAMES or n.startswith("overlay-") for n in names)
+
+
+def _is_home_image(path: Path) -> bool:
+    from liveos_tools.media import HomeKind
+    from liveos_tools.tasks import home
+
+    return home.kind_of(path) in (HomeKind.LUKS, HomeKind.PLAIN)
+
+
+def _sub(text: str, names: Names) -> str:
+    for root, shown in names:
+        text = text.replace(root + "/", shown + "/").replace(root, shown)
+    return text
+
+
+def _shown(plan: Plan, names: Names) -> Plan:
+    """The plan as the user should read it: a temporary mount point shown as IMAGE:/..."""
+    from liveos_tools.plan import ByteRange, Plan, Step
+
+    if not names:
+        return plan
+    return Plan(
+        _sub(plan.title, names),
+        _sub(plan.target, names),
+        steps=[
+            Step(
+                _sub(st.summary, names),
+                tuple(_sub(a, names) for a in st.argv),
+                tuple(
+                    ByteRange(_sub(w.path, names), w.offset, w.length, _sub(w.what, names))
+                    for w in st.writes
+                ),
+            )
+            for st in plan.steps
+        ],
+        destroys=[_sub(d, names) for d in plan.destroys],
+        notes=[_sub(n, names) for n in plan.notes],
+    )
+
+
+class _translated:
+    """Errors name the user's image, not where it was mounted for a moment."""
+
+    def __init__(self, names: Names) -> None:
+        self.names = names
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        from liveos_tools.errors import LiveOSError
+
+        if self.names and isinstance(exc, LiveOSError):
+            exc.message = _sub(exc.message, self.names)
+            exc.hint = _sub(exc.hint, self.names) if exc.hint else exc.hint
+            exc.args = (exc.message, *exc.args[1:])
 
 
 # --- passphrases --------------------------------------------------------------------------------
@@ -214,62 +310,110 @@ def _passphrase(args: argparse.Namespace, *, twice: bool = False) -> bytes:
 
 # --- running a plan -----------------------------------------------------------------------------
 
+def _resolver(
+    args: argparse.Namespace, specs: list[tuple[str, str, str, bool]]
+) -> Callable[[contextlib.ExitStack, bool], tuple[list[Path], Names, bool]]:
+    """specs: (target, file name, mode, may_write) for each TARGET of the command."""
 
-def _carry_out(args: argparse.Namespace, plan: Plan, *, ask: bool) -> int:
+    def resolve(stack: contextlib.ExitStack, writable: bool) -> tuple[list[Path], Names, bool]:
+        paths: list[Path] = []
+        names: Names = []
+        for target, name, mode, may_write in specs:
+            path, shown = _open_file(
+                stack, target, args.livedir, name, writable=writable and may_write, mode=mode
+            )
+            paths.append(path)
+            names += shown
+        return paths, names, any(may_write for *_, may_write in specs) and bool(names)
+
+    return resolve
+
+
+def _carry_out(
+    args: argparse.Namespace,
+    resolve: Callable[[contextlib.ExitStack, bool], tuple[list[Path], Names, bool]],
+    make: Callable[[list[Path], bool], Plan],
+    *,
+    ask: bool,
+) -> int:
+    """Plan on a read-only view (a stick image or device is mounted read-only), show it,
+    confirm; only then reopen it read-write, plan again and execute. So --dry-run, a
+    refusal or a "no" leaves an image byte-identical. make(paths, final) builds the plan;
+    final is False for the first, read-only, pass."""
+    import contextlib
     import json
     import sys
 
     from liveos_tools.cli.common import confirm, progress_printer, show_plan
 
-    if args.dry_run:
-        show_plan(plan)
-        if getattr(args, "json", False):
-            print(json.dumps(plan.to_json(), indent=2))
-        return 0
-    if not plan.steps:
-        for note in plan.notes:
-            print(f"note: {note}", file=sys.stderr)
-        return 0
-    if ask or plan.destructive:
-        show_plan(plan)
-        confirm(plan, yes=args.yes)
-    plan.execute(progress_printer())
-    print(f"done: {plan.title}", file=sys.stderr)
+    def execute(plan: Plan, names: Names) -> None:
+        report = progress_printer()
+        plan.execute(lambda i, n, summary: report(i, n, _sub(summary, names)))
+        print(f"done: {_sub(plan.title, names)}", file=sys.stderr)
+
+    with contextlib.ExitStack() as stack:
+        paths, names, reopen = resolve(stack, False)
+        with _translated(names):
+            plan = make(paths, not reopen and not args.dry_run)
+            shown = _shown(plan, names)
+            if args.dry_run:
+                show_plan(shown)
+                if getattr(args, "json", False):
+                    print(json.dumps(shown.to_json(), indent=2))
+                print("dry run: nothing was changed", file=sys.stderr)
+                return 0
+            if not plan.steps:
+                for note in shown.notes:
+                    print(f"note: {note}", file=sys.stderr)
+                return 0
+            if ask or plan.destructive:
+                show_plan(shown)
+                confirm(shown, yes=args.yes)
+            if not reopen:
+                execute(plan, names)
+                return 0
+    with contextlib.ExitStack() as stack:
+        paths, names, _ = resolve(stack, True)
+        with _translated(names):
+            plan = make(paths, True)
+            execute(plan, names)
     return 0
 
 
 def run_create(args: argparse.Namespace) -> int:
-    import contextlib
-
     from liveos_tools.tasks import home
     from liveos_tools.units import parse_size
 
     size = parse_size(args.size)
-    with contextlib.ExitStack() as stack:
-        path = _open_file(stack, args.target, args.livedir, home.HOME_NAME, writable=True)
-        passphrase = None
-        if args.encrypt:
-            # Refuse an existing home.img before asking for a passphrase.
-            home.plan_create(
-                path,
+    key: list[bytes] = []
+
+    def make(paths: list[Path], final: bool) -> Plan:
+        def plan(passphrase: bytes | None, dry: bool) -> Plan:
+            return home.plan_create(
+                paths[0],
                 size=size,
                 fstype=args.fstype,
-                encrypt=False,
+                encrypt=args.encrypt,
+                passphrase=passphrase,
                 delete_existing=args.delete_home,
+                dry_run=dry,
             )
+
+        if not args.encrypt:
+            return plan(None, False)
+        if not key:
+            # Every refusal (an existing home.img, the size, a missing program) first.
+            shown = plan(None, True)
+            if args.dry_run:
+                return shown
             from liveos_tools.tools import cryptsetup
 
             cryptsetup.require_dm_crypt()
-            passphrase = _passphrase(args, twice=True)
-        plan = home.plan_create(
-            path,
-            size=size,
-            fstype=args.fstype,
-            encrypt=args.encrypt,
-            passphrase=passphrase,
-            delete_existing=args.delete_home,
-        )
-        return _carry_out(args, plan, ask=False)
+            key.append(_passphrase(args, twice=True))
+        return plan(key[0], False)
+
+    resolve = _resolver(args, [(args.target, home.HOME_NAME, "create", True)])
+    return _carry_out(args, resolve, make, ask=False)
 
 
 def _signed_size(text: str) -> int:
@@ -289,48 +433,56 @@ def _luks_passphrase(args: argparse.Namespace, path: Path) -> bytes | None:
 
 
 def run_resize(args: argparse.Namespace) -> int:
-    import contextlib
-
     from liveos_tools.tasks import home
     from liveos_tools.units import parse_size
 
     to = parse_size(args.to) if args.to is not None else None
     by = _signed_size(args.by) if args.by is not None else None
-    with contextlib.ExitStack() as stack:
-        path = _open_file(stack, args.target, args.livedir, home.HOME_NAME, writable=True)
-        plan = home.plan_resize(
-            path, to_bytes=to, by_bytes=by, passphrase=_luks_passphrase(args, path)
-        )
-        return _carry_out(args, plan, ask=True)
+    key: list[bytes | None] = []
+
+    def make(paths: list[Path], final: bool) -> Plan:
+        if not key:
+            key.append(_luks_passphrase(args, paths[0]))
+        return home.plan_resize(paths[0], to_bytes=to, by_bytes=by, passphrase=key[0])
+
+    resolve = _resolver(args, [(args.target, home.HOME_NAME, "existing", True)])
+    return _carry_out(args, resolve, make, ask=True)
 
 
 def run_copy(args: argparse.Namespace) -> int:
-    import contextlib
-
     from liveos_tools.tasks import home
 
-    with contextlib.ExitStack() as stack:
-        source = _open_file(stack, args.source, args.livedir, home.HOME_NAME, writable=False)
-        dest = _open_file(stack, args.dest, args.livedir, home.HOME_NAME, writable=True)
-        plan = home.plan_copy(source, dest, delete_existing=args.delete_home)
-        return _carry_out(args, plan, ask=False)
+    def make(paths: list[Path], final: bool) -> Plan:
+        return home.plan_copy(paths[0], paths[1], delete_existing=args.delete_home)
+
+    resolve = _resolver(
+        args,
+        [
+            (args.source, home.HOME_NAME, "existing", False),
+            (args.dest, home.HOME_NAME, "dest", True),
+        ],
+    )
+    return _carry_out(args, resolve, make, ask=False)
 
 
 def run_check(args: argparse.Namespace) -> int:
     import contextlib
     import json
     import sys
+    from dataclasses import replace
 
     from liveos_tools.errors import ExitCode
     from liveos_tools.tasks import home
 
     with contextlib.ExitStack() as stack:
-        path = _open_file(stack, args.target, args.livedir, home.HOME_NAME, writable=False)
+        path, names = _open_file(stack, args.target, args.livedir, home.HOME_NAME, writable=False)
         if args.passphrase_file or (sys.stdin.isatty() and home.kind_of(path).value == "luks"):
             passphrase = _luks_passphrase(args, path)
         else:
             passphrase = None
-        report = home.check(path, passphrase)
+        with _translated(names):
+            report = home.check(path, passphrase)
+        report = replace(report, path=_sub(report.path, names))
     if args.json:
         print(json.dumps(check_to_json(report), indent=2))
     else:
@@ -372,22 +524,18 @@ def render_check(report: Any) -> str:
 
 
 def run_swap_create(args: argparse.Namespace) -> int:
-    import contextlib
-
     from liveos_tools.tasks import swap
     from liveos_tools.units import parse_size
 
     size = parse_size(args.size)
-    with contextlib.ExitStack() as stack:
-        path = _open_file(stack, args.target, args.livedir, swap.SWAP_NAME, writable=True)
-        return _carry_out(args, swap.plan_create(path, size), ask=False)
+    resolve = _resolver(args, [(args.target, swap.SWAP_NAME, "create", True)])
+    return _carry_out(
+        args, resolve, lambda paths, final: swap.plan_create(paths[0], size), ask=False
+    )
 
 
 def run_swap_remove(args: argparse.Namespace) -> int:
-    import contextlib
-
     from liveos_tools.tasks import swap
 
-    with contextlib.ExitStack() as stack:
-        path = _open_file(stack, args.target, args.livedir, swap.SWAP_NAME, writable=True)
-        return _carry_out(args, swap.plan_remove(path), ask=False)
+    resolve = _resolver(args, [(args.target, swap.SWAP_NAME, "existing", True)])
+    return _carry_out(args, resolve, lambda paths, final: swap.plan_remove(paths[0]), ask=False)

@@ -57,6 +57,10 @@ class ExistsError(LiveOSError):
     code = ExitCode.USAGE
 
 
+class VerifyError(CorruptError):
+    """A copy read back from its destination does not match its source."""
+
+
 # --- small helpers ------------------------------------------------------------------------
 
 
@@ -323,7 +327,10 @@ def check(path: Path, passphrase: bytes | None = None) -> HomeCheck:
 
 def _validate_size(size: int, minimum: int, what: str) -> int:
     if size <= 0:
-        raise UsageError(f"the size of {what} must be positive")
+        raise UsageError(
+            f"the size of {what} must be positive",
+            f"give e.g. --size 2G (at least {format_size(minimum)})",
+        )
     size = round_size(size)
     if size < minimum:
         raise UsageError(
@@ -340,32 +347,47 @@ def plan_create(
     encrypt: bool = True,
     passphrase: bytes | None = None,
     delete_existing: bool = False,
+    dry_run: bool = False,
 ) -> Plan:
     """Create home.img: preallocated, mode 0600, filesystem labelled HOME, LUKS by default.
 
-    It is built under a temporary name and renamed into place at the end, so an
-    interrupted create leaves no half-made home.img.
+    It is built complete under a temporary name (.home.img.partial), fsynced, and only
+    then renamed over `path`: an interrupted or failed create leaves the old home.img
+    (if any) as it was, and no half-made image. Every program it needs is looked for
+    here, before anything is written.
+
+    `dry_run`: a plan only for showing: an encrypted one needs no passphrase and no
+    dm-crypt yet (a note says what will be needed); it cannot be executed.
     """
+    from liveos_tools.run import require
     from liveos_tools.tools import mkfs
 
     path = Path(path)
     if fstype not in EXT_TYPES:
         raise UsageError(f"unsupported filesystem {fstype!r} for home.img", "use ext4")
     size = _validate_size(size, MIN_LUKS if encrypt else MIN_PLAIN, "home.img")
-    if encrypt and not passphrase:
+    if encrypt and not passphrase and not dry_run:
         raise UsageError(
             "an encrypted home.img needs a passphrase",
             "give --passphrase-file FILE, run on a terminal to be asked, or use --no-encrypt",
         )
-    if encrypt:
-        from liveos_tools.tools import cryptsetup
-
-        cryptsetup.require_dm_crypt()
     directory = path.parent
     if not directory.is_dir():
         raise TargetError(f"{directory}: no such directory", "check the path to the stick")
+    # Every program before any write: a missing one must not leave a half-made stick.
+    require(f"mkfs.{fstype}")
+    dm_note: str | None = None
+    if encrypt:
+        from liveos_tools.tools import cryptsetup
+
+        require("cryptsetup")
+        try:
+            cryptsetup.require_dm_crypt()
+        except LiveOSError as exc:
+            if not dry_run:
+                raise
+            dm_note = f"{exc.message}: it will be needed ({exc.hint})"
     plan = Plan("create home.img", str(path))
-    freed = 0
     if path.exists() or path.is_symlink():
         if not delete_existing:
             raise ExistsError(
@@ -375,20 +397,29 @@ def plan_create(
         if not path.is_file():
             raise TargetError(f"{path} is not a regular file")
         ensure_not_in_use(path)
-        freed = allocated_bytes(path)
         plan.destroys.append(f"{path} ({format_size(path.stat().st_size)}) and all files in it")
     tmp = partial_name(path)
-    plan.notes += check_fits(
-        directory, final_size=size, new_bytes=size - freed - allocated_bytes(tmp), what=str(path)
-    )
-    if freed:
-        plan.add(f"delete the existing {path.name}", lambda: _unlink(path), argv=("rm", str(path)))
-    plan.add(
-        f"allocate {format_size(size)} (not sparse) at {tmp.name}, mode 0600",
-        lambda: _allocate_new(tmp, size),
-        writes=[ByteRange(str(tmp), 0, size, "zeros (preallocated)")],
-    )
-    mkfs_argv = (f"mkfs.{fstype}", "-q", "-F", "-E", "nodiscard", "-L", HOME_LABEL)
+    try:
+        plan.notes += check_fits(
+            directory, final_size=size, new_bytes=size - allocated_bytes(tmp), what=str(path)
+        )
+    except NoSpaceError as exc:
+        if not plan.destroys:
+            raise
+        raise NoSpaceError(
+            f"{exc.message} (the old {path.name} stays until the new one is complete)",
+            f"copy the old {path.name} elsewhere (home copy) and delete it, or choose a "
+            "smaller size",
+        ) from None
+    if plan.destroys:
+        plan.notes.append(
+            f"the old {path.name} stays until the new one is complete, then the new one "
+            "replaces it in one rename"
+        )
+    if dm_note:
+        plan.notes.append(dm_note)
+    if encrypt and not passphrase:
+        plan.notes.append("the passphrase will be asked for (twice) before anything is written")
 
     def or_remove_partial(fn: Callable[[], None]) -> Callable[[], None]:
         # A create that fails leaves nothing behind, not a half-made image.
@@ -402,21 +433,32 @@ def plan_create(
 
         return step
 
+    plan.add(
+        f"allocate {format_size(size)} (not sparse) at {tmp.name}, mode 0600",
+        or_remove_partial(lambda: _allocate_new(tmp, size)),
+        writes=[ByteRange(str(tmp), 0, size, "zeros (preallocated)")],
+    )
+    mkfs_argv = (f"mkfs.{fstype}", "-q", "-F", "-E", "nodiscard", "-L", HOME_LABEL)
+
     if encrypt:
-        assert passphrase is not None
         key = passphrase
+
+        def need_key() -> bytes:
+            if not key:
+                raise UsageError("this plan was made for a dry run: it has no passphrase")
+            return key
 
         @or_remove_partial
         def make_luks() -> None:
             from liveos_tools.tools import cryptsetup
 
-            cryptsetup.format_luks(tmp, key)
+            cryptsetup.format_luks(tmp, need_key())
 
         @or_remove_partial
         def make_fs_inside() -> None:
             from liveos_tools.tools import cryptsetup
 
-            with cryptsetup.opened(tmp, key) as m:
+            with cryptsetup.opened(tmp, need_key()) as m:
                 mkfs.make_ext(m.node, fstype=fstype, label=HOME_LABEL)
 
         plan.add(
@@ -435,14 +477,30 @@ def plan_create(
             or_remove_partial(lambda: mkfs.make_ext(tmp, fstype=fstype, label=HOME_LABEL)),
             argv=(*mkfs_argv, str(tmp)),
         )
-    plan.add(f"rename {tmp.name} to {path.name}", lambda: _rename(tmp, path))
+    verb = "replace the old" if plan.destroys else "rename it to"
+    plan.add(
+        f"fsync {tmp.name}, then {verb} {path.name} (one atomic rename)",
+        or_remove_partial(lambda: _install(tmp, path)),
+    )
     return plan
 
 
-def _unlink(path: Path) -> None:
-    ensure_not_in_use(path)
-    path.unlink()
-    fsync_dir(path.parent)
+def _install(tmp: Path, path: Path) -> None:
+    """Make the complete `tmp` durable, then rename it over `path` (the old one goes only now)."""
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        ensure_not_in_use(path)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise os_error(exc, path) from None
+    # A resize left unfinished on the old home.img means nothing for the new one.
+    with contextlib.suppress(OSError):
+        resize_state_path(path).unlink()
 
 
 def _allocate_new(tmp: Path, size: int) -> None:
@@ -484,6 +542,44 @@ def header_backup_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.luks-header")
 
 
+def resize_state_path(path: Path) -> Path:
+    """Where a running resize records its sizes (`.home.img.resize`), removed at its end."""
+    return path.with_name(f".{path.name}.resize")
+
+
+def read_resize_state(path: Path) -> tuple[int, int] | None:
+    """(from, to) of a resize of `path` that did not finish, or None."""
+    try:
+        text = resize_state_path(path).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    fields = dict(part.partition("=")[::2] for part in text.split())
+    try:
+        return int(fields["from"]), int(fields["to"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _write_resize_state(path: Path, start: int, target: int) -> None:
+    state = resize_state_path(path)
+    try:
+        fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"from={start} to={target}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise os_error(exc, state) from None
+
+
+def _clear_resize_state(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        resize_state_path(path).unlink()
+        fsync_dir(path.parent)
+
+
 def plan_resize(
     path: Path,
     *,
@@ -495,7 +591,14 @@ def plan_resize(
 
     Shrinking: filesystem, then container, then file. Growing: file, then
     container, then filesystem. Refuses a size below what the data needs.
+
+    `by_bytes` counts from the size the filesystem inside gives home.img (its size
+    unless a resize stopped half-way). A running resize records where it started and
+    where it goes in `.home.img.resize`; while that is there, `by_bytes` counts from
+    where that resize started, so running the same command again finishes it at the
+    size first asked for instead of going further.
     """
+    from liveos_tools.run import require
     from liveos_tools.tools import e2fs, e2fsck, resize2fs
 
     path = Path(path)
@@ -503,17 +606,11 @@ def plan_resize(
         raise UsageError("give exactly one of --to SIZE and --by SIZE")
     kind = _require_home(path)
     ensure_not_in_use(path)
+    for tool in ("e2fsck", "resize2fs", "dumpe2fs"):
+        require(tool)
     old = path.stat().st_size
-    wanted = to_bytes if to_bytes is not None else old + (by_bytes or 0)
-    new = round_size(wanted) if wanted > 0 else 0
     offset = _luks_offset(path, passphrase) if kind is HomeKind.LUKS else 0
     minimum = MIN_LUKS if kind is HomeKind.LUKS else MIN_PLAIN
-    if new < minimum:
-        raise UsageError(
-            f"home.img cannot be {format_size(max(new, 0))}",
-            f"give at least {format_size(minimum)}",
-        )
-    plan = Plan(f"resize home.img from {format_size(old)} to {format_size(new)}", str(path))
     # Read-only: a damaged filesystem is refused, and the data measured, before any change.
     with filesystem(path, kind, passphrase, readonly=True) as dev:
         fsck = e2fsck.check(dev)
@@ -525,6 +622,22 @@ def plan_resize(
             )
         use = e2fs.usage(dev)
         min_fs = resize2fs.min_blocks(dev) * use.block_size
+    old_fs = use.total_bytes
+    notes: list[str] = []
+    state = read_resize_state(path)
+    if state is not None:
+        lo, hi = min(state), max(state)
+        if not (lo <= old <= hi and lo <= old_fs + offset <= hi):
+            notes.append(f"ignored {resize_state_path(path).name}: it does not fit this home.img")
+            state = None
+    start = state[0] if state is not None else old_fs + offset
+    wanted = to_bytes if to_bytes is not None else start + (by_bytes or 0)
+    new = round_size(wanted) if wanted > 0 else 0
+    if new < minimum:
+        raise UsageError(
+            f"home.img cannot be {format_size(max(new, 0))}",
+            f"give at least {format_size(minimum)}",
+        )
     new_fs = new - offset
     if new_fs < min_fs:
         raise NoSpaceError(
@@ -532,10 +645,31 @@ def plan_resize(
             f"{format_size(min_fs + offset)} ({format_size(use.used_bytes)} in use)",
             f"choose {format_size(round_size(min_fs + offset))} or more, or delete files first",
         )
-    if new == old:
-        plan.notes.append(f"{path.name} is already {format_size(new)}: nothing to do")
+    title = f"resize home.img from {format_size(old)} to {format_size(new)}"
+    if old_fs + offset != old:
+        title += f" (its filesystem from {format_size(old_fs)} to {format_size(new_fs)})"
+    plan = Plan(title, str(path))
+    plan.notes += notes
+    if state is not None:
+        if new == state[1]:
+            plan.notes.append(
+                f"finishing the resize from {format_size(state[0])} to "
+                f"{format_size(state[1])} that stopped half-way"
+            )
+        else:
+            plan.notes.append(
+                f"a resize from {format_size(state[0])} to {format_size(state[1])} stopped "
+                f"half-way; this one goes to {format_size(new)} instead"
+            )
+    if new == old and new_fs == old_fs:
+        if state is not None:
+            plan.add(
+                f"remove {resize_state_path(path).name}", lambda: _clear_resize_state(path)
+            )
+        else:
+            plan.notes.append(f"{path.name} is already {format_size(new)}: nothing to do")
         return plan
-    grow = new > old
+    grow_file, cut_file = new > old, new < old
     backup = header_backup_path(path)
     backup_bytes = offset if kind is HomeKind.LUKS else 0
     plan.notes += check_fits(
@@ -545,10 +679,11 @@ def plan_resize(
         what=path.name,
     )
     key = passphrase or b""
-    state = _Open()
+    opened = _Open()
+    state_file = resize_state_path(path)
 
     def fs_target() -> str:
-        return state.node if state.node is not None else str(path)
+        return opened.node if opened.node is not None else str(path)
 
     def guarded(fn: Callable[[], None]) -> Callable[[], None]:
         # A failing step closes the mapping it opened, so nothing stays in use.
@@ -556,7 +691,7 @@ def plan_resize(
             try:
                 fn()
             except BaseException:
-                state.stack.close()
+                opened.stack.close()
                 raise
 
         return step
@@ -567,52 +702,65 @@ def plan_resize(
             lambda: _backup_header(path, backup),
             argv=("cryptsetup", "luksHeaderBackup", str(path), "--header-backup-file", str(backup)),
         )
-    if grow:
+    plan.add(
+        f"record the sizes in {state_file.name} (a re-run finishes at {format_size(new)})",
+        lambda: _write_resize_state(path, start, new),
+        writes=[ByteRange(str(state_file), 0, len(f"from={start} to={new}\n"), "the sizes")],
+    )
+    if grow_file:
         plan.add(
             f"extend the file to {format_size(new)} (preallocated)",
             lambda: _extend(path, new),
             writes=[ByteRange(str(path), old, new - old, "zeros (preallocated)")],
         )
     if kind is HomeKind.LUKS:
-        plan.add("open the LUKS container", lambda: _open(state, path, key))
-        plan.notes.append(
-            f"if it stops half-way, close the mapping (cryptsetup close liveos-home-*) and run "
-            f"the same resize again; the header backup is {backup}"
+        plan.add("open the LUKS container", lambda: _open(opened, path, key))
+    plan.notes.append(
+        "if it stops half-way, "
+        + (
+            "close the mapping (cryptsetup close liveos-home-*) and "
+            if kind is HomeKind.LUKS
+            else ""
         )
+        + f"run the same resize again: it finishes at {format_size(new)}"
+        + (f"; the header backup is {backup}" if kind is HomeKind.LUKS else "")
+    )
     plan.add(
         "check the filesystem",
         guarded(lambda: _fsck_repair(fs_target())),
         argv=("e2fsck", "-f", "-p"),
     )
-    if grow:
-        if kind is HomeKind.LUKS:
-            plan.add(
-                "grow the LUKS container to the whole file",
-                guarded(lambda: _crypt_resize(state, key, None)),
-                argv=("cryptsetup", "resize"),
-            )
-        plan.add(
-            f"grow the filesystem to {format_size(new_fs)}",
-            guarded(lambda: resize2fs.resize(fs_target(), new_fs)),
-            argv=("resize2fs", "<filesystem>", resize2fs.size_argument(new_fs)),
-        )
-    else:
+    if new_fs < old_fs:
         plan.add(
             f"shrink the filesystem to {format_size(new_fs)}",
             guarded(lambda: resize2fs.resize(fs_target(), new_fs)),
             argv=("resize2fs", "<filesystem>", resize2fs.size_argument(new_fs)),
         )
-        if kind is HomeKind.LUKS:
+    if kind is HomeKind.LUKS:
+        if cut_file:
             plan.add(
                 f"shrink the LUKS container to {format_size(new_fs)} of data",
-                guarded(lambda: _crypt_resize(state, key, new_fs)),
+                guarded(lambda: _crypt_resize(opened, key, new_fs)),
                 argv=("cryptsetup", "resize", "--size", str(new_fs // 512)),
             )
+        else:
+            plan.add(
+                "grow the LUKS container to the whole file",
+                guarded(lambda: _crypt_resize(opened, key, None)),
+                argv=("cryptsetup", "resize"),
+            )
+    if new_fs > old_fs:
+        plan.add(
+            f"grow the filesystem to {format_size(new_fs)}",
+            guarded(lambda: resize2fs.resize(fs_target(), new_fs)),
+            argv=("resize2fs", "<filesystem>", resize2fs.size_argument(new_fs)),
+        )
     plan.add("check the filesystem again", guarded(lambda: _fsck_verify(fs_target(), path)))
     if kind is HomeKind.LUKS:
-        plan.add("close the LUKS container", state.stack.close)
-    if not grow:
+        plan.add("close the LUKS container", opened.stack.close)
+    if cut_file:
         plan.add(f"cut the file to {format_size(new)}", lambda: _truncate(path, new))
+    plan.add(f"remove {state_file.name}", lambda: _clear_resize_state(path))
     return plan
 
 
@@ -836,9 +984,10 @@ def plan_copy(source: Path, dest: Path, *, delete_existing: bool = False) -> Pla
         got = sha256_of(tmp)
         if got != digest["source"]:
             tmp.unlink()
-            raise LiveOSError(
-                f"the copy at {tmp} does not match {source} (SHA-256 differs)",
-                "the destination may be failing; the old file was not touched",
+            raise VerifyError(
+                f"the copy does not match the source: {tmp} differs from {source} (SHA-256)",
+                "nothing was replaced (the copy was removed); the destination may be failing: "
+                "try another stick or file, or check this one (badblocks, f3)",
             )
 
     how = "sparse" if sparse else "preallocated"
@@ -848,5 +997,10 @@ def plan_copy(source: Path, dest: Path, *, delete_existing: bool = False) -> Pla
         writes=[ByteRange(str(tmp), 0, size, f"a copy of {source}")],
     )
     plan.add("verify the copy (SHA-256 of source and copy)", verify)
-    plan.add(f"rename {tmp.name} to {dest.name}", lambda: _rename(tmp, dest))
+    def install() -> None:
+        _rename(tmp, dest)
+        if dest.name == HOME_NAME:  # an unfinished resize of the old one means nothing now
+            _clear_resize_state(dest)
+
+    plan.add(f"rename {tmp.name} to {dest.name}", install)
     return plan

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from liveos_tools.errors import LiveOSError, TargetError, UsageError
@@ -30,27 +31,53 @@ _CHUNK = 4 * MiB
 
 
 def plan_create(path: Path, size: int) -> Plan:
+    """Write zeros to .swap.img.partial, mkswap it, rename it to swap.img.
+
+    mkswap is looked for here, before anything is written; a failure at any step
+    removes the partial file.
+    """
+    from liveos_tools.run import require
     from liveos_tools.tools import mkfs
 
     path = Path(path)
     if size <= 0:
-        raise UsageError("the size of swap.img must be positive")
+        raise UsageError("the size of swap.img must be positive", "give e.g. --size 1G")
     size = max(round_size(size), MIN_SWAP)
     if path.exists() or path.is_symlink():
         raise ExistsError(f"{path} already exists", "remove it first: swap remove")
     directory = path.parent
     if not directory.is_dir():
         raise TargetError(f"{directory}: no such directory", "check the path to the stick")
+    require("mkswap")
     tmp = partial_name(path)
     plan = Plan("create swap.img", str(path))
     plan.notes += check_fits(directory, final_size=size, new_bytes=size, what=str(path))
+
+    def or_remove_partial(fn: Callable[[], None]) -> Callable[[], None]:
+        def step() -> None:
+            try:
+                fn()
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+
+        return step
+
     plan.add(
         f"write {format_size(size)} of zeros to {tmp.name}, mode 0600",
-        lambda: _write_zeros(tmp, size),
+        or_remove_partial(lambda: _write_zeros(tmp, size)),
         writes=[ByteRange(str(tmp), 0, size, "zeros")],
     )
-    plan.add("make it swap", lambda: mkfs.make_swap(tmp), argv=("mkswap", str(tmp)))
-    plan.add(f"rename {tmp.name} to {path.name}", lambda: _rename(tmp, path))
+    plan.add(
+        "make it swap",
+        or_remove_partial(lambda: mkfs.make_swap(tmp)),
+        argv=("mkswap", str(tmp)),
+    )
+    plan.add(
+        f"fsync it, rename {tmp.name} to {path.name}",
+        or_remove_partial(lambda: _rename(tmp, path)),
+    )
     return plan
 
 
@@ -101,5 +128,13 @@ def _write_zeros(tmp: Path, size: int) -> None:
 def _rename(tmp: Path, path: Path) -> None:
     if path.exists():
         raise LiveOSError(f"{path} appeared while swap.img was being made", "nothing was replaced")
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # mkswap's header
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise os_error(exc, tmp) from None
     os.replace(tmp, path)
     fsync_dir(path.parent)

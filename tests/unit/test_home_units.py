@@ -92,8 +92,8 @@ def test_disk_image_is_told_from_home_img(tmp_path: Path) -> None:
     disk.write_bytes(bytes(510) + b"\x55\xaa" + bytes(512))
     plain = tmp_path / "home.img"
     plain.write_bytes(bytes(1080) + b"\x53\xef" + bytes(100))
-    assert cli_home._is_disk_image(disk)
-    assert not cli_home._is_disk_image(plain)
+    assert cli_home._is_stick_image(disk, "LiveOS")
+    assert not cli_home._is_stick_image(plain, "LiveOS")
 
 
 def test_passphrase_file_drops_one_newline(tmp_path: Path) -> None:
