@@ -19,7 +19,7 @@ from pathlib import Path
 
 from liveos_tools import mounts
 from liveos_tools.cow import StoreState, read_store
-from liveos_tools.errors import CorruptError, NoSpaceError, TargetError, UsageError
+from liveos_tools.errors import CorruptError, LiveOSError, NoSpaceError, TargetError, UsageError
 from liveos_tools.media import Medium, OverlayKind
 from liveos_tools.plan import ByteRange, Plan
 from liveos_tools.tasks import backup as bk
@@ -188,7 +188,6 @@ def _dm_name(holder: str) -> str | None:
 
 
 def _overflowed(holders: tuple[str, ...]) -> list[str]:
-    from liveos_tools.errors import LiveOSError
     from liveos_tools.tools import dmsetup
 
     out = []
@@ -273,7 +272,10 @@ def plan_grow(
         # stored changes there, cutting them would break the overlay.
         if made:
             tail = bk.Region(facts.old_size, facts.delta, bk.zeros_sha256(facts.delta))
-            made[0] = bk.seal(made[0], size=facts.new_size, regions=(tail,))
+            try:
+                made[0] = bk.seal(made[0], size=facts.new_size, regions=(tail,))
+            except LiveOSError as err:  # the grow is done; say what the backup lacks
+                plan.notes.append(f"warning: {err.message} ({err.hint})")
 
     plan.add(f"record the old size in a backup under {directory}", save)
     plan.notes.extend(notes)

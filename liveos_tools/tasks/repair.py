@@ -358,12 +358,16 @@ class _Session:
             )
         self.result = report
         if self.backup is not None:
-            # What a restore must find before it puts the old bytes back.
-            self.backup = bk.seal(
-                self.backup,
-                size=self.overlay.stat().st_size,
-                whole_sha256=bk.file_sha256(self.overlay),
-            )
+            # What a restore must find before it puts the old bytes back. The repair is
+            # done: failing to record this must not undo it.
+            try:
+                self.backup = bk.seal(
+                    self.backup,
+                    size=self.overlay.stat().st_size,
+                    whole_sha256=bk.file_sha256(self.overlay),
+                )
+            except (LiveOSError, OSError) as err:
+                self.fsck_results.append(f"warning: {err}")
         bk.kill_point("repair-done")
 
     def abort(self) -> str:

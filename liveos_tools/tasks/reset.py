@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from liveos_tools.cow import RESET_BYTES
-from liveos_tools.errors import InUseError, TargetError
+from liveos_tools.errors import InUseError, LiveOSError, TargetError
 from liveos_tools.media import Medium, OverlayKind, Source
 from liveos_tools.plan import ByteRange, Plan
 from liveos_tools.tasks import backup as bk
@@ -109,7 +109,10 @@ def plan_reset(medium: Medium, *, backup_dir: str | Path | None = None) -> Plan:
             zero_head(path)
             # What a restore must find to put the old header back safely.
             zeros = bk.Region(0, head, bk.zeros_sha256(head))
-            made[0] = bk.seal(made[0], size=size, regions=(zeros,))
+            try:
+                made[0] = bk.seal(made[0], size=size, regions=(zeros,))
+            except LiveOSError as err:  # the reset is done; say what the backup lacks
+                plan.notes.append(f"warning: {err.message} ({err.hint})")
 
         plan.partial_state = f"the first {format_size(head)} of {path.name} may be partly zeroed"
         plan.add(f"back up the first {format_size(head)} of {path.name} under {directory}", save)
