@@ -15,8 +15,9 @@ from typing import Any, NamedTuple
 
 from liveos_tools.cow import SECTOR, read_store
 from liveos_tools.errors import ExitCode, LiveOSError
-from liveos_tools.media import HomeKind, Medium, OverlayKind, Source
+from liveos_tools.media import HomeKind, ImageLayout, Medium, OverlayKind, Source
 from liveos_tools.units import format_size
+from liveos_tools.which import which
 
 WARN_FRACTION = 0.80
 CRITICAL_FRACTION = 0.95
@@ -263,6 +264,17 @@ def _warnings(medium: Medium, overlay: OverlayStatus, level: Level) -> list[str]
         )
     if overlay.state is OverlayState.NONE and medium.root is not None:
         out.append("no persistent overlay: changes are lost at shutdown")
+    if medium.image_layout is ImageLayout.UNKNOWN and medium.squashfs_path is not None:
+        if which("unsquashfs"):
+            out.append(
+                f"{medium.squashfs_path.name} could not be read: the live image may be "
+                "damaged, and the stick may not boot (rewrite it with liveos-iso-to-disk)"
+            )
+        else:
+            out.append(
+                "unsquashfs is not installed: the image layout is unknown "
+                "(apt-get install squashfs-tools)"
+            )
     problem = medium.overlay_name_problem
     if problem:
         out.append(f"dracut will not find the overlay at boot: {problem}")

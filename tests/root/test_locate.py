@@ -261,3 +261,16 @@ def test_an_image_mounted_elsewhere_is_never_attached_twice(
         assert f"is in use: attached to {dev} ({dev} mounted at {tmp_path / 'mnt'})" in err
         overlay = tmp_path / "mnt" / "LiveOS" / f"overlay-SOAS-{UUID}"
         assert overlay.read_bytes()[:4] == b"SnAp"
+
+
+def test_a_damaged_squashfs_is_reported_not_fatal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = stick_tree(tmp_path, label="SOAS", uuid=UUID, home=False)
+    with open(tree / "LiveOS" / "squashfs.img", "r+b") as f:
+        f.write(bytes(4096))
+    img = ext4_image(tree, tmp_path / "stick.img", label="SOAS", uuid=UUID)
+    assert main(["status", str(img), "--json"]) == ExitCode.OK
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["medium"]["image_layout"] == "unknown"
+    assert any("squashfs.img could not be read" in w for w in doc["warnings"])
