@@ -386,7 +386,7 @@ def plan_create(
         except LiveOSError as exc:
             if not dry_run:
                 raise
-            dm_note = f"{exc.message}: it will be needed ({exc.hint})"
+            dm_note = f"{exc.message}; a real run refuses until it has ({exc.hint})"
     plan = Plan("create home.img", str(path))
     if path.exists() or path.is_symlink():
         if not delete_existing:
@@ -419,7 +419,9 @@ def plan_create(
     if dm_note:
         plan.notes.append(dm_note)
     if encrypt and not passphrase:
-        plan.notes.append("the passphrase will be asked for (twice) before anything is written")
+        plan.notes.append(
+            "the passphrase is needed before anything is written (not asked in a dry run)"
+        )
 
     def or_remove_partial(fn: Callable[[], None]) -> Callable[[], None]:
         # A create that fails leaves nothing behind, not a half-made image.
