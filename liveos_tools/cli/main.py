@@ -103,8 +103,23 @@ def _load(spec: str) -> Handler:
     return handler
 
 
+#: Options whose value may be a negative size (`--by -512M` shrinks).
+_SIZE_OPTIONS = ("--by",)
+
+
+def _join_negative_sizes(words: list[str]) -> list[str]:
+    # argparse takes "-512M" for an option and refuses `--by -512M`; `--by=-512M` works.
+    out: list[str] = []
+    for word in words:
+        if out and out[-1] in _SIZE_OPTIONS and word.startswith("-") and word[1:2].isdigit():
+            out[-1] = f"{out[-1]}={word}"
+        else:
+            out.append(word)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    words = list(sys.argv[1:] if argv is None else argv)
+    words = _join_negative_sizes(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser(words)
     args = parser.parse_args(words)
     if args.command is None:

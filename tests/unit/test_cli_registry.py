@@ -30,3 +30,21 @@ def test_a_known_command_loads_only_its_module() -> None:
     full = build_parser(["--help"])
     sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == set(COMMAND_NAMES)
+
+
+def test_negative_sizes_are_values_not_options() -> None:
+    from liveos_tools.cli.main import _join_negative_sizes
+
+    assert _join_negative_sizes(["home", "resize", "S", "--by", "-512M", "--yes"]) == [
+        "home",
+        "resize",
+        "S",
+        "--by=-512M",
+        "--yes",
+    ]
+    assert _join_negative_sizes(["grow", "--by", "512M"]) == ["grow", "--by", "512M"]
+    assert _join_negative_sizes(["x", "--by", "--yes"]) == ["x", "--by", "--yes"]
+    args = build_parser(["home"]).parse_args(
+        _join_negative_sizes(["home", "resize", "S", "--by", "-512M"])
+    )
+    assert args.by == "-512M"
