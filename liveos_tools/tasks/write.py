@@ -40,12 +40,22 @@ class Prepared:
     jobs: list[Job] = field(default_factory=list)
 
 
+def _unescape(value: str) -> str:
+    """blkid -o export writes a backslash before ` \\"'$`<>` (`LABEL=MY\\ STICK`)."""
+    out, it = [], iter(value)
+    for ch in it:
+        out.append(next(it, "\\") if ch == "\\" else ch)
+    return "".join(out)
+
+
 def _probe(device: str, offset: int) -> dict[str, str]:
     from liveos_tools.run import run
     from liveos_tools.tools.blkid import parse_export
 
     res = run(["blkid", "-p", "-O", str(offset), "-o", "export", device], check=False)
-    return parse_export(res.stdout) if res.returncode == 0 else {}
+    if res.returncode != 0:
+        return {}
+    return {k: _unescape(v) for k, v in parse_export(res.stdout).items()}
 
 
 def describe_table(target: Target) -> list[str]:
@@ -70,26 +80,51 @@ def describe_table(target: Target) -> list[str]:
 
 def existing_fs(target: Target) -> stick.StickFs | None:
     """The filesystem to write into when not formatting."""
-    if target.kind is TargetKind.IMAGE:
-        from liveos_tools.tools import parted
+    found = _existing(target)
+    return found[0] if found else None
 
+
+def _existing(target: Target) -> tuple[stick.StickFs, stick.BootDisk] | None:
+    """The filesystem to write into when not formatting, and the disk whose MBR boots it
+    (the parent disk of a partition, or the image file itself)."""
+    from liveos_tools.tools import parted
+
+    ranges: list[tuple[parted.PartInfo | None, int, int]]
+    if target.kind is TargetKind.IMAGE:
         table = parted.read_table(target.path)
-        ranges = [(p.start, p.length) for p in table.partitions] or [(0, target.size)]
-        device = target.path
+        ranges = [(p, p.start, p.length) for p in table.partitions] or [(None, 0, target.size)]
+        device, disk_path = target.path, target.path
     else:
-        ranges = [(0, target.size)]
-        device = target.path
         if target.kind is TargetKind.DISK:
             raise TargetError(
                 f"{target.spec} is a whole disk",
                 "give one of its partitions (/dev/sdX1), or add --format to partition it",
             )
-    for start, length in ranges:
+        device = target.path
+        assert target.disk is not None
+        disk_path = f"/dev/{target.disk}"
+        table = parted.read_table(disk_path)
+        part = next((p for p in table.partitions if p.number == target.partition_number), None)
+        ranges = [(part, 0, target.size)]
+    for part, start, length in ranges:
         info = _probe(device, start)
         if info.get("TYPE") in stick.FSTYPES and info.get("UUID"):
-            return stick.StickFs(device, start, length, info["TYPE"], info.get("LABEL", ""),
-                                 info["UUID"], new=False)
+            fs = stick.StickFs(device, start, length, info["TYPE"], info.get("LABEL", ""),
+                               info["UUID"], new=False)
+            boot = stick.BootDisk(
+                disk_path, table.label if part is not None else None,
+                part.number if part is not None else None,
+                part.flags if part is not None else (), _mbr_blank(disk_path))
+            return fs, boot
     return None
+
+
+def _mbr_blank(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return not any(f.read(440))
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -103,9 +138,11 @@ def prepare(source: str, targets: list[str], opts: stick.WriteOptions) -> Iterat
         for spec in targets:
             tgt = resolve(spec, format_size=opts.format_size, formatting=opts.format)
             check(tgt, force=opts.force)
-            fs = None if opts.format else existing_fs(tgt)
+            found = None if opts.format else _existing(tgt)
             desc = describe_table(tgt) if opts.format else []
-            plan, result = stick.plan_stick(src, lay, tgt, _copy_opts(opts), existing_fs=fs,
+            plan, result = stick.plan_stick(src, lay, tgt, _copy_opts(opts),
+                                            existing_fs=found[0] if found else None,
+                                            boot_disk=found[1] if found else None,
                                             table_desc=desc)
             prepared.jobs.append(Job(tgt, plan, result))
         yield prepared

@@ -87,6 +87,17 @@ class StickFs:
     new: bool  # made by this plan
 
 
+@dataclass(frozen=True)
+class BootDisk:
+    """Writing into an existing filesystem: the disk whose MBR boots it."""
+
+    path: str  # the parent disk of a partition (/dev/sdb for /dev/sdb1), or the image file
+    table: str | None  # "msdos", "gpt"; None: no table (the filesystem starts at byte 0)
+    number: int | None  # the partition's number in that table
+    flags: tuple[str, ...] = ()  # parted's: "boot" (msdos active), "legacy_boot" (GPT)
+    mbr_blank: bool = False  # no boot code in its first 440 bytes
+
+
 def clean_label(text: str | None, fstype: str) -> str:
     """Spaces cannot appear in an overlay name dracut matches: they become '_'."""
     raw = (text or "LIVE").strip().replace(" ", "_")
@@ -150,6 +161,7 @@ def plan_stick(
     opts: WriteOptions,
     *,
     existing_fs: StickFs | None = None,
+    boot_disk: BootDisk | None = None,
     table_desc: list[str] | None = None,
 ) -> tuple[Plan, StickResult]:
     """Build the whole plan for one target. Raises before anything is written."""
@@ -194,7 +206,10 @@ def plan_stick(
     fstype = opts.fstype if opts.format else (existing_fs.fstype if existing_fs else "vfat")
     if fstype not in FSTYPES:
         raise UsageError(f"unsupported filesystem {fstype!r}", f"use one of {', '.join(FSTYPES)}")
-    gpt = opts.efi and not opts.msdos
+    if opts.format or boot_disk is None:
+        gpt = opts.efi and not opts.msdos
+    else:  # the existing table decides which boot code fits
+        gpt = boot_disk.table == "gpt"
     mbr = syslinux.mbr_code(gpt)  # fails loudly now, not after the copy
     modules = syslinux.module_paths()
 
@@ -218,12 +233,20 @@ def plan_stick(
                               "later with `liveos-overlay grow`")
         overlay_size = copy_ov.size
     home_size = opts.home_size
+    home_exists = pre_fs is not None and bool(opts.home_size or copy_home) and fs_has(
+        pre_fs, f"{ldir}/home.img")
+    keep_home = home_exists and not opts.delete_home and copy_home is None
+    if keep_home:
+        home_size = 0  # kept: the reference tool keeps home.img unless --delete-home
+    elif home_exists:
+        plan.destroys.append(f"{ldir}/home.img on {target.spec} and every file in it "
+                             "(--delete-home: a new one replaces it)")
     if copy_home is not None:
         if opts.home_size:
             plan.notes.append("--copy-home: the source's home.img is copied; "
                               "--home-size-mb is ignored")
         home_size = copy_home.size
-        if pre_fs is not None and not opts.delete_home and fs_has(pre_fs, f"{ldir}/home.img"):
+        if home_exists and not opts.delete_home:
             from liveos_tools.tasks.home import ExistsError
 
             raise ExistsError(f"{target.spec} already has {ldir}/home.img",
@@ -274,7 +297,24 @@ def plan_stick(
         uuid, mkfs_id, capacity = fs.uuid, "", int(fs.length * (1 - FS_OVERHEAD))
         placed, specs = [], []
     need = sizes.total + RESERVE
-    if need > capacity:
+    if not opts.format:
+        # An existing filesystem: its free space, plus what the files this plan replaces
+        # hold now, in the order they are written (each old file goes just before its new one).
+        ov_new = overlay_size if (copy_ov is not None or not keep_ov) else 0
+        order = [] if opts.skipcopy else [(f"{ldir}/{Path(layout.image).name}", image_size)]
+        order += [(f"syslinux/{n}", s.size) for n, s in (("vmlinuz", kernel_sf),
+                                                          ("initrd.img", initrd_sf))]
+        order += [(s.path.lstrip("/"), s.size) for s in efi_sfs]
+        if efiboot_sf:
+            order.append(("images/efiboot.img", efiboot_sf.size))
+        if ov_new and persistence in (bootcfg.Persistence.DM, bootcfg.Persistence.OVERLAYFS):
+            order.append((overlay_rel(ldir, label, fs.uuid), ov_new))
+        if home_size:
+            order.append((f"{ldir}/home.img", home_size))
+        if sizes.swap:
+            order.append((f"{ldir}/swap.img", sizes.swap))
+        check_free_space(fs, target.spec, order, sizes)
+    elif need > capacity:
         raise NoSpaceError(
             f"{target.spec} is too small: the stick needs {format_size(need)} (image "
             f"{format_size(sizes.image)}, overlay {format_size(sizes.overlay)}, home "
@@ -343,10 +383,12 @@ def plan_stick(
     elif label != fs.label:
         plan.add(f"relabel {fs.label!r} as {label!r} (dracut cannot match a label with spaces)",
                  lambda: _relabel(fs, label))
-    if opts.format or opts.reset_mbr:
+    if opts.format:
         plan.add(f"write syslinux's {'gptmbr' if gpt else 'mbr'}.bin boot code to the MBR",
                  lambda: _write_mbr(target.path, mbr),
                  writes=[ByteRange(target.path, 0, len(mbr), "MBR boot code")])
+    elif boot_disk is not None:
+        _plan_boot_disk(plan, boot_disk, target, mbr, gpt, opts.reset_mbr)
 
     def dest() -> Dest:
         d = state.get("dest")
@@ -478,8 +520,11 @@ def plan_stick(
 
         plan.add(f"copy {home_sf.path} ({format_size(home_sf.size)}) to {ldir}/home.img, "
                  "verified", copy_home_img)
+    elif keep_home:
+        plan.notes.append(f"{ldir}/home.img exists and is kept (--delete-home replaces it)")
     elif opts.home_size:
-        plan.add(f"create {ldir}/home.img ({format_size(opts.home_size)}, "
+        plan.add(f"{'replace' if home_exists else 'create'} {ldir}/home.img "
+                 f"({format_size(opts.home_size)}, "
                  f"{'LUKS' if opts.encrypt_home else 'plain'} {opts.home_fstype})",
                  lambda: _make_home(dest(), f"{ldir}/home.img", opts,
                                     Path(str(state["scratch"]))))
@@ -633,12 +678,141 @@ def _ext_argv(fs: StickFs, uuid: str, blocksize: int | None) -> list[str]:
 
 
 def _relabel(fs: StickFs, label: str) -> None:
+    """fatlabel/e2label on a partition node; inside a disk image (an offset) mlabel, or
+    e2label's `?offset=`. The label blkid then reads must be the one the overlay is named
+    after, else dracut would not find the overlay: checked."""
     from liveos_tools.run import run
+    from liveos_tools.tools import mtools
 
-    if fs.fstype == "vfat":
+    if fs.fstype == "vfat" and fs.offset:
+        mtools.label(fs.device, fs.offset, label)
+    elif fs.fstype == "vfat":
         run(["fatlabel", fs.device, label])
     else:
-        run(["e2label", fs.device, label])
+        run(["e2label", f"{fs.device}?offset={fs.offset}" if fs.offset else fs.device, label])
+    res = run(["blkid", "-p", "-O", str(fs.offset), "-o", "value", "-s", "LABEL", fs.device],
+              check=False)  # fmt: skip
+    got = res.stdout.strip()
+    if got != label:
+        raise TargetError(
+            f"relabelling gave the label {got!r}, not {label!r}: the overlay would not be "
+            "found by dracut (nothing else was written)",
+            "give an upper-case label without spaces with --label",
+        )
+
+
+def _plan_boot_disk(plan: Plan, disk: BootDisk, target: Target, mbr: bytes, gpt: bool,
+                    reset_mbr: bool) -> None:  # fmt: skip
+    """Writing into an existing partition: the boot code of its disk (--reset-mbr) and
+    the flag that code boots by (msdos: active; GPT: legacy_boot)."""
+    if disk.table is None:
+        if reset_mbr:
+            plan.notes.append(f"--reset-mbr: {target.spec} has no partition table (its "
+                              "filesystem starts at byte 0, where an MBR would go): no MBR "
+                              "boot code written; the filesystem's own boot sector boots it")
+        return
+    if reset_mbr:
+        plan.add(f"write syslinux's {'gptmbr' if gpt else 'mbr'}.bin boot code to the MBR of "
+                 f"{disk.path}", lambda: _write_mbr(disk.path, mbr),
+                 writes=[ByteRange(disk.path, 0, len(mbr), "MBR boot code")])
+    elif disk.mbr_blank:
+        plan.notes.append(f"{disk.path} has no MBR boot code: a BIOS will not boot it; add "
+                          "--reset-mbr to write syslinux's")
+    if disk.number is None:
+        plan.notes.append(f"{target.spec} was not found in {disk.path}'s partition table: "
+                          "its boot flag is left as it is")
+    elif disk.table == "msdos" and "boot" not in disk.flags:
+        if disk.number > 4:
+            plan.notes.append(f"{target.spec} is a logical partition, which cannot be marked "
+                              "active: the MBR code boots only a primary partition")
+        else:
+            n = disk.number
+            plan.add(f"mark partition {n} of {disk.path} active (bootable), the others not: "
+                     "the MBR code boots the active partition",
+                     lambda: _set_active(disk.path, n),
+                     writes=[ByteRange(disk.path, 446, 64, "the 4 partition entries' flags")])
+    elif disk.table == "gpt" and "legacy_boot" not in disk.flags:
+        plan.notes.append(f"partition {disk.number} of {disk.path} lacks the legacy_boot "
+                          "attribute that gptmbr.bin boots by: set it with `parted "
+                          f"{disk.path} set {disk.number} legacy_boot on`")
+
+
+def _set_active(path: str, number: int) -> None:
+    """msdos table: partition `number` (1-4) active (0x80), the other primaries not."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        sector = bytearray(os.pread(fd, 512, 0))
+        if sector[510:512] != b"\x55\xaa" or sector[446 + 16 * (number - 1) + 4] == 0:
+            raise TargetError(f"{path}: partition {number} is not in its msdos table")
+        for i in range(4):
+            if sector[446 + 16 * i + 4]:  # a used entry
+                sector[446 + 16 * i] = 0x80 if i == number - 1 else 0x00
+        os.pwrite(fd, bytes(sector[446:510]), 446)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def free_bytes(fs: StickFs) -> tuple[int, int]:
+    """(free bytes, allocation unit) of an unmounted filesystem: FAT from its first FAT
+    copy, ext* from its superblock (dumpe2fs -h)."""
+    from liveos_tools.tools import mtools
+
+    if fs.fstype == "vfat":
+        geo = mtools.read_geometry(fs.device, fs.offset)
+        bits = mtools.fat_bits(geo)
+        count = mtools.cluster_count(geo)
+        with open(fs.device, "rb") as f:
+            f.seek(fs.offset + geo.reserved * geo.bytes_per_sector)
+            fat = f.read(geo.fat_sectors * geo.bytes_per_sector)
+        if bits == 12:
+            entries = [(int.from_bytes(fat[c * 3 // 2: c * 3 // 2 + 2], "little")
+                        >> (4 * (c & 1))) & 0xFFF for c in range(2, count + 2)]
+        else:
+            w = bits // 8
+            mask = 0x0FFFFFFF if bits == 32 else 0xFFFF
+            view = memoryview(fat[: w * (count + 2)]).cast("I" if bits == 32 else "H")
+            entries = [v & mask for v in view[2:]]
+        return sum(1 for e in entries if e == 0) * geo.cluster_bytes, geo.cluster_bytes
+    from liveos_tools.tools import e2fs
+
+    where = f"{fs.device}?offset={fs.offset}" if fs.offset else fs.device
+    u = e2fs.usage(where)
+    return u.free_blocks * u.block_size, u.block_size
+
+
+def existing_bytes(fs: StickFs, rel: str) -> int:
+    """What `rel` occupies on the unmounted filesystem now (0 when it is not there)."""
+    from liveos_tools.tools import mtools
+
+    if not fs_has(fs, rel):
+        return 0
+    if fs.fstype == "vfat":
+        return mtools.allocated_bytes(fs.device, fs.offset, rel)
+    return sum(n for _, n in ext_pieces(fs, rel)[1])
+
+
+def check_free_space(fs: StickFs, spec: str, order: list[tuple[str, int]],
+                     sizes: Sizes) -> None:  # fmt: skip
+    """Writing into an existing filesystem: its files stay, so what counts is its free
+    space plus what the replaced files free, with 100 MiB left at the end, as the reference
+    tool demands. Checked step by step: no write may run out of space half-way."""
+    free, unit = free_bytes(fs)
+    left = lowest = free
+    for rel, new in order:
+        left += existing_bytes(fs, rel) - -(-new // unit) * unit
+        lowest = min(lowest, left)
+    if lowest < 0 or left < RESERVE:
+        short = max(RESERVE - left, -lowest)
+        raise NoSpaceError(
+            f"{spec} has too little free space: it has {format_size(free)} free, the files "
+            f"to write (image {format_size(sizes.image)}, overlay {format_size(sizes.overlay)}"
+            f", home {format_size(sizes.home)}, swap {format_size(sizes.swap)}, boot files) "
+            f"need {format_size(short)} more, counting what the files they replace free and "
+            "100 MiB left free",
+            "delete files from it, or use smaller --overlay-size-mb/--home-size-mb/"
+            "--swap-size-mb (or --format it, which erases it)",
+        )
 
 
 def _write_mbr(path: str, code: bytes) -> None:
