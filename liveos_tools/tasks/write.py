@@ -40,14 +40,6 @@ class Prepared:
     jobs: list[Job] = field(default_factory=list)
 
 
-def _unescape(value: str) -> str:
-    """blkid -o export writes a backslash before ` \\"'$`<>` (`LABEL=MY\\ STICK`)."""
-    out, it = [], iter(value)
-    for ch in it:
-        out.append(next(it, "\\") if ch == "\\" else ch)
-    return "".join(out)
-
-
 def _probe(device: str, offset: int) -> dict[str, str]:
     from liveos_tools.run import run
     from liveos_tools.tools.blkid import parse_export
@@ -55,7 +47,7 @@ def _probe(device: str, offset: int) -> dict[str, str]:
     res = run(["blkid", "-p", "-O", str(offset), "-o", "export", device], check=False)
     if res.returncode != 0:
         return {}
-    return {k: _unescape(v) for k, v in parse_export(res.stdout).items()}
+    return parse_export(res.stdout)  # it undoes blkid's shell escapes (`MY\\ STICK`)
 
 
 def describe_table(target: Target) -> list[str]:

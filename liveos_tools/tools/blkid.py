@@ -11,13 +11,24 @@ from liveos_tools.run import run
 _NOTHING_FOUND = 2
 
 
+def _unescape(value: str) -> str:
+    # `-o export` escapes for a shell: `LABEL=MY\ STICK`, `a\$b`, `\"`.
+    out, i = [], 0
+    while i < len(value):
+        if value[i] == "\\" and i + 1 < len(value):
+            i += 1
+        out.append(value[i])
+        i += 1
+    return "".join(out)
+
+
 def parse_export(text: str) -> dict[str, str]:
-    """Parse `blkid -o export` KEY=VALUE lines (one device)."""
+    """Parse `blkid -o export` KEY=VALUE lines (one device), undoing its shell escapes."""
     out: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep and key.strip():
-            out[key.strip()] = value
+            out[key.strip()] = _unescape(value)
     return out
 
 

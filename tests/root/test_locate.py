@@ -274,3 +274,17 @@ def test_a_damaged_squashfs_is_reported_not_fatal(
     doc = json.loads(capsys.readouterr().out)
     assert doc["medium"]["image_layout"] == "unknown"
     assert any("squashfs.img could not be read" in w for w in doc["warnings"])
+
+
+def test_a_label_with_a_space_is_read_exactly_and_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = stick_tree(
+        tmp_path, label="MY STICK", uuid=UUID, home=False, overlay_name=f"overlay-MY_STICK-{UUID}"
+    )
+    img = ext4_image(tree, tmp_path / "stick.img", label="MY STICK", uuid=UUID)
+    assert main(["status", str(img), "--json"]) == ExitCode.OK
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["medium"]["label"] == "MY STICK"  # blkid prints MY\ STICK
+    assert doc["name_matches"] is False
+    assert any("has a space" in w for w in doc["warnings"])

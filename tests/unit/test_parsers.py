@@ -189,7 +189,8 @@ def test_losetup_junk(junk: str) -> None:
 
 
 def test_blkid_export() -> None:
-    text = "DEVNAME=/dev/loop0p1\nLABEL=SoaS v7\nUUID=1234-ABCD\nTYPE=vfat\nUSAGE=filesystem\n"
+    # As blkid 2.38 prints it: values escaped for a shell.
+    text = "DEVNAME=/dev/loop0p1\nLABEL=SoaS\\ v7\nUUID=1234-ABCD\nTYPE=vfat\nUSAGE=filesystem\n"
     assert blkid.parse_export(text) == {
         "DEVNAME": "/dev/loop0p1",
         "LABEL": "SoaS v7",
@@ -197,6 +198,7 @@ def test_blkid_export() -> None:
         "TYPE": "vfat",
         "USAGE": "filesystem",
     }
+    assert blkid.parse_export('LABEL=a\\ b\\$c\\"d\n') == {"LABEL": 'a b$c"d'}
 
 
 def test_dumpe2fs_header() -> None:
