@@ -339,6 +339,24 @@ def _validate_size(size: int, minimum: int, what: str) -> int:
     return size
 
 
+def removing_on_failure(partial: Path) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """Wrap plan steps so that a failing one deletes `partial`: a create that fails
+    (or is interrupted) leaves nothing behind, not a half-made image."""
+
+    def wrap(fn: Callable[[], None]) -> Callable[[], None]:
+        def step() -> None:
+            try:
+                fn()
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    partial.unlink()
+                raise
+
+        return step
+
+    return wrap
+
+
 def plan_create(
     path: Path,
     *,
@@ -423,17 +441,7 @@ def plan_create(
             "the passphrase is needed before anything is written (not asked in a dry run)"
         )
 
-    def or_remove_partial(fn: Callable[[], None]) -> Callable[[], None]:
-        # A create that fails leaves nothing behind, not a half-made image.
-        def step() -> None:
-            try:
-                fn()
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise
-
-        return step
+    or_remove_partial = removing_on_failure(tmp)
 
     plan.add(
         f"allocate {format_size(size)} (not sparse) at {tmp.name}, mode 0600",
@@ -665,9 +673,7 @@ def plan_resize(
             )
     if new == old and new_fs == old_fs:
         if state is not None:
-            plan.add(
-                f"remove {resize_state_path(path).name}", lambda: _clear_resize_state(path)
-            )
+            plan.add(f"remove {resize_state_path(path).name}", lambda: _clear_resize_state(path))
         else:
             plan.notes.append(f"{path.name} is already {format_size(new)}: nothing to do")
         return plan
@@ -999,6 +1005,7 @@ def plan_copy(source: Path, dest: Path, *, delete_existing: bool = False) -> Pla
         writes=[ByteRange(str(tmp), 0, size, f"a copy of {source}")],
     )
     plan.add("verify the copy (SHA-256 of source and copy)", verify)
+
     def install() -> None:
         _rename(tmp, dest)
         if dest.name == HOME_NAME:  # an unfinished resize of the old one means nothing now

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from liveos_tools.errors import LiveOSError, TargetError, UsageError
@@ -21,6 +20,7 @@ from liveos_tools.tasks.home import (
     fsync_dir,
     os_error,
     partial_name,
+    removing_on_failure,
     round_size,
 )
 from liveos_tools.units import MiB, format_size
@@ -53,16 +53,7 @@ def plan_create(path: Path, size: int) -> Plan:
     plan = Plan("create swap.img", str(path))
     plan.notes += check_fits(directory, final_size=size, new_bytes=size, what=str(path))
 
-    def or_remove_partial(fn: Callable[[], None]) -> Callable[[], None]:
-        def step() -> None:
-            try:
-                fn()
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise
-
-        return step
+    or_remove_partial = removing_on_failure(tmp)
 
     plan.add(
         f"write {format_size(size)} of zeros to {tmp.name}, mode 0600",
