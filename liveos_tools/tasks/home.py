@@ -339,6 +339,16 @@ def _validate_size(size: int, minimum: int, what: str) -> int:
     return size
 
 
+def _plan_replacing(plan: Plan, path: Path, delete_existing: bool, exists: str, hint: str) -> None:
+    """An existing file is replaced only with --delete-home, and the plan says it is lost."""
+    if not delete_existing:
+        raise ExistsError(exists, hint)
+    if not path.is_file():
+        raise TargetError(f"{path} is not a regular file")
+    ensure_not_in_use(path)
+    plan.destroys.append(f"{path} ({format_size(path.stat().st_size)}) and all files in it")
+
+
 def removing_on_failure(partial: Path) -> Callable[[Callable[[], None]], Callable[[], None]]:
     """Wrap plan steps so that a failing one deletes `partial`: a create that fails
     (or is interrupted) leaves nothing behind, not a half-made image."""
@@ -407,15 +417,13 @@ def plan_create(
             dm_note = f"{exc.message}; a real run refuses until it has ({exc.hint})"
     plan = Plan("create home.img", str(path))
     if path.exists() or path.is_symlink():
-        if not delete_existing:
-            raise ExistsError(
-                f"{path} already exists: it holds a home directory",
-                "copy it somewhere first (home copy), then add --delete-home to replace it",
-            )
-        if not path.is_file():
-            raise TargetError(f"{path} is not a regular file")
-        ensure_not_in_use(path)
-        plan.destroys.append(f"{path} ({format_size(path.stat().st_size)}) and all files in it")
+        _plan_replacing(
+            plan,
+            path,
+            delete_existing,
+            f"{path} already exists: it holds a home directory",
+            "copy it somewhere first (home copy), then add --delete-home to replace it",
+        )
     tmp = partial_name(path)
     try:
         plan.notes += check_fits(
@@ -962,15 +970,13 @@ def plan_copy(source: Path, dest: Path, *, delete_existing: bool = False) -> Pla
     if dest.exists() or dest.is_symlink():
         if dest.exists() and os.path.samefile(source, dest):
             raise UsageError(f"{source} and {dest} are the same file")
-        if not delete_existing:
-            raise ExistsError(
-                f"{dest} already exists",
-                "add --delete-home to replace it (its files will be lost)",
-            )
-        if not dest.is_file():
-            raise TargetError(f"{dest} is not a regular file")
-        ensure_not_in_use(dest)
-        plan.destroys.append(f"{dest} ({format_size(dest.stat().st_size)}) and all files in it")
+        _plan_replacing(
+            plan,
+            dest,
+            delete_existing,
+            f"{dest} already exists",
+            "add --delete-home to replace it (its files will be lost)",
+        )
     sparse = dest.name != HOME_NAME
     tmp = partial_name(dest)
     need = (allocated_bytes(source) if sparse else size) - allocated_bytes(tmp)
