@@ -39,7 +39,9 @@ def cli(*argv: str) -> int:
 
 @pytest.fixture(autouse=True)
 def fast_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LIVEOS_TEST_FAST_KDF", "1")
+    from tests.support.fastkdf import use_fast_kdf
+
+    use_fast_kdf(monkeypatch)
 
 
 @pytest.fixture(scope="module", autouse=True)
