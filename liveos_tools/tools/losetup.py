@@ -88,14 +88,24 @@ def list_devices() -> list[LoopDevice]:
     return parse_list(run(["losetup", "--json", "--list", "--output", _COLUMNS]).stdout)
 
 
-def attach(path: str | Path, *, readonly: bool = False, partscan: bool = False) -> str:
-    """Attach a file to a free loop device; return its node (/dev/loopN)."""
-    argv = ["losetup", "--find", "--show"]
+def attach(
+    path: str | Path, *, readonly: bool = False, partscan: bool = False, device: str | None = None
+) -> str:
+    """Attach a file to a free loop device (or to `device`); return its node (/dev/loopN)."""
+    argv = ["losetup"] if device else ["losetup", "--find", "--show"]
     if readonly:
         argv.append("--read-only")
     if partscan:
         argv.append("--partscan")
+    if device:
+        run([*argv, device, str(path)])
+        return device
     return run([*argv, str(path)]).stdout.strip()
+
+
+def find_free() -> str:
+    """The first unused loop device (a caller records its name before attaching to it)."""
+    return run(["losetup", "--find"]).stdout.strip()
 
 
 def detach(device: str) -> None:
