@@ -429,12 +429,3 @@ def read_store(path: str | Path, *, full: bool = False) -> StoreReport:
     with CowStore(path) as store:
         return store.report(full=full)
 
-
-def is_snapshot_store(path: str | Path) -> bool:
-    """True if the file starts like a snapshot store: the magic, or an all-zero header."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(HEADER.size)
-    except OSError:
-        return False
-    return len(head) == HEADER.size and parse_header(head).magic in (0, MAGIC)

@@ -10,13 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from liveos_tools.media import HomeKind, OverlayKind
-from liveos_tools.tasks.status import (
-    CRITICAL_FRACTION,
-    WARN_FRACTION,
-    Level,
-    OverlayState,
-    StatusReport,
-)
+from liveos_tools.tasks.status import Level, OverlayState, StatusReport
 from liveos_tools.units import MiB
 
 if TYPE_CHECKING:
@@ -53,14 +47,6 @@ def level_class(report: StatusReport) -> str:
     if report.overlay.state in (OverlayState.NEW, OverlayState.NONE, OverlayState.UNKNOWN):
         return "level-none"
     return f"level-{report.level.value}"
-
-
-def fraction_level(fraction: float) -> Level:
-    if fraction >= CRITICAL_FRACTION:
-        return Level.CRITICAL
-    if fraction >= WARN_FRACTION:
-        return Level.FILLING
-    return Level.OK
 
 
 def mib(n: int | None) -> str:

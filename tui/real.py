@@ -1,9 +1,9 @@
 """RealBackend: real sticks through liveos_tools.
 
-Task modules are imported when an action is chosen, so the app runs even when one
-of them does not exist yet: the action then says it is not available. A user who is
-not root reads the running system from the monitor's status file and runs actions
-as the equivalent `liveos-overlay ... --yes` under pkexec or sudo.
+Task modules are imported when an action is chosen (they are heavy, and the app
+starts without them). A user who is not root reads the running system from the
+monitor's status file and runs actions as the equivalent `liveos-overlay ... --yes`
+under pkexec or sudo.
 """
 
 from __future__ import annotations
@@ -71,13 +71,7 @@ def running_live_system() -> bool:
 
 def load_task(action: Action) -> Callable[..., Plan]:
     module, func = TASKS[action]
-    try:
-        fn: Callable[..., Plan] = getattr(importlib.import_module(module), func)
-    except (ImportError, AttributeError):
-        raise ActionUnavailable(
-            f"{action.label} is not available: this liveos-tools has no {module}.{func}",
-            "update liveos-tools",
-        ) from None
+    fn: Callable[..., Plan] = getattr(importlib.import_module(module), func)
     return fn
 
 

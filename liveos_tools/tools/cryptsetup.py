@@ -78,10 +78,6 @@ def parse_dump(text: str) -> LuksInfo:
     return LuksInfo(version, uuid, offset, cipher, sector, slots)
 
 
-def is_luks(path: str | Path) -> bool:
-    return run(["cryptsetup", "isLuks", str(path)], check=False).returncode == 0
-
-
 def dump(path: str | Path) -> LuksInfo:
     result = run(["cryptsetup", "luksDump", str(path)], check=False)
     if result.returncode != 0:
@@ -197,11 +193,6 @@ def resize(name: str, passphrase: bytes, size_bytes: int | None = None) -> None:
 def header_backup(path: str | Path, backup: str | Path) -> None:
     """Write the LUKS header (and key slots) to `backup`, which must not exist yet."""
     run(["cryptsetup", "luksHeaderBackup", str(path), "--header-backup-file", str(backup)])
-
-
-def header_restore(path: str | Path, backup: str | Path) -> None:
-    argv = ["cryptsetup", "luksHeaderRestore", "--batch-mode", str(path)]
-    run([*argv, "--header-backup-file", str(backup)])
 
 
 def new_name(prefix: str = "liveos-home") -> str:

@@ -229,11 +229,6 @@ def table(name: str) -> list[TableLine]:
     return parse_table(run(["dmsetup", "table", name]).stdout)
 
 
-def all_tables() -> dict[str, list[TableLine]]:
-    named = parse_named(run(["dmsetup", "table"]).stdout)
-    return {name: [parse_table_line(line) for line in lines] for name, lines in named.items()}
-
-
 def info(name: str) -> DmInfo:
     out = run(
         ["dmsetup", "info", "-c", "--noheadings", "--separator", ";", "-o", _INFO_FIELDS, name]
