@@ -105,9 +105,6 @@ def _drive(
         if args.dry_run:
             _say("dry run: nothing was changed")
             return None
-        ready = getattr(plan, "ready", None)
-        if ready is not None:
-            ready()
         if ask or plan.destructive:
             confirm(plan, yes=args.yes, question=question)
         if medium.source not in (Source.IMAGE, Source.DEVICE):
