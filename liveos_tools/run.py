@@ -56,6 +56,8 @@ TOOL_PACKAGES: dict[str, str] = {
     "fatlabel": "dosfstools",
     "e2label": "e2fsprogs",
     "xorriso": "xorriso",
+    "implantisomd5": "isomd5sum",
+    "checkisomd5": "isomd5sum",
     "syslinux": "syslinux",
     "extlinux": "extlinux",
 }
