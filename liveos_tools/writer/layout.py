@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from liveos_tools.errors import TargetError
+from liveos_tools.writer.bootcfg import OWN_ARGS
 from liveos_tools.writer.source import Source
 
 KERNEL_CANDIDATES = (
@@ -24,11 +25,6 @@ KERNEL_CANDIDATES = (
 LOADER_RE = re.compile(r"^/boot/([^/]+)/loader/linux$", re.IGNORECASE)
 GRUB_CFGS = ("/EFI/BOOT/grub.cfg", "/boot/grub2/grub.cfg", "/boot/grub/grub.cfg")
 SYSLINUX_CFGS = ("/isolinux/isolinux.cfg", "/syslinux/syslinux.cfg", "/syslinux/extlinux.conf")
-#: Words of the source's kernel command line that the writer replaces with its own.
-OWN_ARGS = re.compile(
-    r"^(root=|rootfstype=|initrd=|rd\.live\.|rd\.overlay|ro$|rw$|liveimg$|overlay=|"
-    r"BOOT_IMAGE=|inst\.stage2=)"
-)
 
 
 class LayoutKind(Enum):
