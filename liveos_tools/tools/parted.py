@@ -10,10 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from liveos_tools.errors import LiveOSError, TargetError
+from liveos_tools.errors import CorruptError, LiveOSError, NoSpaceError, TargetError
 
 SECTOR = 512
-ALIGN = 1024 * 1024  # every partition starts on a MiB boundary
+ALIGN = 1024 * 1024  # every partition starts on a MiB boundary (or the optimal I/O size)
+
+
+class TableMismatchError(CorruptError):
+    """The partition table on the disk is not the one planned (exit 10)."""
 
 
 @dataclass(frozen=True)
@@ -49,14 +53,23 @@ class TableInfo:
     partitions: tuple[PartInfo, ...]
 
 
-def layout(disk_size: int, specs: list[PartSpec], *, gpt: bool) -> list[tuple[int, int]]:
-    """(start, length) in bytes for each spec: MiB-aligned, the last one takes the rest.
+def alignment(optimal_io: int) -> int:
+    """1 MiB, or the device's optimal I/O size when that is a bigger multiple of it
+    (RAID-like sticks, some SD cards report 4 MiB)."""
+    if optimal_io > ALIGN and optimal_io % ALIGN == 0:
+        return optimal_io
+    return ALIGN
 
-    Pure: the plan shows these numbers before anything is written.
+
+def layout(disk_size: int, specs: list[PartSpec], *, gpt: bool,
+           align: int = ALIGN) -> list[tuple[int, int]]:  # fmt: skip
+    """(start, length) in bytes for each spec: aligned to `align`, the last one takes the
+    rest. Pure: the plan shows these numbers before anything is written, and the table
+    read back after writing must show them too.
     """
     tail = 34 * SECTOR if gpt else 0  # the backup GPT at the end of the disk
-    usable_end = (disk_size - tail) // ALIGN * ALIGN
-    pos = ALIGN
+    usable_end = (disk_size - tail) // align * align
+    pos = align
     out = []
     for i, s in enumerate(specs):
         if s.size is None:
@@ -64,14 +77,40 @@ def layout(disk_size: int, specs: list[PartSpec], *, gpt: bool) -> list[tuple[in
                 raise ValueError("only the last partition may take the rest")
             length = usable_end - pos
         else:
-            length = (s.size + ALIGN - 1) // ALIGN * ALIGN
+            length = (s.size + align - 1) // align * align
         out.append((pos, length))
         pos += length
     if pos > usable_end or any(length <= 0 for _, length in out):
-        raise TargetError(
-            f"the partitions need {pos} bytes, the disk has {usable_end}",
-            "use a bigger target, or smaller --overlay-size-mb/--home-size-mb",
+        from liveos_tools.units import format_size
+
+        need, room = pos - align, usable_end - align
+        raise NoSpaceError(
+            f"the partitions need {format_size(need)} ({need} bytes), the disk has room for "
+            f"{format_size(room)} ({room} bytes) after its first {format_size(align)}",
+            "use a bigger target, or a smaller --format SIZE",
         )
+    return out
+
+
+def sectors(start: int, length: int) -> str:
+    """`sectors 2048-4194303` (inclusive, 512-byte sectors), as fdisk -l shows them."""
+    return f"sectors {start // SECTOR}-{(start + length) // SECTOR - 1}"
+
+
+def mismatches(planned: list[tuple[int, int]], table: TableInfo, *, label: str) -> list[str]:
+    """How the table read back from the disk differs from the plan (empty: identical)."""
+    out = []
+    if table.label != label:
+        out.append(f"the table is {table.label or 'missing'}, not {label}")
+    got = {p.number: (p.start, p.length) for p in table.partitions}
+    for number, (start, length) in enumerate(planned, 1):
+        have = got.pop(number, None)
+        if have is None:
+            out.append(f"partition {number} is missing")
+        elif have != (start, length):
+            out.append(f"partition {number} is at {sectors(*have)}, planned "
+                       f"{sectors(start, length)}")
+    out += [f"partition {n} is not in the plan" for n in sorted(got)]
     return out
 
 
@@ -117,23 +156,31 @@ def read_table(path: str | Path) -> TableInfo:
     return TableInfo(disk.type, size, tuple(parts))
 
 
+#: libparted's PED_PARTITION_ESP (pyparted names no constant for it)
+_PED_PARTITION_ESP = 18
 _FS_TYPES = {"vfat": "fat32", "fat32": "fat32", "ext4": "ext4", "ext3": "ext3", "ext2": "ext2",
              "btrfs": "btrfs", "xfs": "xfs"}  # fmt: skip
 
 
-def write_table(
-    path: str | Path, specs: list[PartSpec], *, gpt: bool
-) -> list[tuple[int, int]]:
-    """Replace the partition table of `path` with `specs`; return (start, length) of each."""
+def write_table(path: str | Path, specs: list[PartSpec], placed: list[tuple[int, int]], *,
+                gpt: bool) -> TableInfo:  # fmt: skip
+    """Replace the partition table of `path` with `specs` at exactly the `placed` byte
+    ranges, then read it back: a table that differs from the plan raises
+    TableMismatchError. Returns the table read back.
+
+    Each partition gets an exact-geometry constraint: `Constraint(device=dev)` lets
+    libparted snap the start to the device's CHS cylinders (255x2 on a loop device: p1
+    at sector 2040 where the plan said 2048).
+    """
     import parted
 
+    label = "gpt" if gpt else "msdos"
     dev = _device(path)
-    size = dev.length * dev.sectorSize
-    placed = layout(size, specs, gpt=gpt)
     try:
-        disk = parted.freshDisk(dev, "gpt" if gpt else "msdos")
-        constraint = parted.Constraint(device=dev)
+        disk = parted.freshDisk(dev, label)
         for spec, (start, length) in zip(specs, placed, strict=True):
+            if start % dev.sectorSize or length % dev.sectorSize:
+                raise ValueError(f"{start}+{length} is not in whole sectors")
             geom = parted.Geometry(
                 device=dev, start=start // dev.sectorSize, length=length // dev.sectorSize
             )
@@ -141,18 +188,28 @@ def write_table(
             part = parted.Partition(
                 disk=disk, type=parted.PARTITION_NORMAL, fs=fs, geometry=geom
             )
-            disk.addPartition(partition=part, constraint=constraint)
+            disk.addPartition(partition=part, constraint=parted.Constraint(exactGeom=geom))
             if gpt and spec.name:
                 part.set_name(spec.name)
             if spec.boot and not gpt:
                 part.setFlag(parted.PARTITION_BOOT)
             if spec.esp:
-                part.setFlag(parted.PARTITION_BOOT if not gpt else
-                             getattr(parted, "PARTITION_ESP", parted.PARTITION_BOOT))  # fmt: skip
+                # GPT's "boot" is the ESP type GUID; msdos's "esp" is type 0xef (its "boot"
+                # would be a second active partition, and the MBR code boots the first).
+                part.setFlag(parted.PARTITION_BOOT if gpt else _PED_PARTITION_ESP)
             if spec.legacy_boot and gpt:
                 part.setFlag(parted.PARTITION_LEGACY_BOOT)
         disk.commit()
     except (parted.DiskException, parted.PartitionException, parted.IOException,
             parted.ConstraintException, parted.GeometryException) as exc:  # fmt: skip
         raise LiveOSError(f"writing the partition table of {path} failed: {exc}") from None
-    return placed
+    table = read_table(path)
+    wrong = mismatches(placed, table, label=label)
+    if wrong:
+        raise TableMismatchError(
+            f"the partition table of {path} reads back different from the plan: "
+            + "; ".join(wrong),
+            f"nothing was written into the partitions; check {path} (`fdisk -l {path}`) "
+            "and run again",
+        )
+    return table

@@ -14,23 +14,26 @@ import secrets
 import tempfile
 import threading
 import uuid as uuidlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from liveos_tools.errors import LiveOSError, NoSpaceError, TargetError, UsageError
 from liveos_tools.plan import ByteRange, Plan
+from liveos_tools.tools import mkfs_fat
 from liveos_tools.units import MiB, format_size
 from liveos_tools.writer import bootcfg, copy
 from liveos_tools.writer.dest import Dest, FatDest, mounted_range
 from liveos_tools.writer.layout import Layout
+from liveos_tools.writer.partition import Part, Partitioning, check_can_partition
+from liveos_tools.writer.partition import locate as locate_partitions
+from liveos_tools.writer.partition import plan as plan_partitions
 from liveos_tools.writer.source import Source, SourceFile
 from liveos_tools.writer.target import Target, TargetKind
 
 FAT_MAX_FILE = 4 * 1024**3 - 1
 RESERVE = 100 * MiB  # the reference tool stops if less would remain
 FS_OVERHEAD = 0.03
-ESP_SIZE = 64 * MiB
 FAT_LABEL_MAX = 11
 EXT_LABEL_MAX = 16
 FSTYPES = ("vfat", "ext4", "ext3", "ext2")
@@ -266,26 +269,22 @@ def plan_stick(
                 )
 
     # -- the filesystem that holds LiveOS
+    parts: Partitioning | None = None
     if opts.format:
-        size = target.size
         if target.kind is TargetKind.PARTITION:
             raise UsageError(
                 f"--format needs the whole disk, and {target.spec} is a partition",
                 "give the disk (e.g. /dev/sdb, not /dev/sdb1)",
             )
-        from liveos_tools.tools.parted import PartSpec
-        from liveos_tools.tools.parted import layout as part_layout
-
-        specs = []
-        if gpt and not opts.noesp:
-            specs.append(PartSpec("EFI System Partition", "vfat", ESP_SIZE, esp=True))
-        specs.append(PartSpec("LIVE", fstype, None, boot=not gpt, legacy_boot=gpt))
-        placed = part_layout(size, specs, gpt=gpt)
-        start, length = placed[-1]
+        check_can_partition(target)
+        live_size = opts.format_size if target.exists and opts.format_size else None
+        parts = plan_partitions(target, fstype, gpt=gpt, esp=_wants_esp(opts, fstype, gpt),
+                                live_size=live_size)
+        live = parts.live
         label = clean_label(opts.label or src.label, fstype)
         mkfs_id, uuid = new_uuid(fstype)
-        fs = StickFs(target.path, start, length, fstype, label, uuid, new=True)
-        capacity = int(length * (1 - FS_OVERHEAD))
+        fs = StickFs(live.device, live.offset, live.length, fstype, label, uuid, new=True)
+        capacity = int(live.length * (1 - FS_OVERHEAD))
     else:
         if existing_fs is None:
             raise TargetError(
@@ -295,7 +294,6 @@ def plan_stick(
         fs = existing_fs
         label = clean_label(opts.label or fs.label, fs.fstype)
         uuid, mkfs_id, capacity = fs.uuid, "", int(fs.length * (1 - FS_OVERHEAD))
-        placed, specs = [], []
     need = sizes.total + RESERVE
     if not opts.format:
         # An existing filesystem: its free space, plus what the files this plan replaces
@@ -348,38 +346,37 @@ def plan_stick(
     state: dict[str, object] = {}
 
     # -- steps
-    if opts.format:
+    if parts is not None:
         if target.kind is TargetKind.IMAGE and not target.exists:
+            size = target.size
             plan.add(f"create the disk image {target.path} ({format_size(size)}, sparse)",
                      lambda: _create_image(target.path, size), argv=("truncate", "-s", str(size),
                                                                      target.path))
-        parts_text = ", ".join(
-            f"{i + 1}: {s.fstype} {format_size(ln)} at {st}" for i, (s, (st, ln)) in
-            enumerate(zip(specs, placed, strict=True)))
+        pp = parts
         plan.add(
-            f"write a {'GPT' if gpt else 'msdos'} partition table: {parts_text}",
-            lambda: _partition(target.path, specs, gpt),
-            writes=[ByteRange(target.path, 0, 1 * MiB, "partition table")],
+            f"write a {'GPT' if gpt else 'msdos'} partition table ({format_size(pp.align)} "
+            f"aligned): {pp.describe()}; read it back and check it is exactly that"
+            + (", and that the kernel shows each partition node there"
+               if target.kind is TargetKind.DISK else ""),
+            lambda: _partition(target, pp),
+            writes=[ByteRange(target.path, 0, pp.parts[0].start, "partition table")],
         )
-        if gpt and not opts.noesp:
-            esp_start, esp_len = placed[0]
-            plan.add(
-                f"make vfat (label EFI) on the ESP, {format_size(esp_len)} at {esp_start}",
-                lambda: _mkfs_fat(target.path, esp_start, esp_len, "EFI",
-                                  secrets.token_hex(4).upper(), esp_start // 512),
-                argv=("mkfs.fat", "-n", "EFI", "--offset", str(esp_start // 512)),
-            )
+        if pp.esp is not None:
+            esp = pp.esp
+            esp_argv = mkfs_fat.argv(esp.device, esp.offset, esp.length, label="EFI",
+                                     volume_id=secrets.token_hex(4).upper(),
+                                     hidden_sectors=esp.start // 512)
+            plan.add(f"make vfat (label EFI) on the ESP, p{esp.number} {esp.where}"
+                     f"{_through(esp)}", lambda: _run(esp_argv), argv=esp_argv)
         if fstype == "vfat":
-            from liveos_tools.tools import mkfs_fat
-
-            fat_argv = mkfs_fat.argv(target.path, fs.offset, fs.length, label=label,
-                                     volume_id=mkfs_id, hidden_sectors=fs.offset // 512)
-            plan.add(f"make vfat labelled {label}, UUID {uuid}",
-                     lambda: _run(fat_argv), argv=fat_argv)
+            fat_argv = mkfs_fat.argv(fs.device, fs.offset, fs.length, label=label,
+                                     volume_id=mkfs_id, hidden_sectors=pp.live.start // 512)
+            plan.add(f"make vfat labelled {label}, UUID {uuid} on p{pp.live.number} "
+                     f"{pp.live.where}{_through(pp.live)}", lambda: _run(fat_argv), argv=fat_argv)
         else:
             ext_argv = _ext_argv(fs, mkfs_id, opts.blocksize)
-            plan.add(f"make {fstype} labelled {label}, UUID {uuid}",
-                     lambda: _run(ext_argv), argv=ext_argv)
+            plan.add(f"make {fstype} labelled {label}, UUID {uuid} on p{pp.live.number} "
+                     f"{pp.live.where}{_through(pp.live)}", lambda: _run(ext_argv), argv=ext_argv)
     elif label != fs.label:
         plan.add(f"relabel {fs.label!r} as {label!r} (dracut cannot match a label with spaces)",
                  lambda: _relabel(fs, label))
@@ -457,9 +454,9 @@ def plan_stick(
             record(d, rel, copy.copy(sf, d, rel, checksum=verify_on))
         for mod in modules:
             d.write_bytes(f"{sys_dir}/{mod.name}", mod.read_bytes())
-        if gpt and not opts.noesp:
+        if parts is not None and parts.esp is not None:
             # The ESP gets the EFI loaders and our grub.cfg (the reference tool left it empty).
-            esp = FatDest(target.path, placed[0][0], Path(str(state["scratch"])))
+            esp = FatDest(parts.esp.device, parts.esp.offset, Path(str(state["scratch"])))
             esp.mkdir("EFI/BOOT")
             for sf in efi_sfs:
                 if not sf.path.lower().endswith("grub.cfg"):
@@ -656,23 +653,31 @@ def _create_image(path: str, size: int) -> None:
         f.truncate(size)
 
 
-def _partition(path: str, specs: Sequence[object], gpt: bool) -> None:
+def _partition(target: Target, pp: Partitioning) -> None:
     from liveos_tools.tools import parted
 
-    parted.write_table(path, [s for s in specs if isinstance(s, parted.PartSpec)], gpt=gpt)
+    parted.write_table(target.path, pp.specs, pp.placed, gpt=pp.gpt)
+    locate_partitions(target, pp)
 
 
-def _mkfs_fat(device: str, offset: int, length: int, label: str, vid: str, hidden: int) -> None:
-    from liveos_tools.tools import mkfs_fat
+def _through(part: Part) -> str:
+    return (f" (through {part.device})" if not part.offset
+            else f" (at byte {part.offset} of {part.device})")
 
-    mkfs_fat.make(device, offset, length, label=label, volume_id=vid, hidden_sectors=hidden)
+
+def _wants_esp(opts: WriteOptions, fstype: str, gpt: bool) -> bool:
+    """GPT (--efi): an ESP unless --noesp. msdos: an ESP beside an ext* LIVE (FAT itself
+    holds EFI/BOOT, so a vfat stick boots UEFI from p1), unless --noesp."""
+    if opts.noesp:
+        return False
+    return gpt or fstype != "vfat"
 
 
 def _ext_argv(fs: StickFs, uuid: str, blocksize: int | None) -> list[str]:
     bs = blocksize or 4096
     argv = [f"mkfs.{fs.fstype}", "-q", "-F", "-L", fs.label, "-U", uuid, "-b", str(bs)]
-    if fs.offset:
-        argv += ["-E", f"offset={fs.offset},nodiscard"]
+    # nodiscard: a discard punches holes in an image file, undoing the preallocation
+    argv += ["-E", f"offset={fs.offset},nodiscard" if fs.offset else "nodiscard"]
     argv += [fs.device, str(fs.length // bs)]
     return argv
 
