@@ -172,9 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--timeout",
         type=int,
-        default=10,
+        default=None,
         metavar="SECONDS",
-        help="boot menu timeout (0: boot at once, -1: wait)",
+        help="boot menu timeout (0: boot at once, -1: wait; default: the ISO's own)",
     )
     g.add_argument("--totaltimeout", type=int, metavar="SECONDS", help="(accepted; see --timeout)")
     g.add_argument("--nobootmsg", action="store_true", help="no boot message")

@@ -71,7 +71,7 @@ class WriteOptions:
     passphrase: bytes | None = None
     swap_size: int = 0
     extra_args: tuple[str, ...] = ()
-    timeout: int = 10
+    timeout: int | None = None  # None: the ISO's own
     nomenu: bool = False
     nobootmsg: bool = False
     notes: list[str] = field(default_factory=list)
@@ -334,11 +334,17 @@ def plan_stick(
                              bootcfg.Persistence.DM, bootcfg.Persistence.OVERLAYFS) else None)
     title = (src.label or "LiveOS").strip()
     sys_dir = "syslinux"
-    syslinux_text = bootcfg.syslinux_cfg(args, title=title, timeout_s=opts.timeout,
-                                         menu=not opts.nomenu, bootmsg=not opts.nobootmsg)
+    # The ISO's own menus, rewritten for the stick (bootcfg.py; as livecd-iso-to-disk does).
+    iso_grub = src.read_text(layout.grub_cfg) if layout.grub_cfg else None
+    syslinux_text = bootcfg.syslinux_cfg(
+        args, title=title, timeout_s=opts.timeout, menu=not opts.nomenu,
+        bootmsg=not opts.nobootmsg, source_kernel=Path(layout.kernel).name, grub_source=iso_grub,
+        source_cfg=src.read_text(layout.syslinux_cfg) if layout.syslinux_cfg else None,
+    )
     grub_text = bootcfg.grub_cfg(
-        src.read_text(layout.grub_cfg) if layout.grub_cfg else None, args, title=title,
-        kernel=f"/{sys_dir}/vmlinuz", initrd=f"/{sys_dir}/initrd.img", timeout_s=opts.timeout,
+        iso_grub, args, title=title, kernel=f"/{sys_dir}/vmlinuz",
+        initrd=f"/{sys_dir}/initrd.img", timeout_s=opts.timeout, table="gpt" if gpt else "msdos",
+        source_kernel=Path(layout.kernel).name, menu=not opts.nomenu,
     )
     plan.notes.append(f"kernel arguments: {args.line()}")
 
