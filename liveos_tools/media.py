@@ -284,7 +284,8 @@ IMAGE_NAMES = ("squashfs.img", "rootfs.img", "ext3fs.img")
 
 
 def _holds_image(ldir: Path) -> bool:
-    return any((ldir / n).exists() for n in IMAGE_NAMES)
+    # A refresh's journal: mid-switch the pair may be in LiveOS/previous/ for a moment.
+    return any((ldir / n).exists() for n in (*IMAGE_NAMES, ".liveos-refresh.json"))
 
 
 def _has_livedir(root: Path, livedir: str) -> bool:
