@@ -89,14 +89,18 @@ def list_devices() -> list[LoopDevice]:
 
 
 def attach(
-    path: str | Path, *, readonly: bool = False, partscan: bool = False, device: str | None = None
+    path: str | Path, *, readonly: bool = False, partscan: bool = False, device: str | None = None,
+    offset: int = 0, sizelimit: int = 0,
 ) -> str:
-    """Attach a file to a free loop device (or to `device`); return its node (/dev/loopN)."""
+    """Attach a file to a free loop device (or to `device`); return its node (/dev/loopN).
+    `offset`/`sizelimit` (bytes): only that range of the file."""
     argv = ["losetup"] if device else ["losetup", "--find", "--show"]
     if readonly:
         argv.append("--read-only")
     if partscan:
         argv.append("--partscan")
+    if offset or sizelimit:
+        argv += ["--offset", str(offset), "--sizelimit", str(sizelimit)]
     if device:
         run([*argv, device, str(path)])
         return device
