@@ -60,6 +60,9 @@ TOOL_PACKAGES: dict[str, str] = {
     "checkisomd5": "isomd5sum",
     "syslinux": "syslinux",
     "extlinux": "extlinux",
+    "systemctl": "systemd",
+    "sudo": "sudo",
+    "pkexec": "pkexec",
 }
 
 _debug = bool(os.environ.get("LIVEOS_DEBUG"))

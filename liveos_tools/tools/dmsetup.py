@@ -225,8 +225,13 @@ def status(name: str) -> list[TargetStatus]:
     return parse_status(run(["dmsetup", "status", name]).stdout)
 
 
+def table_text(name: str) -> str:
+    """The device's table as dmsetup prints it (for showing to a user)."""
+    return run(["dmsetup", "table", name]).stdout
+
+
 def table(name: str) -> list[TableLine]:
-    return parse_table(run(["dmsetup", "table", name]).stdout)
+    return parse_table(table_text(name))
 
 
 def info(name: str) -> DmInfo:
