@@ -86,11 +86,11 @@ def install_cmd(args: argparse.Namespace) -> int:
     for p in written:
         print(f"wrote {p}", file=sys.stderr)
     if root.resolve() == Path("/") and not args.no_start:
-        from liveos_tools.run import run, which
+        from liveos_tools.tools import systemctl
 
-        if which("systemctl"):
-            run(["systemctl", "daemon-reload"])
-            run(["systemctl", "start", monitor.UNIT_NAME])
+        if systemctl.available():
+            systemctl.daemon_reload()
+            systemctl.start(monitor.UNIT_NAME)
             print(f"started {monitor.UNIT_NAME}", file=sys.stderr)
         else:
             print("systemctl not found: the unit starts at next boot", file=sys.stderr)
@@ -105,10 +105,10 @@ def uninstall_cmd(args: argparse.Namespace) -> int:
 
     root = Path(args.root)
     if root.resolve() == Path("/"):
-        from liveos_tools.run import run, which
+        from liveos_tools.tools import systemctl
 
-        if which("systemctl"):
-            run(["systemctl", "stop", monitor.UNIT_NAME], check=False)
+        if systemctl.available():
+            systemctl.stop(monitor.UNIT_NAME)
     for p in monitor.uninstall(root):
         print(f"removed {p}", file=sys.stderr)
     return 0
