@@ -289,26 +289,25 @@ class RealBackend:
             # On stdin, never on the command line (which every user can read in /proc).
             tail = [*tail, "--passphrase-file", "-"]
             stdin = params.passphrase.reveal()
+        from liveos_tools.tools import sudo
+
         graphical = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-        if shutil.which("pkexec") and graphical:
-            tool, needs_terminal = "pkexec", False
-        elif shutil.which("sudo"):
-            tool, needs_terminal = "sudo", True
-        else:
+        door = sudo.choose(graphical=graphical)
+        if door is None:
             raise ActionUnavailable(
                 f"{action.label} needs root, and neither pkexec nor sudo is installed",
                 "run liveos-tui as root",
             )
-        argv = [tool, *liveos_overlay_argv(), *tail]
+        tool, needs_terminal = door, door == "sudo"
+        command = [*liveos_overlay_argv(), *tail]
+        argv = sudo.argv_as_root(tool, command)
         plan = Plan(title=action.label, target=stick.title)
 
         def run_it() -> None:
-            from liveos_tools.run import run
-
             try:
                 # Not the terminal: the app (or sudo's prompt) owns that. Only an
                 # encrypted home's passphrase goes this way.
-                run(argv, input=stdin)
+                sudo.run_as_root(tool, command, input=stdin)
             except ToolError as err:
                 raise privileged_error(tool, err) from None
 
@@ -391,10 +390,10 @@ def _mounted_liveos(node: str) -> str | None:
 def _dm_table(medium: Medium) -> str | None:
     if medium.live_dm is None:
         return None
-    from liveos_tools.run import run
+    from liveos_tools.tools import dmsetup
 
     with contextlib.suppress(LiveOSError):
-        return run(["dmsetup", "table", medium.live_dm]).stdout.strip() or None
+        return dmsetup.table_text(medium.live_dm).strip() or None
     return None
 
 
