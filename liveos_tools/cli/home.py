@@ -191,10 +191,9 @@ def _is_stick_image(path: Path, livedir: str) -> bool:
         return True
     if head[1080:1082] != b"\x53\xef":
         return False
-    from liveos_tools.run import run
+    from liveos_tools.tools import debugfs
 
-    listing = run(["debugfs", "-R", f"ls -p /{livedir}", str(path)], check=False).stdout
-    names = [line.split("/")[5] for line in listing.splitlines() if line.count("/") >= 6]
+    names = debugfs.list_dir(path, livedir)
     from liveos_tools.media import IMAGE_NAMES
 
     return any(n in IMAGE_NAMES or n.startswith("overlay-") for n in names)
