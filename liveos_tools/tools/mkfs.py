@@ -9,8 +9,15 @@ from liveos_tools.run import run
 EXT_TYPES = ("ext4", "ext3", "ext2")
 
 
-def make_ext(target: str | Path, *, fstype: str = "ext4", label: str | None = None) -> None:
-    """Make an ext filesystem on a device or an image file.
+def make_ext(
+    target: str | Path,
+    *,
+    fstype: str = "ext4",
+    label: str | None = None,
+    uuid: str | None = None,
+    populate: str | Path | None = None,
+) -> None:
+    """Make an ext filesystem on a device or an image file (from the tree `populate`).
 
     `-E nodiscard`: on a regular file mke2fs "discards" by punching holes, which
     would undo the preallocation the stick needs (a full stick must not fail the
@@ -21,6 +28,10 @@ def make_ext(target: str | Path, *, fstype: str = "ext4", label: str | None = No
     argv = [f"mkfs.{fstype}", "-q", "-F", "-E", "nodiscard"]
     if label:
         argv += ["-L", label]
+    if uuid:
+        argv += ["-U", uuid]
+    if populate is not None:
+        argv += ["-d", str(populate)]
     run([*argv, str(target)])
 
 
