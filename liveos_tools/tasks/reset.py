@@ -50,20 +50,21 @@ def empty_dir(path: Path) -> None:
 
 
 def remake_image(path: Path) -> None:
-    from liveos_tools.run import run
-    from liveos_tools.tools import blkid
+    from liveos_tools.tools import blkid, mkfs
 
     info = blkid.probe(path)
     fstype = info.get("TYPE", "ext4")
+    if fstype not in mkfs.EXT_TYPES:
+        raise LiveOSError(
+            f"{path}: an overlay image with a {fstype} filesystem cannot be remade",
+            "only ext2/3/4 overlay images can be reset",
+        )
     with tempfile.TemporaryDirectory(prefix="liveos-ovl-") as tmp:
         for name in ("overlayfs", "ovlwork"):
             os.mkdir(Path(tmp) / name, 0o755)
-        argv = [f"mkfs.{fstype}", "-q", "-F", "-d", tmp]
-        if info.get("LABEL"):
-            argv += ["-L", info["LABEL"]]
-        if info.get("UUID"):
-            argv += ["-U", info["UUID"]]
-        run([*argv, str(path)])
+        mkfs.make_ext(
+            path, fstype=fstype, label=info.get("LABEL"), uuid=info.get("UUID"), populate=tmp
+        )
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
 
