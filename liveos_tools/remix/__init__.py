@@ -1,0 +1,1 @@
+"""remix: a customised stick into a new bootable ISO (issue 11): seclusion and ISO assembly."""
