@@ -1,0 +1,323 @@
+"""`liveos-overlay du`: which files, metadata and dead chunks fill the overlay.
+
+Every data chunk of the store (every exception) lands in exactly one bucket, checked in
+this order:
+
+1. reclaimable, deleted: every filesystem block the chunk covers is free in the merged
+   filesystem (the block bitmaps of what the kernel shows);
+2. reclaimable, unchanged: the chunk's bytes in the store equal the base's bytes;
+3. otherwise the owner of the lowest-numbered in-use block in the chunk: a file (by path),
+   or a kind of filesystem metadata (ext4map.Meta).
+
+Rule 3 decides when a chunk spans several blocks with different owners (chunk larger
+than the block: 16 or 32 sectors over 4 KiB blocks, or 1 KiB blocks). A chunk smaller
+than a block belongs to that block's owner. So the parts add up exactly to the
+overlay's data chunks, and buckets 1 and 2 are exactly what `compact` drops.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from liveos_tools.cow import CowStore
+from liveos_tools.errors import LiveOSError, TargetError
+from liveos_tools.ext4map import META_BY_CODE, Ext4Map, Meta
+
+SCHEMA = "liveos-tools/du/1"
+#: chunks compared with the base per read (runs of consecutive chunks share one pread)
+_BATCH = 256
+
+Progress = Callable[[int, int], None]
+
+
+class View(Protocol):
+    """What du reads: the snapshot's view and the exception table (MergedView's shape)."""
+
+    size_bytes: int
+    chunk_bytes: int
+
+    def exceptions(self) -> Mapping[int, int]: ...
+    def pread(self, length: int, offset: int) -> bytes: ...
+
+
+def _pread_all(fd: int, length: int, offset: int, what: str) -> bytes:
+    try:
+        data = os.pread(fd, length, offset)
+    except OSError as exc:
+        raise TargetError(f"{what}: read error at byte {offset}: {exc.strerror}") from None
+    if len(data) < length:
+        data += bytes(length - len(data))  # past the end of a short base reads as zeros
+    return data
+
+
+class RawReads:
+    """The origin and the store read directly: du compares a chunk's two copies."""
+
+    def __init__(self, base: str, store: str) -> None:
+        from liveos_tools.merge import _open_ro
+
+        self.base_path, self.store_path = base, store
+        self._base = _open_ro(base, "base image")
+        try:
+            self._store = _open_ro(store, "overlay")
+        except BaseException:
+            os.close(self._base)
+            raise
+
+    def base(self, length: int, offset: int) -> bytes:
+        return _pread_all(self._base, length, offset, self.base_path)
+
+    def store(self, length: int, offset: int) -> bytes:
+        return _pread_all(self._store, length, offset, self.store_path)
+
+    def close(self) -> None:
+        os.close(self._base)
+        os.close(self._store)
+
+
+class LiveView:
+    """The running system: the kernel's snapshot device itself, and its table read from
+    the store device (resolved the way the kernel resolves it)."""
+
+    def __init__(self, device: str, store: str) -> None:
+        from liveos_tools.merge import _open_ro, kernel_lookup
+
+        with CowStore(store) as cs:
+            self.chunk_bytes = cs.geometry().chunk_bytes
+            self._map = kernel_lookup(cs.exceptions())
+        self._fd = _open_ro(device, "live root device")
+        self.size_bytes = os.lseek(self._fd, 0, os.SEEK_END)
+        self.device = device
+
+    def exceptions(self) -> Mapping[int, int]:
+        return self._map
+
+    def pread(self, length: int, offset: int) -> bytes:
+        return _pread_all(self._fd, length, offset, self.device)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+@dataclass(frozen=True)
+class DuReport:
+    chunk_bytes: int
+    block_bytes: int
+    data_chunks: int
+    deleted_chunks: int
+    unchanged_chunks: int
+    #: metadata kind -> chunks
+    metadata: Mapping[Meta, int]
+    #: path as seen in the live system -> chunks
+    files: Mapping[str, int]
+    fs_clean: bool
+    target: str = ""
+    overlay: str = ""
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def reclaimable_chunks(self) -> int:
+        return self.deleted_chunks + self.unchanged_chunks
+
+    @property
+    def file_chunks(self) -> int:
+        return sum(self.files.values())
+
+    @property
+    def metadata_chunks(self) -> int:
+        return sum(self.metadata.values())
+
+    def directories(self, depth: int) -> dict[str, int]:
+        """Chunks under each directory down to `depth` levels ("/" is depth 0)."""
+        dirs: dict[str, int] = {}
+        for path, n in self.files.items():
+            parts = path.strip("/").split("/")[:-1]
+            dirs["/"] = dirs.get("/", 0) + n
+            for k in range(1, min(depth, len(parts)) + 1):
+                d = "/" + "/".join(parts[:k])
+                dirs[d] = dirs.get(d, 0) + n
+        return dirs
+
+    def to_json(self, *, depth: int = 3, top: int = 20) -> dict[str, Any]:
+        cb = self.chunk_bytes
+        dirs = sorted(self.directories(depth).items(), key=lambda kv: (-kv[1], kv[0]))
+        files = sorted(self.files.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        return {
+            "schema": SCHEMA,
+            "target": self.target,
+            "overlay": self.overlay,
+            "chunk_bytes": cb,
+            "block_bytes": self.block_bytes,
+            "fs_clean": self.fs_clean,
+            "data_chunks": self.data_chunks,
+            "data_bytes": self.data_chunks * cb,
+            "files_bytes": self.file_chunks * cb,
+            "metadata_bytes": self.metadata_chunks * cb,
+            "metadata": {m.value: n * cb for m, n in self.metadata.items() if n},
+            "reclaimable_bytes": self.reclaimable_chunks * cb,
+            "reclaimable": {
+                "deleted": self.deleted_chunks * cb,
+                "unchanged": self.unchanged_chunks * cb,
+            },
+            "depth": depth,
+            "directories": [{"path": p, "bytes": n * cb} for p, n in dirs],
+            "top_files": [{"path": p, "bytes": n * cb} for p, n in files],
+            "warnings": list(self.warnings),
+        }
+
+
+def _runs(items: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
+    """Split (old, new) pairs sorted by old into runs consecutive in both, at most _BATCH."""
+    run: list[tuple[int, int]] = []
+    for old, new in items:
+        if run and (old != run[-1][0] + 1 or new != run[-1][1] + 1 or len(run) >= _BATCH):
+            yield run
+            run = []
+        run.append((old, new))
+    if run:
+        yield run
+
+
+def attribute(
+    view: View,
+    base: Callable[[int, int], bytes],
+    store: Callable[[int, int], bytes],
+    *,
+    progress: Progress | None = None,
+) -> DuReport:
+    """Put every exception of `view` in exactly one bucket (see the module docstring).
+
+    `base` and `store` read the origin and the store file: a chunk whose two copies are
+    equal is reclaimable, whatever the filesystem thinks of it.
+    """
+    fs = Ext4Map(view.pread, view.size_bytes)
+    sb = fs.sb
+    cb, bs = view.chunk_bytes, sb.block_size
+    items = sorted(view.exceptions().items())
+    deleted = unchanged = 0
+    meta: dict[Meta, int] = {m: 0 for m in Meta}
+    by_ino: dict[int, int] = {}
+    owner, nblocks = fs.owner, sb.blocks_count
+    compare: list[tuple[int, int]] = []
+    first_owner: dict[int, int] = {}
+    for old, new in items:
+        lo, hi = old * cb // bs, ((old + 1) * cb - 1) // bs
+        if old * cb >= view.size_bytes:
+            deleted += 1  # past the device's end: the kernel never shows it
+            continue
+        if lo >= nblocks:
+            meta[Meta.OUTSIDE] += 1
+            continue
+        used = next((b for b in range(lo, min(hi, nblocks - 1) + 1) if fs.in_use(b)), None)
+        if used is None:
+            deleted += 1
+            continue
+        first_owner[old] = owner[used]
+        compare.append((old, new))
+    done = 0
+    for run in _runs(compare):
+        a = base(len(run) * cb, run[0][0] * cb)
+        b = store(len(run) * cb, run[0][1] * cb)
+        for k, (old, _new) in enumerate(run):
+            if a[k * cb : (k + 1) * cb] == b[k * cb : (k + 1) * cb]:
+                unchanged += 1
+                continue
+            code = first_owner[old]
+            kind = META_BY_CODE.get(code)
+            if kind is not None:
+                meta[kind] += 1
+            elif code == 0:
+                meta[Meta.OTHER] += 1
+            else:
+                by_ino[code] = by_ino.get(code, 0) + 1
+        done += len(run)
+        if progress:
+            progress(done, len(compare))
+    paths = fs.paths()
+    files: dict[str, int] = {}
+    for ino, n in by_ino.items():
+        path = paths.get(ino, f"/<inode {ino}: no path>")
+        files[path] = files.get(path, 0) + n
+    return DuReport(
+        chunk_bytes=cb,
+        block_bytes=bs,
+        data_chunks=len(items),
+        deleted_chunks=deleted,
+        unchanged_chunks=unchanged,
+        metadata=meta,
+        files=files,
+        fs_clean=sb.clean,
+    )
+
+
+def _run(view: View, raw: RawReads, progress: Progress | None) -> DuReport:
+    try:
+        rep = attribute(view, raw.base, raw.store, progress=progress)
+    finally:
+        raw.close()
+    warnings = []
+    if not rep.fs_clean:
+        warnings.append(
+            "the root filesystem was not cleanly unmounted: its journal may hold newer "
+            "metadata, so a few chunks may be attributed by older bitmaps"
+        )
+    return replace(rep, overlay=raw.store_path, warnings=tuple(warnings))
+
+
+def du_store(base: str | Path, store: str | Path, *, progress: Progress | None = None) -> DuReport:
+    """du of a base image and an overlay file, offline."""
+    from liveos_tools.merge import MergedView
+
+    with MergedView(base, store) as view:
+        return _run(view, RawReads(str(base), str(store)), progress)
+
+
+def du_medium(
+    target: str | None, *, livedir: str | None = None, progress: Progress | None = None
+) -> DuReport:
+    """du of any TARGET `status` takes: the running system reads the kernel's view."""
+    from liveos_tools.media import Source, open_medium
+    from liveos_tools.merge import merged
+
+    with open_medium(target, livedir=livedir) as medium:
+        if medium.source is Source.LIVE and medium.live_dm:
+            rep = _du_live(medium.live_dm, progress)
+        else:
+            with merged(medium) as view:
+                rep = _run(view, RawReads(view.base_path, view.store_path), progress)
+        return replace(rep, target=medium.target)
+
+
+def _du_live(live_dm: str, progress: Progress | None) -> DuReport:
+    """The running system: the filesystem as the kernel shows it (live-rw), the table and
+    chunk data from the store's device, the base from the origin device."""
+    from liveos_tools.tools import dmsetup
+
+    lines = dmsetup.table(live_dm)
+    snap = lines[0].snapshot if lines else None
+    if snap is None:
+        raise TargetError(f"{live_dm} is not a device-mapper snapshot")
+
+    def node(ref: str) -> str:
+        return ref if ref.startswith("/") else f"/dev/block/{ref}"
+
+    device = f"/dev/mapper/{live_dm}"
+    if not os.path.exists(device):
+        device = dmsetup.info(live_dm).node
+    origin, cow = node(snap.origin.text), node(snap.cow.text)
+    view = LiveView(device, cow)
+    try:
+        return _run(view, RawReads(origin, cow), progress)
+    finally:
+        view.close()
+
+
+def check_sum(rep: DuReport) -> None:
+    """The invariant du promises: the buckets add up to the data chunks."""
+    total = rep.file_chunks + rep.metadata_chunks + rep.reclaimable_chunks
+    if total != rep.data_chunks:
+        raise LiveOSError(f"internal: du buckets add up to {total} of {rep.data_chunks} chunks")

@@ -1,0 +1,156 @@
+"""du on a base image and a store holding what the host kernel's ext4 wrote to a copy.
+
+The changed copy is written through a real ext4 mount (the host kernel allocates the
+blocks); the store holds every chunk that differs from the base, plus some unchanged
+chunks, as the kernel keeps after a rewrite with identical bytes.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from liveos_tools.cow import read_store
+from liveos_tools.ext4map import Meta
+from liveos_tools.tasks import du
+from tests.support.space_images import diff_store, make_tree, mkfs
+
+BS = 4096
+
+
+def _blocks(n: int) -> int:
+    return -(-n // BS)
+
+
+@pytest.fixture(params=[4096, 1024], ids=["4k-blocks", "1k-blocks"])
+def scenario(tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, object]:
+    tree = tmp_path / "tree"
+    base_files = make_tree(tree, {"/usr/lib/big.bin": 300_000, "/etc/conf": 5000}, seed=3)
+    base = tmp_path / "base.img"
+    mkfs(base, 64, tree, "-b", str(request.param))
+    changed = tmp_path / "changed.img"
+    shutil.copyfile(base, changed)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(changed), str(mnt)], check=True)
+    try:
+        kept = make_tree(
+            mnt,
+            {"/home/a/x.bin": 40_000, "/home/a/y.bin": 123_457, "/var/log/z.log": 8192},
+            seed=4,
+        )
+        gone = make_tree(mnt, {"/tmp/junk/1.bin": 200_000, "/tmp/junk/2.bin": 100_000}, seed=5)
+        subprocess.run(["sync"], check=True)
+        for rel in gone:
+            (mnt / rel.lstrip("/")).unlink()
+        # overwrite a base file in place with new bytes (its blocks stay where they were)
+        with open(mnt / "etc/conf", "r+b") as f:
+            f.write(b"\xaa" * 5000)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    # the unchanged chunks: big.bin's first 3 blocks, as a rewrite with the same bytes
+    out = subprocess.run(
+        ["debugfs", "-R", "bmap /usr/lib/big.bin 0", str(base)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    first = int(out.stdout.split()[-1])
+    store = tmp_path / "overlay"
+    chunks = diff_store(base, changed, store, extra_unchanged=[first, first + 1, first + 2])
+    return {
+        "base": base,
+        "store": store,
+        "changed": changed,
+        "kept": kept,
+        "chunks": chunks,
+        "block": request.param,
+        "base_files": base_files,
+    }
+
+
+def _debugfs(image: Path, *requests: str) -> str:
+    out = subprocess.run(
+        ["debugfs", "-f", "-", str(image)],
+        input="\n".join(requests) + "\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout
+
+
+def oracle(base: Path, changed: Path, chunks: dict[int, bytes], bs: int) -> dict[str, int]:
+    """The du rule computed with debugfs (testb, icheck, ncheck) on the merged image."""
+    cb = 4096
+    span = {c: list(range(c * cb // bs, ((c + 1) * cb - 1) // bs + 1)) for c in chunks}
+    blocks = sorted({b for bl in span.values() for b in bl})
+    text = _debugfs(changed, *(f"testb {b}" for b in blocks))
+    used = {int(b) for b in re.findall(r"Block (\d+) marked in use", text)}
+    used.add(0)  # the boot block / superblock: debugfs's testb refuses block 0
+    text = _debugfs(changed, "icheck " + " ".join(map(str, blocks)))
+    owners = {int(b): who for b, who in re.findall(r"^(\d+)\t(.*)$", text, re.M)}
+    result = {"deleted": 0, "unchanged": 0, "other": 0}
+    by_ino: dict[str, int] = {}
+    with open(base, "rb") as f:
+        for c, data in chunks.items():
+            first = next((b for b in span[c] if b in used), None)
+            f.seek(c * cb)
+            if first is None:
+                result["deleted"] += 1
+            elif f.read(cb) == data:
+                result["unchanged"] += 1
+            elif owners[first].isdigit():
+                by_ino[owners[first]] = by_ino.get(owners[first], 0) + 1
+            else:
+                result["other"] += 1
+    names = {}
+    text = _debugfs(changed, "ncheck " + " ".join(by_ino))
+    for ino, path in re.findall(r"^(\d+)\t(/.*)$", text, re.M):
+        names.setdefault(ino, path)
+    for ino, n in by_ino.items():
+        key = names.get(ino, f"inode {ino}")
+        result[key] = result.get(key, 0) + n
+    return result
+
+
+def test_du_attributes_every_chunk(scenario: dict[str, object]) -> None:
+    base, store = scenario["base"], scenario["store"]
+    assert isinstance(base, Path) and isinstance(store, Path)
+    kept = scenario["kept"]
+    assert isinstance(kept, dict)
+    chunks = scenario["chunks"]
+    assert isinstance(chunks, dict)
+    rep = du.du_store(base, store)
+    du.check_sum(rep)
+    assert rep.data_chunks == len(chunks) == read_store(store).exceptions
+    changed, bs = scenario["changed"], scenario["block"]
+    assert isinstance(changed, Path) and isinstance(bs, int)
+    want = oracle(base, changed, chunks, bs)
+    assert rep.deleted_chunks == want.pop("deleted")
+    assert rep.unchanged_chunks == want.pop("unchanged")
+    for path, n in rep.files.items():
+        assert want.pop(path) == n, path
+    # what is left in the oracle is metadata: directories (icheck names their inode), the
+    # journal (inode 8), superblocks, bitmaps and inode tables
+    assert sum(want.values()) == rep.metadata_chunks
+    assert rep.metadata[Meta.INODE_TABLES] > 0 and rep.metadata[Meta.DIRECTORIES] > 0
+    if bs != BS:
+        return
+    # 4 KiB blocks = chunks: every block of a kept file is its own chunk
+    for rel, data in kept.items():
+        assert rep.files[rel] == _blocks(len(data)), rel
+    assert rep.files["/etc/conf"] == 2
+    assert rep.unchanged_chunks == 3
+    assert rep.deleted_chunks >= _blocks(200_000) + _blocks(100_000)
+    assert "/usr/lib/big.bin" not in rep.files
+    js = rep.to_json(depth=1, top=2)
+    assert js["data_bytes"] == len(chunks) * BS
+    assert js["top_files"][0] == {"path": "/home/a/y.bin", "bytes": _blocks(123_457) * BS}
+    dirs = {d["path"]: d["bytes"] for d in js["directories"]}
+    assert dirs["/home"] == (_blocks(40_000) + _blocks(123_457)) * BS
+    assert js["files_bytes"] + js["metadata_bytes"] + js["reclaimable_bytes"] == js["data_bytes"]
