@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Protocol
 
 from liveos_tools.errors import LiveOSError
-from liveos_tools.run import run
 from liveos_tools.tools import mtools
 from liveos_tools.writer import copy as copy_mod
 from liveos_tools.writer.source import SourceFile
@@ -371,22 +371,23 @@ class MountedDest:
 def mounted_range(
     device: str, offset: int, length: int, fstype: str
 ) -> Iterator[MountedDest]:
-    """Mount the filesystem at [offset, offset+length) of a disk or image, read-write."""
+    """Mount the filesystem at [offset, offset+length) of a disk or image, read-write.
+
+    A partition node (offset 0 on a block device) is mounted as it is: extlinux then
+    learns the partition's start from it (HDIO_GETGEO), as the boot sector needs."""
+    from liveos_tools.tools import losetup
     from liveos_tools.tools import mount as mount_tool
 
-    argv = ["losetup", "--find", "--show"]
-    if offset or length:
-        argv += ["--offset", str(offset), "--sizelimit", str(length)]
-    loop = run([*argv, device]).stdout.strip()
-    try:
+    stack = contextlib.ExitStack()
+    with stack:
+        if offset == 0 and stat.S_ISBLK(os.stat(device).st_mode):
+            dev, backing = device, None
+        else:
+            dev = losetup.attach(device, offset=offset, sizelimit=length)
+            stack.callback(losetup.detach, dev)
+            backing = (device, offset, length)
         where = Path(tempfile.mkdtemp(prefix="liveos-stick-"))
-        try:
-            mount_tool.mount(loop, where, fstype=fstype, options="rw")
-            try:
-                yield MountedDest(where, fstype, loop, (device, offset, length))
-            finally:
-                mount_tool.umount(where)
-        finally:
-            os.rmdir(where)
-    finally:
-        run(["losetup", "--detach", loop], check=False)
+        stack.callback(os.rmdir, where)
+        mount_tool.mount(dev, where, fstype=fstype, options="rw")
+        stack.callback(mount_tool.umount, where)
+        yield MountedDest(where, fstype, dev, backing)

@@ -22,8 +22,8 @@ from liveos_tools.errors import LiveOSError, NoSpaceError, TargetError, UsageErr
 from liveos_tools.plan import ByteRange, Plan
 from liveos_tools.tools import mkfs_fat
 from liveos_tools.units import MiB, format_size
-from liveos_tools.writer import bootcfg, copy
-from liveos_tools.writer.dest import Dest, FatDest, mounted_range
+from liveos_tools.writer import bootcfg, checkstick, copy
+from liveos_tools.writer.dest import Dest, FatDest, MountedDest, mounted_range
 from liveos_tools.writer.layout import Layout
 from liveos_tools.writer.partition import Part, Partitioning, check_can_partition
 from liveos_tools.writer.partition import locate as locate_partitions
@@ -325,6 +325,7 @@ def plan_stick(
     elif opts.format:
         plan.destroys.append(f"everything on {target.spec} ({format_size(target.size)})")
 
+    fw_disk, part_start = _firmware_view(target, fs, parts, boot_disk)
     args = bootcfg.BootArgs(
         uuid=uuid, fstype=fstype, livedir=opts.livedir, persistence=persistence,
         reset_overlay=False, source_args=layout.boot_args, extra=opts.extra_args,
@@ -548,6 +549,11 @@ def plan_stick(
             host = d.host_path(sys_dir)
             assert host is not None
             sl.install_ext(host)
+            # extlinux takes hidden sectors from the device it is installed through: 0 for
+            # a loop device over an image file. Written through that same device, whose
+            # cache also holds the ext superblock in the same page.
+            assert isinstance(d, MountedDest)
+            _set_hidden(d.device, 0, part_start // 512)
 
     plan.add(f"install {'syslinux' if fstype == 'vfat' else 'extlinux'} into /{sys_dir}",
              install_loader)
@@ -579,6 +585,18 @@ def plan_stick(
     plan.add("fsync, then verify every copied file against its source checksum"
              if not opts.noverify else "fsync (--noverify: no verification)",
              sync_and_verify)
+
+    expected = checkstick.Expected(
+        fs.device, fs.offset, fstype, label, uuid, fw_disk, part_start,
+        f"{ldir}/{result.overlay_name}" if result.overlay_name and persistence is not
+        bootcfg.Persistence.OVERLAYFS_TEMP else None, f"{sys_dir}/ldlinux.sys",
+        exact_hidden=fs.new or fstype != "vfat")
+    plan.add(f"check the stick as the firmware and dracut see it: blkid -p on {fs.device}"
+             + (f" at byte {fs.offset}" if fs.offset else "") + f" finds {fstype} "
+             f"LABEL={label} UUID={uuid}"
+             + (f", the overlay is {expected.overlay}" if expected.overlay else "")
+             + f", the boot sector at sector {part_start // 512} of {fw_disk} loads "
+             f"/{sys_dir}/ldlinux.sys", lambda: checkstick.check(expected, dest()))
 
     def close() -> None:
         bg = state.pop("image", None)
@@ -664,6 +682,33 @@ def _partition(target: Target, pp: Partitioning) -> None:
 
     parted.write_table(target.path, pp.specs, pp.placed, gpt=pp.gpt)
     locate_partitions(target, pp)
+
+
+def _firmware_view(target: Target, fs: StickFs, parts: Partitioning | None,
+                   boot_disk: BootDisk | None) -> tuple[str, int]:  # fmt: skip
+    """(the disk the firmware reads, the first byte of the LiveOS partition on it)."""
+    if parts is not None:
+        return target.path, parts.live.start
+    if target.kind is TargetKind.PARTITION:
+        assert target.disk is not None
+        name = os.path.basename(os.path.realpath(target.path))
+        start = int((Path("/sys/class/block") / name / "start").read_text()) * 512
+        return f"/dev/{target.disk}", start
+    return (boot_disk.path if boot_disk else target.path), fs.offset
+
+
+def _set_hidden(device: str, offset: int, sector: int) -> None:
+    """Set the VBR's hidden sectors (the partition's start) where it differs."""
+    from liveos_tools.writer import bootsector
+
+    fd = os.open(device, os.O_RDWR)
+    try:
+        vbr = os.pread(fd, 512, offset)
+        if bootsector.hidden_sectors(vbr) != sector:
+            os.pwrite(fd, bootsector.with_hidden(vbr, sector), offset)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _through(part: Part) -> str:
