@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from enum import Enum
 from pathlib import Path
 from types import MappingProxyType
@@ -30,6 +30,9 @@ LIVE_RW = "live-rw"
 EXT_MAGIC_OFFSET = 1080  # superblock at 1024, s_magic at +56
 EXT_MAGIC = b"\x53\xef"
 SNAP_MAGIC = b"SnAp"
+LUKS_MAGIC = b"LUKS\xba\xbe"  # LUKS1 and LUKS2 both start so
+#: how much of a file kind_of_head() needs to see.
+HEAD_BYTES = EXT_MAGIC_OFFSET + 2
 
 
 class Source(Enum):
@@ -164,11 +167,21 @@ def overlay_kind_of(path: Path) -> OverlayKind:
     return OverlayKind.DM
 
 
-def _home_kind(path: Path) -> HomeKind:
-    if _head(path, 6) == b"LUKS\xba\xbe":
+def kind_of_head(head: bytes) -> HomeKind:
+    """LUKS, PLAIN (an ext filesystem) or UNKNOWN, from a file's first HEAD_BYTES bytes.
+
+    The one place that knows the magic numbers of a home.img."""
+    if head[: len(LUKS_MAGIC)] == LUKS_MAGIC:
         return HomeKind.LUKS
-    if _head(path, 2, EXT_MAGIC_OFFSET) == EXT_MAGIC:
+    if head[EXT_MAGIC_OFFSET:HEAD_BYTES] == EXT_MAGIC:
         return HomeKind.PLAIN
+    return HomeKind.UNKNOWN
+
+
+def _home_kind(path: Path) -> HomeKind:
+    kind = kind_of_head(_head(path, HEAD_BYTES))
+    if kind is not HomeKind.UNKNOWN:
+        return kind
     if which("blkid"):
         from liveos_tools.tools import blkid
 
@@ -597,3 +610,136 @@ def _read_cmdline() -> str:
         return Path("/proc/cmdline").read_text()
     except OSError:
         return ""
+
+
+# --- one file in a stick's LiveOS folder (home.img, swap.img) -------------------------------
+
+
+def is_stick_image(path: Path, livedir: str = DEFAULT_LIVEDIR) -> bool:
+    """A stick's image, not a home.img or a backup of one: a partition table (or a FAT
+    boot sector), or an ext filesystem whose root holds the LiveOS folder with a live
+    image or an overlay in it (read with debugfs: nothing is mounted)."""
+    head = _head(path, HEAD_BYTES)
+    if kind_of_head(head) is HomeKind.LUKS:
+        return False
+    if len(head) >= 512 and head[510:512] == b"\x55\xaa":
+        return True
+    if kind_of_head(head) is not HomeKind.PLAIN:
+        return False
+    from liveos_tools.tools import debugfs
+
+    names = debugfs.list_dir(path, livedir)
+    return any(n in IMAGE_NAMES or n.startswith("overlay-") for n in names)
+
+
+def open_livedir_file(
+    stack: contextlib.ExitStack,
+    target: str,
+    livedir: str | None,
+    name: str,
+    *,
+    writable: bool,
+    mode: str = "existing",
+    is_file_itself: Callable[[Path], bool] | None = None,
+) -> tuple[Path, Medium | None]:
+    """The path of LiveOS/<name> for TARGET (it need not exist yet), and the medium
+    opened for it when TARGET is a stick image or device (its root is a temporary
+    mount, shown to users as "TARGET:").
+
+    `mode`: "existing" (resize, check, copy source, swap remove), "create" (TARGET must
+    exist, or be a file named `name` in an existing folder) or "dest" (a new file in an
+    existing folder is fine). A regular file is the file itself unless it is a stick
+    image, which is opened (read-only unless `writable`); for "create", a file not named
+    `name` must pass `is_file_itself` (say, "is a home.img").
+    """
+    ldir = livedir or DEFAULT_LIVEDIR
+    path = Path(target)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if mode == "create" and path.name != name:
+            raise TargetError(
+                f"{target}: no such directory",
+                "check the path: give the stick's mount point (the folder holding "
+                f"{ldir}/), its {ldir} folder, or a path ending in {name}",
+            ) from None
+        if path.parent.is_dir():
+            # a file to create, or (mode "existing") the task says "no such file"
+            return path, None
+        raise TargetError(f"{target}: no such file or directory", "check the path") from None
+    except PermissionError:
+        raise TargetError(f"{target}: permission denied", "run with sudo") from None
+    if stat.S_ISDIR(st.st_mode):
+        if (path / ldir).is_dir():
+            return path / ldir / name, None
+        if path.name == ldir or (path / "squashfs.img").exists() or any(path.glob("overlay-*")):
+            return path / name, None
+        raise TargetError(
+            f"no {ldir} folder in {target}",
+            "point at the stick's mount point (the folder that holds LiveOS/)",
+        )
+    if stat.S_ISREG(st.st_mode) and not is_stick_image(path, ldir):
+        if mode == "create" and path.name != name and not (is_file_itself or bool)(path):
+            raise TargetError(
+                f"{target} is neither a stick nor a {name}",
+                f"give the stick's mount point, its {ldir} folder, or a path ending in {name}",
+            )
+        return path, None
+    if stat.S_ISBLK(st.st_mode) or stat.S_ISREG(st.st_mode):
+        medium = stack.enter_context(open_medium(target, livedir=livedir, writable=writable))
+        if medium.livedir_path is None or medium.root is None:
+            raise TargetError(f"{target} has no {ldir} folder")
+        return medium.livedir_path / name, medium
+    raise TargetError(f"{target} is not a directory, a block device or a file")
+
+
+# --- what a plugged stick and its boot loader say ------------------------------------------
+
+
+def mounted_livedir(node: str, livedir: str = DEFAULT_LIVEDIR) -> str | None:
+    """Where the block device `node` is mounted with a LiveOS folder, if it is (a desktop's
+    automount: readable without root)."""
+    with contextlib.suppress(OSError):
+        st = os.stat(node)
+        for m in mounts.mounts_of_device((os.major(st.st_rdev), os.minor(st.st_rdev))):
+            if (Path(m.mountpoint) / livedir).is_dir():
+                return m.mountpoint
+    return None
+
+
+#: boot loader files that carry the kernel command line, relative to the stick's root.
+BOOT_FILES = (
+    "EFI/BOOT/grub.cfg",
+    "boot/grub2/grub.cfg",
+    "boot/grub/grub.cfg",
+    "syslinux/syslinux.cfg",
+    "syslinux/extlinux.conf",
+    "extlinux/extlinux.conf",
+    "isolinux/isolinux.cfg",
+)
+
+
+def boot_args_from_config(text: str) -> dict[str, str]:
+    """The live-boot arguments of the first kernel line that boots a live image."""
+    for line in text.splitlines():
+        if "root=live:" in line or "rd.live.image" in line:
+            return parse_cmdline(line)
+    return {}
+
+
+def boot_args_on_stick(root: Path) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The live-boot arguments the stick's boot loaders pass, and the files that say so
+    (the first file to name an argument wins)."""
+    found: dict[str, str] = {}
+    files: list[str] = []
+    for rel in BOOT_FILES:
+        try:
+            text = (root / rel).read_text(errors="replace")
+        except OSError:
+            continue
+        args = boot_args_from_config(text)
+        if args:
+            files.append(rel)
+            for k, v in args.items():
+                found.setdefault(k, v)
+    return found, tuple(files)
