@@ -118,85 +118,21 @@ def _open_file(
     writable: bool,
     mode: str = "existing",
 ) -> tuple[Path, Names]:
-    """The path of LiveOS/<name> for TARGET (it need not exist yet), and how to show it.
+    """The path of LiveOS/<name> for TARGET, and how to show it (media.open_livedir_file)."""
+    from liveos_tools.media import open_livedir_file
 
-    `mode`: "existing" (resize, check, copy source, swap remove), "create" (home or swap
-    create: TARGET must exist, or be a file named `name` in an existing folder) or
-    "dest" (copy destination: a new backup file in an existing folder is fine).
-    A regular file is the file itself only if it is not a stick: a partitioned image,
-    or a filesystem image holding the LiveOS folder, is opened as a stick (read-only
-    unless `writable`).
-    """
-    import os
-    import stat
-    from pathlib import Path
-
-    from liveos_tools.errors import TargetError
-    from liveos_tools.media import DEFAULT_LIVEDIR, open_medium
-
-    ldir = livedir or DEFAULT_LIVEDIR
-    path = Path(target)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if mode == "create" and path.name != name:
-            raise TargetError(
-                f"{target}: no such directory",
-                "check the path: give the stick's mount point (the folder holding "
-                f"{ldir}/), its {ldir} folder, or a path ending in {name}",
-            ) from None
-        if mode != "existing" and path.parent.is_dir():
-            return path, []  # a file to create
-        if mode == "existing" and path.parent.is_dir():
-            return path, []  # the task says "no such file" with its hint
-        raise TargetError(f"{target}: no such file or directory", "check the path") from None
-    except PermissionError:
-        raise TargetError(f"{target}: permission denied", "run with sudo") from None
-    if stat.S_ISDIR(st.st_mode):
-        if (path / ldir).is_dir():
-            return path / ldir / name, []
-        if path.name == ldir or (path / "squashfs.img").exists() or any(path.glob("overlay-*")):
-            return path / name, []
-        raise TargetError(
-            f"no {ldir} folder in {target}",
-            "point at the stick's mount point (the folder that holds LiveOS/)",
-        )
-    if stat.S_ISREG(st.st_mode) and not _is_stick_image(path, ldir):
-        if mode == "create" and path.name != name and not _is_home_image(path):
-            raise TargetError(
-                f"{target} is neither a stick nor a {name}",
-                f"give the stick's mount point, its {ldir} folder, or a path ending in {name}",
-            )
+    path, medium = open_livedir_file(
+        stack,
+        target,
+        livedir,
+        name,
+        writable=writable,
+        mode=mode,
+        is_file_itself=_is_home_image,
+    )
+    if medium is None or medium.root is None:
         return path, []
-    if stat.S_ISBLK(st.st_mode) or stat.S_ISREG(st.st_mode):
-        medium = stack.enter_context(open_medium(target, livedir=livedir, writable=writable))
-        if medium.livedir_path is None or medium.root is None:
-            raise TargetError(f"{target} has no {ldir} folder")
-        return medium.livedir_path / name, [(str(medium.root), f"{target}:")]
-    raise TargetError(f"{target} is not a directory, a block device or a file")
-
-
-def _is_stick_image(path: Path, livedir: str) -> bool:
-    """A stick's image, not a home.img or a backup of one: a partition table (or a FAT
-    boot sector), or an ext filesystem whose root holds the LiveOS folder with a live
-    image or an overlay in it (read with debugfs: nothing is mounted)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(1082)
-    except OSError:
-        return False
-    if head[:6] == b"LUKS\xba\xbe":
-        return False
-    if len(head) >= 512 and head[510:512] == b"\x55\xaa":
-        return True
-    if head[1080:1082] != b"\x53\xef":
-        return False
-    from liveos_tools.tools import debugfs
-
-    names = debugfs.list_dir(path, livedir)
-    from liveos_tools.media import IMAGE_NAMES
-
-    return any(n in IMAGE_NAMES or n.startswith("overlay-") for n in names)
+    return path, [(str(medium.root), f"{target}:")]
 
 
 def _is_home_image(path: Path) -> bool:

@@ -28,7 +28,7 @@ from liveos_tools.errors import (
     TargetError,
     UsageError,
 )
-from liveos_tools.media import HomeKind
+from liveos_tools.media import HEAD_BYTES, HomeKind, kind_of_head
 from liveos_tools.plan import ByteRange, Plan
 from liveos_tools.units import GiB, MiB, format_size
 
@@ -46,9 +46,6 @@ MIN_LUKS = 40 * MiB
 EXT_TYPES = ("ext4", "ext3", "ext2")
 _CHUNK = 4 * MiB
 _ZEROS = bytes(_CHUNK)
-_LUKS_MAGIC = b"LUKS\xba\xbe"
-_EXT_MAGIC = b"\x53\xef"
-_EXT_MAGIC_OFFSET = 1080
 
 
 class ExistsError(LiveOSError):
@@ -73,16 +70,12 @@ def kind_of(path: Path) -> HomeKind:
     """PLAIN (an ext filesystem), LUKS, ABSENT, or UNKNOWN (anything else)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(_EXT_MAGIC_OFFSET + 2)
+            head = f.read(HEAD_BYTES)
     except FileNotFoundError:
         return HomeKind.ABSENT
     except OSError as exc:
         raise TargetError(f"{path}: cannot read it ({exc.strerror})", "run with sudo?") from None
-    if head[:6] == _LUKS_MAGIC:
-        return HomeKind.LUKS
-    if head[_EXT_MAGIC_OFFSET : _EXT_MAGIC_OFFSET + 2] == _EXT_MAGIC:
-        return HomeKind.PLAIN
-    return HomeKind.UNKNOWN
+    return kind_of_head(head)
 
 
 def fstype_of_dir(directory: Path) -> str | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from liveos_tools import media
 from liveos_tools.cli import home as cli_home
 from liveos_tools.errors import ExitCode, LiveOSError, NoSpaceError, UsageError
 from liveos_tools.media import HomeKind
@@ -92,8 +93,8 @@ def test_disk_image_is_told_from_home_img(tmp_path: Path) -> None:
     disk.write_bytes(bytes(510) + b"\x55\xaa" + bytes(512))
     plain = tmp_path / "home.img"
     plain.write_bytes(bytes(1080) + b"\x53\xef" + bytes(100))
-    assert cli_home._is_stick_image(disk, "LiveOS")
-    assert not cli_home._is_stick_image(plain, "LiveOS")
+    assert media.is_stick_image(disk, "LiveOS")
+    assert not media.is_stick_image(plain, "LiveOS")
 
 
 def test_passphrase_file_drops_one_newline(tmp_path: Path) -> None:
