@@ -182,6 +182,74 @@ def _runs(items: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
         yield run
 
 
+@dataclass(frozen=True)
+class Classified:
+    """Every exception sorted into du's buckets; compact keeps `kept`."""
+
+    fs: Ext4Map
+    chunk_bytes: int
+    data_chunks: int
+    deleted: frozenset[int]
+    unchanged: frozenset[int]
+    #: old chunk -> owner code (ext4map) of the chunks that stay, ascending
+    kept: Mapping[int, int]
+
+
+def classify(
+    view: View,
+    base: Callable[[int, int], bytes],
+    store: Callable[[int, int], bytes],
+    *,
+    progress: Progress | None = None,
+    keep_free: bool = False,
+) -> Classified:
+    """Put every exception of `view` in exactly one bucket (see the module docstring).
+
+    `base` and `store` read the origin and the store file: a chunk whose two copies are
+    equal is reclaimable, whatever the filesystem thinks of it. With `keep_free`, chunks
+    of free blocks are treated as in use (a filesystem whose journal needs replaying has
+    bitmaps that may be older than its data).
+    """
+    fs = Ext4Map(view.pread, view.size_bytes)
+    sb = fs.sb
+    cb, bs = view.chunk_bytes, sb.block_size
+    items = sorted(view.exceptions().items())
+    deleted: set[int] = set()
+    owner, nblocks = fs.owner, sb.blocks_count
+    compare: list[tuple[int, int]] = []
+    first_owner: dict[int, int] = {}
+    for old, new in items:
+        lo, hi = old * cb // bs, ((old + 1) * cb - 1) // bs
+        if old * cb >= view.size_bytes:
+            deleted.add(old)  # past the device's end: the kernel never shows it
+            continue
+        if lo >= nblocks:
+            first_owner[old] = Meta.OUTSIDE.code
+            compare.append((old, new))
+            continue
+        used = next((b for b in range(lo, min(hi, nblocks - 1) + 1) if fs.in_use(b)), None)
+        if used is None and not keep_free:
+            deleted.add(old)
+            continue
+        first_owner[old] = owner[lo if used is None else used]
+        compare.append((old, new))
+    unchanged: set[int] = set()
+    kept: dict[int, int] = {}
+    done = 0
+    for run in _runs(compare):
+        a = base(len(run) * cb, run[0][0] * cb)
+        b = store(len(run) * cb, run[0][1] * cb)
+        for k, (old, _new) in enumerate(run):
+            if a[k * cb : (k + 1) * cb] == b[k * cb : (k + 1) * cb]:
+                unchanged.add(old)
+            else:
+                kept[old] = first_owner[old]
+        done += len(run)
+        if progress:
+            progress(done, len(compare))
+    return Classified(fs, cb, len(items), frozenset(deleted), frozenset(unchanged), kept)
+
+
 def attribute(
     view: View,
     base: Callable[[int, int], bytes],
@@ -189,68 +257,32 @@ def attribute(
     *,
     progress: Progress | None = None,
 ) -> DuReport:
-    """Put every exception of `view` in exactly one bucket (see the module docstring).
-
-    `base` and `store` read the origin and the store file: a chunk whose two copies are
-    equal is reclaimable, whatever the filesystem thinks of it.
-    """
-    fs = Ext4Map(view.pread, view.size_bytes)
-    sb = fs.sb
-    cb, bs = view.chunk_bytes, sb.block_size
-    items = sorted(view.exceptions().items())
-    deleted = unchanged = 0
+    """du's report: the classified chunks, the kept ones by owner and path."""
+    c = classify(view, base, store, progress=progress)
     meta: dict[Meta, int] = {m: 0 for m in Meta}
     by_ino: dict[int, int] = {}
-    owner, nblocks = fs.owner, sb.blocks_count
-    compare: list[tuple[int, int]] = []
-    first_owner: dict[int, int] = {}
-    for old, new in items:
-        lo, hi = old * cb // bs, ((old + 1) * cb - 1) // bs
-        if old * cb >= view.size_bytes:
-            deleted += 1  # past the device's end: the kernel never shows it
-            continue
-        if lo >= nblocks:
-            meta[Meta.OUTSIDE] += 1
-            continue
-        used = next((b for b in range(lo, min(hi, nblocks - 1) + 1) if fs.in_use(b)), None)
-        if used is None:
-            deleted += 1
-            continue
-        first_owner[old] = owner[used]
-        compare.append((old, new))
-    done = 0
-    for run in _runs(compare):
-        a = base(len(run) * cb, run[0][0] * cb)
-        b = store(len(run) * cb, run[0][1] * cb)
-        for k, (old, _new) in enumerate(run):
-            if a[k * cb : (k + 1) * cb] == b[k * cb : (k + 1) * cb]:
-                unchanged += 1
-                continue
-            code = first_owner[old]
-            kind = META_BY_CODE.get(code)
-            if kind is not None:
-                meta[kind] += 1
-            elif code == 0:
-                meta[Meta.OTHER] += 1
-            else:
-                by_ino[code] = by_ino.get(code, 0) + 1
-        done += len(run)
-        if progress:
-            progress(done, len(compare))
-    paths = fs.paths()
+    for code in c.kept.values():
+        kind = META_BY_CODE.get(code)
+        if kind is not None:
+            meta[kind] += 1
+        elif code == 0:
+            meta[Meta.OTHER] += 1
+        else:
+            by_ino[code] = by_ino.get(code, 0) + 1
+    paths = c.fs.paths()
     files: dict[str, int] = {}
     for ino, n in by_ino.items():
         path = paths.get(ino, f"/<inode {ino}: no path>")
         files[path] = files.get(path, 0) + n
     return DuReport(
-        chunk_bytes=cb,
-        block_bytes=bs,
-        data_chunks=len(items),
-        deleted_chunks=deleted,
-        unchanged_chunks=unchanged,
+        chunk_bytes=c.chunk_bytes,
+        block_bytes=c.fs.sb.block_size,
+        data_chunks=c.data_chunks,
+        deleted_chunks=len(c.deleted),
+        unchanged_chunks=len(c.unchanged),
         metadata=meta,
         files=files,
-        fs_clean=sb.clean,
+        fs_clean=c.fs.sb.clean,
     )
 
 
@@ -321,3 +353,63 @@ def check_sum(rep: DuReport) -> None:
     total = rep.file_chunks + rep.metadata_chunks + rep.reclaimable_chunks
     if total != rep.data_chunks:
         raise LiveOSError(f"internal: du buckets add up to {total} of {rep.data_chunks} chunks")
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:5.1f}%" if whole else "    -"
+
+
+def render_text(rep: DuReport, *, depth: int = 3, top: int = 10) -> str:
+    """The learner's view: where the overlay went, what comes back, what to do."""
+    from liveos_tools.units import format_size
+
+    cb, total = rep.chunk_bytes, rep.data_chunks
+
+    def size(n: int) -> str:
+        return format_size(n * cb).rjust(10)
+
+    lines = [
+        f"overlay {rep.overlay or rep.target}: {format_size(total * cb)} of changes "
+        f"in {total} chunks of {format_size(cb)}",
+        f"  files        {size(rep.file_chunks)} {_pct(rep.file_chunks, total)}",
+        f"  metadata     {size(rep.metadata_chunks)} {_pct(rep.metadata_chunks, total)}",
+        f"  reclaimable  {size(rep.reclaimable_chunks)} {_pct(rep.reclaimable_chunks, total)}"
+        f"  (deleted files {format_size(rep.deleted_chunks * cb)}, "
+        f"unchanged {format_size(rep.unchanged_chunks * cb)})",
+    ]
+    meta = sorted(((m, n) for m, n in rep.metadata.items() if n), key=lambda x: -x[1])
+    if meta:
+        lines.append("")
+        lines.append("metadata:")
+        lines.extend(f"  {size(n)}  {m.value}" for m, n in meta)
+    dirs = sorted(rep.directories(depth).items(), key=lambda kv: (-kv[1], kv[0]))
+    dirs = [(p, n) for p, n in dirs if p != "/"][:top]
+    if dirs:
+        lines.append("")
+        lines.append(f"largest directories (down to {depth} levels):")
+        lines.extend(f"  {size(n)}  {p}" for p, n in dirs)
+    files = sorted(rep.files.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    if files:
+        lines.append("")
+        lines.append("largest files:")
+        lines.extend(f"  {size(n)}  {p}" for p, n in files)
+    lines.append("")
+    lines.extend(f"advice: {a}" for a in advice(rep))
+    lines.extend(f"warning: {w}" for w in rep.warnings)
+    return "\n".join(lines)
+
+
+def advice(rep: DuReport) -> list[str]:
+    from liveos_tools.units import format_size
+
+    out = []
+    back = rep.reclaimable_chunks * rep.chunk_bytes
+    if back:
+        out.append(
+            f"`liveos-overlay compact` gives back {format_size(back)} "
+            "(run it with the stick not booted: from another system)"
+        )
+    else:
+        out.append("nothing to reclaim: every chunk holds live data")
+    out.append("`liveos-overlay economize` shows what fills the overlay day after day")
+    return out

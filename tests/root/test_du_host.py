@@ -8,7 +8,6 @@ chunks, as the kernel keeps after a rewrite with identical bytes.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from liveos_tools.cow import read_store
 from liveos_tools.ext4map import Meta
 from liveos_tools.tasks import du
-from tests.support.space_images import diff_store, make_tree, mkfs
+from tests.support.space_images import build_scenario
 
 BS = 4096
 
@@ -28,49 +27,7 @@ def _blocks(n: int) -> int:
 
 @pytest.fixture(params=[4096, 1024], ids=["4k-blocks", "1k-blocks"])
 def scenario(tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, object]:
-    tree = tmp_path / "tree"
-    base_files = make_tree(tree, {"/usr/lib/big.bin": 300_000, "/etc/conf": 5000}, seed=3)
-    base = tmp_path / "base.img"
-    mkfs(base, 64, tree, "-b", str(request.param))
-    changed = tmp_path / "changed.img"
-    shutil.copyfile(base, changed)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(changed), str(mnt)], check=True)
-    try:
-        kept = make_tree(
-            mnt,
-            {"/home/a/x.bin": 40_000, "/home/a/y.bin": 123_457, "/var/log/z.log": 8192},
-            seed=4,
-        )
-        gone = make_tree(mnt, {"/tmp/junk/1.bin": 200_000, "/tmp/junk/2.bin": 100_000}, seed=5)
-        subprocess.run(["sync"], check=True)
-        for rel in gone:
-            (mnt / rel.lstrip("/")).unlink()
-        # overwrite a base file in place with new bytes (its blocks stay where they were)
-        with open(mnt / "etc/conf", "r+b") as f:
-            f.write(b"\xaa" * 5000)
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
-    # the unchanged chunks: big.bin's first 3 blocks, as a rewrite with the same bytes
-    out = subprocess.run(
-        ["debugfs", "-R", "bmap /usr/lib/big.bin 0", str(base)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    first = int(out.stdout.split()[-1])
-    store = tmp_path / "overlay"
-    chunks = diff_store(base, changed, store, extra_unchanged=[first, first + 1, first + 2])
-    return {
-        "base": base,
-        "store": store,
-        "changed": changed,
-        "kept": kept,
-        "chunks": chunks,
-        "block": request.param,
-        "base_files": base_files,
-    }
+    return build_scenario(tmp_path, request.param)
 
 
 def _debugfs(image: Path, *requests: str) -> str:
