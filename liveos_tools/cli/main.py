@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "liveos_tools.cli.monitor",
     "liveos_tools.cli.tui",
     "liveos_tools.cli.home",
+    "liveos_tools.cli.space",
 ]
 
 #: Which module registers each command: when the command is known, only its module is
@@ -40,6 +41,9 @@ COMMAND_NAMES = {
     "tui": "liveos_tools.cli.tui",
     "home": "liveos_tools.cli.home",
     "swap": "liveos_tools.cli.home",
+    "du": "liveos_tools.cli.space",
+    "compact": "liveos_tools.cli.space",
+    "economize": "liveos_tools.cli.space",
 }
 
 
