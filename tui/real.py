@@ -18,7 +18,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from liveos_tools.errors import LiveOSError, ToolError
-from liveos_tools.media import LIVE_ROOT, HomeKind, Medium, Source, parse_cmdline
+from liveos_tools.media import (
+    LIVE_ROOT,
+    HomeKind,
+    Medium,
+    Source,
+    boot_args_on_stick,
+    mounted_livedir,
+)
 from liveos_tools.plan import Plan, Progress
 from liveos_tools.units import MiB
 
@@ -44,26 +51,6 @@ TASKS: dict[Action, tuple[str, str]] = {
     Action.GROW_HOME: ("liveos_tools.tasks.home", "plan_resize"),
     Action.COPY_HOME: ("liveos_tools.tasks.home", "plan_copy"),
 }
-
-#: boot loader files that carry the kernel command line, relative to the stick's root.
-BOOT_FILES = (
-    "EFI/BOOT/grub.cfg",
-    "boot/grub2/grub.cfg",
-    "boot/grub/grub.cfg",
-    "syslinux/syslinux.cfg",
-    "syslinux/extlinux.conf",
-    "extlinux/extlinux.conf",
-    "isolinux/isolinux.cfg",
-)
-
-
-def boot_args_from_config(text: str) -> dict[str, str]:
-    """The live-boot arguments of the first kernel line that boots a live image."""
-    for line in text.splitlines():
-        if "root=live:" in line or "rd.live.image" in line:
-            return parse_cmdline(line)
-    return {}
-
 
 def running_live_system() -> bool:
     return LIVE_ROOT.is_dir() or Path("/dev/mapper/live-rw").exists()
@@ -147,7 +134,7 @@ class RealBackend:
         stick = Stick(node, node, discovery.title_of(info), StickOrigin.PLUGGED)
         if not self.is_root:
             # Without root only a stick the desktop mounted can be read: through its folder.
-            where = _mounted_liveos(node)
+            where = mounted_livedir(node)
             if where is None:
                 return None
             stick = Stick(node, where, stick.title, StickOrigin.PLUGGED)
@@ -203,7 +190,8 @@ class RealBackend:
         if stick.target is None and not self.is_root:
             return Details()
         with open_medium(stick.target) as medium:
-            return Details(_dm_table(medium), *_boot_args(medium))
+            boot = boot_args_on_stick(medium.root) if medium.root else ({}, ())
+            return Details(_dm_table(medium), *boot)
 
     # --- acting ---
 
@@ -375,18 +363,6 @@ def _same_device(node: str, path: Path) -> bool:
     return False
 
 
-def _mounted_liveos(node: str) -> str | None:
-    """Where the device is mounted with a LiveOS folder, if it is."""
-    from liveos_tools import mounts
-
-    with contextlib.suppress(OSError):
-        st = os.stat(node)
-        for m in mounts.mounts_of_device((os.major(st.st_rdev), os.minor(st.st_rdev))):
-            if (Path(m.mountpoint) / "LiveOS").is_dir():
-                return m.mountpoint
-    return None
-
-
 def _dm_table(medium: Medium) -> str | None:
     if medium.live_dm is None:
         return None
@@ -395,21 +371,3 @@ def _dm_table(medium: Medium) -> str | None:
     with contextlib.suppress(LiveOSError):
         return dmsetup.table_text(medium.live_dm).strip() or None
     return None
-
-
-def _boot_args(medium: Medium) -> tuple[dict[str, str], tuple[str, ...]]:
-    if medium.root is None:
-        return {}, ()
-    found: dict[str, str] = {}
-    files: list[str] = []
-    for rel in BOOT_FILES:
-        try:
-            text = (medium.root / rel).read_text(errors="replace")
-        except OSError:
-            continue
-        args = boot_args_from_config(text)
-        if args:
-            files.append(rel)
-            for k, v in args.items():
-                found.setdefault(k, v)
-    return found, tuple(files)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from liveos_tools.media import boot_args_from_config
 from liveos_tools.units import MiB
 from tests.tui.bootstrap import pythonpath
 
@@ -15,7 +16,7 @@ from tests.tui.bootstrap import pythonpath
 from liveos_tools_tui import discovery
 from liveos_tools_tui.backend import Action, ActionParams, Stick, StickOrigin
 from liveos_tools_tui.history import History, format_duration
-from liveos_tools_tui.real import boot_args_from_config, command_for, size_arg
+from liveos_tools_tui.real import command_for, size_arg
 
 REPO = Path(__file__).resolve().parents[2]
 
