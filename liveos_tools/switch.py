@@ -1,0 +1,336 @@
+"""The atomic switch between two image+overlay pairs on a stick, with a journal.
+
+A *pair* is a squashfs.img and the overlay written against it. Three slots hold
+pairs (bootentries.Slot): CURRENT (`LiveOS/squashfs.img` + `LiveOS/overlay-L-U`,
+dracut's default names), NEXT (`LiveOS/.liveos-next/`) and PREVIOUS
+(`LiveOS/previous/`). A pair is never split: no boot entry ever names a base with
+an overlay made for another base (dracut does not check, and such a pair silently
+corrupts the root filesystem).
+
+The switch, once the new pair is complete and fsynced in NEXT:
+
+    step           what was done (each step ends with the journal rewritten, fsynced)
+    staged         NEXT holds the new pair
+    boot-next      every boot config: default entry -> NEXT, no previous entry
+    moved-old      CURRENT's base, then its overlay, renamed into PREVIOUS
+    boot-previous  every boot config: default entry -> PREVIOUS (the old pair), no
+                   previous entry
+    moved-new      NEXT's overlay, then its base, renamed to the default names
+    done           every boot config: default entry -> CURRENT (the new pair),
+                   previous entry -> PREVIOUS (or none, and PREVIOUS deleted)
+
+Each boot config is replaced whole by a rename, so every entry of every config boots
+either the old pair or the new pair at every moment; the files move only while no
+entry names them. A boot loader config this tool does not know (e.g. on a separate
+EFI partition) keeps booting the default names: there a moment between two renames
+has a default name missing, which dracut answers with "no root filesystem" (no
+base) or "Unable to find a persistent overlay ... Press [Enter]" (no overlay) — never
+a mismatched pair: the overlay leaves first and comes back last.
+
+Every step is idempotent, so a re-run after a power cut or SIGKILL redoes the step it
+was in and goes on. On vfat a rename is not atomic (the kernel writes the new
+directory entry, then removes the old one): a power cut inside a rename can leave
+both names pointing at the same clusters; the re-run sees both and stops, naming
+fsck.fat, rather than delete either.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from liveos_tools import bootentries as be
+from liveos_tools.bootentries import Names, Slot
+from liveos_tools.errors import CorruptError, LiveOSError, TargetError
+
+JOURNAL = ".liveos-refresh.json"
+STEPS = ("staging", "staged", "boot-next", "moved-old", "boot-previous", "moved-new", "done")
+#: Test hook, as tasks/backup.py kill_point: SIGKILL after the named step.
+Kill = Callable[[str], None]
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Journal:
+    op: str  # refresh | rollback
+    step: str
+    keep_previous: bool = True
+    #: the overlay's file name: while the pair is away from LiveOS/ nothing else tells it.
+    overlay: str = ""
+    started: str = ""
+    #: the new image's size and where it came from, for status and the report.
+    detail: str = ""
+
+    def after(self, step: str) -> bool:
+        return STEPS.index(self.step) >= STEPS.index(step)
+
+
+@dataclass(frozen=True)
+class Pair:
+    base: Path
+    overlay: Path
+
+    def files(self) -> tuple[Path, Path]:
+        return (self.base, self.overlay)
+
+    def exists(self) -> bool:
+        return self.base.exists() and self.overlay.exists()
+
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.files() if p.exists())
+
+
+@dataclass(frozen=True)
+class StickFiles:
+    """The LiveOS directory of a stick mounted read-write, and its boot configs."""
+
+    root: Path  # the stick's top directory
+    names: Names
+
+    @property
+    def ldir(self) -> Path:
+        return self.root / self.names.livedir
+
+    def slot_dir(self, slot: Slot) -> Path:
+        return self.ldir / slot.value if slot.value else self.ldir
+
+    def pair(self, slot: Slot) -> Pair:
+        d = self.slot_dir(slot)
+        return Pair(d / "squashfs.img", d / self.names.overlay)
+
+    @property
+    def journal_path(self) -> Path:
+        return self.ldir / JOURNAL
+
+    def configs(self) -> list[Path]:
+        return be.find_configs(self.root)
+
+
+# --- the journal ---------------------------------------------------------------------------
+
+
+def read_journal(ldir: Path) -> Journal | None:
+    path = ldir / JOURNAL
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CorruptError(
+            f"the refresh journal {path} cannot be read ({exc})",
+            "look at the files in LiveOS/, LiveOS/previous/ and LiveOS/.liveos-next/",
+        ) from None
+    try:
+        journal = Journal(**{k: v for k, v in data.items() if k in Journal.__dataclass_fields__})
+        journal.after("staging")  # an unknown step is a damaged journal
+    except (TypeError, ValueError):
+        raise CorruptError(f"the refresh journal {path} is damaged: {data}") from None
+    return journal
+
+
+def write_journal(ldir: Path, journal: Journal) -> None:
+    tmp = ldir / (JOURNAL + be.NEW_SUFFIX)
+    with open(tmp, "w") as f:
+        json.dump(asdict(journal), f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ldir / JOURNAL)
+    be.fsync_dir(ldir)
+
+
+def remove_journal(ldir: Path) -> None:
+    for name in (JOURNAL, JOURNAL + be.NEW_SUFFIX):
+        (ldir / name).unlink(missing_ok=True)
+    be.fsync_dir(ldir)
+
+
+def new_journal(op: str, overlay: str, *, keep_previous: bool, detail: str = "") -> Journal:
+    stamp = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    return Journal(op, "staging", keep_previous, overlay, stamp, detail)
+
+
+# --- file moves --------------------------------------------------------------------------
+
+
+def move(src: Path, dst: Path) -> None:
+    """Rename src to dst; done already if only dst exists (a re-run)."""
+    if src.exists() and dst.exists():
+        raise CorruptError(
+            f"both {src} and {dst} exist: a rename was cut short, or someone copied files",
+            "on vfat run fsck.fat -a on the stick's partition (both names may share clusters), "
+            "then compare the two files and delete the one that is not the image's",
+        )
+    if dst.exists():
+        return
+    if not src.exists():
+        raise TargetError(
+            f"{src} is missing, and {dst} too: the pair being moved is incomplete",
+            "the stick was changed outside liveos-overlay; restore the file from a backup",
+        )
+    dst.parent.mkdir(exist_ok=True)
+    os.rename(src, dst)
+    be.fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        be.fsync_dir(src.parent)
+
+
+def move_pair(a: Pair, b: Pair, kill: Kill, point: str) -> None:
+    # The base first, the overlay last: a default name left alone is then an overlay
+    # with no base (dracut finds no root and stops), never a base under a stranger.
+    move(a.base, b.base)
+    kill(point)
+    move(a.overlay, b.overlay)
+
+
+def move_pair_in(a: Pair, b: Pair, kill: Kill, point: str) -> None:
+    # Into the default names the overlay goes first, the base last, for the same reason.
+    move(a.overlay, b.overlay)
+    kill(point)
+    move(a.base, b.base)
+
+
+def drop(pair: Pair) -> int:
+    freed = 0
+    for p in pair.files():
+        if p.exists():
+            freed += p.stat().st_size
+            p.unlink()
+    d = pair.base.parent
+    be.fsync_dir(d)
+    return freed
+
+
+def remove_dir_if_empty(path: Path) -> None:
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        be.fsync_dir(path.parent)
+
+
+def discard_next(stick: StickFiles) -> None:
+    d = stick.slot_dir(Slot.NEXT)
+    if d.is_dir():
+        shutil.rmtree(d)
+        be.fsync_dir(stick.ldir)
+
+
+# --- the switch --------------------------------------------------------------------------
+
+
+def describe_steps(keep_previous: bool) -> list[str]:
+    last = (
+        "point every boot entry at the new pair (default names), previous entry at "
+        "LiveOS/previous/"
+        if keep_previous
+        else "point every boot entry at the new pair (default names), then delete "
+        "LiveOS/previous/"
+    )
+    return [
+        "point every boot entry at the new pair in LiveOS/.liveos-next/, no previous "
+        "entry (one config file renamed at a time)",
+        "rename the old squashfs.img, then its overlay, into LiveOS/previous/",
+        "point every boot entry at the old pair in LiveOS/previous/",
+        "rename the new overlay, then the new squashfs.img, to the default names",
+        last,
+    ]
+
+
+def advance(
+    stick: StickFiles, journal: Journal, kill: Kill, say: Say | None = None, until: str = ""
+) -> int:
+    """Run the switch from the journal's step to `until` (default: the end, clearing up);
+    return the bytes freed."""
+    configs = stick.configs()
+    cur, nxt, prev = stick.pair(Slot.CURRENT), stick.pair(Slot.NEXT), stick.pair(Slot.PREVIOUS)
+    names = stick.names
+
+    def reach(step: str) -> None:
+        nonlocal journal
+        journal = replace(journal, step=step)
+        write_journal(stick.ldir, journal)
+        if say:
+            say(f"  switch: {step}")
+        kill(f"switch-{step}")
+        if step == until:
+            raise _Reached
+
+    if until and journal.after(until):
+        return 0
+    try:
+        if not journal.after("staged"):
+            raise TargetError("the new image is not complete yet", "run refresh again")
+        if not journal.after("boot-next"):
+            be.point_configs(configs, names, default=Slot.NEXT, previous=None)
+            reach("boot-next")
+        if not journal.after("moved-old"):
+            move_pair(cur, prev, kill, "switch-moving-old")
+            reach("moved-old")
+        if not journal.after("boot-previous"):
+            be.point_configs(configs, names, default=Slot.PREVIOUS, previous=None)
+            reach("boot-previous")
+        if not journal.after("moved-new"):
+            move_pair_in(nxt, cur, kill, "switch-moving-new")
+            reach("moved-new")
+        keep = journal.keep_previous
+        if not journal.after("done"):
+            be.point_configs(configs, names, default=Slot.CURRENT, previous=Slot.PREVIOUS if keep
+                             else None)  # fmt: skip
+            reach("done")
+        freed = 0 if keep else drop(prev)
+        if not keep:
+            remove_dir_if_empty(stick.slot_dir(Slot.PREVIOUS))
+        discard_next(stick)
+        remove_journal(stick.ldir)
+        return freed
+    except _Reached:
+        return 0
+    except OSError as exc:
+        raise LiveOSError(
+            f"the switch stopped at step {journal.step}: {exc.strerror or exc}",
+            "the stick boots the old or the new pair; run refresh again to finish, "
+            "or rollback to go back",
+        ) from None
+
+
+class _Reached(Exception):
+    pass
+
+
+def begin_rollback(stick: StickFiles, kill: Kill) -> Journal:
+    """Stage the kept previous pair as NEXT, so the switch makes it current again."""
+    journal = read_journal(stick.ldir) or new_journal(
+        "rollback", stick.names.overlay, keep_previous=True
+    )
+    write_journal(stick.ldir, journal)
+    kill("rollback-journal")
+    # No entry may name PREVIOUS while its files move.
+    be.point_configs(stick.configs(), stick.names, default=Slot.CURRENT, previous=None)
+    kill("rollback-entries")
+    move_pair(stick.pair(Slot.PREVIOUS), stick.pair(Slot.NEXT), kill, "rollback-moving")
+    journal = replace(journal, step="staged")
+    write_journal(stick.ldir, journal)
+    kill("rollback-staged")
+    return journal
+
+
+def drop_previous(stick: StickFiles) -> int:
+    be.point_configs(stick.configs(), stick.names, default=Slot.CURRENT, previous=None)
+    freed = drop(stick.pair(Slot.PREVIOUS))
+    remove_dir_if_empty(stick.slot_dir(Slot.PREVIOUS))
+    return freed
+
+
+def state_problem(stick: StickFiles) -> str | None:
+    """A check for tests and status: is every entry of every config booting a whole pair?"""
+    for cfg in stick.configs():
+        text = cfg.read_text()
+        for what, slot in (("default", be.default_slot(text)), ("previous",
+                                                                 be.previous_slot(text))):
+            if slot is not None and not stick.pair(slot).exists():
+                return f"{cfg}: the {what} entry boots {slot.name.lower()}, not a whole pair"
+    return None

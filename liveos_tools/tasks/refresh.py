@@ -1,0 +1,542 @@
+"""`liveos-overlay refresh` and `rollback`: fold the overlay into a new squashfs.img,
+switch to it with a fresh overlay, keep the old pair bootable; and go back.
+
+The new image is built entirely in the workdir (merge, e2fsck, free blocks zeroed,
+mksquashfs) before anything on the stick is touched, so every refusal, a failure of
+the build, or Ctrl-C during it leaves the stick byte-identical. Only then is the
+journal written, the image copied into LiveOS/.liveos-next/ beside a fresh overlay,
+and the switch (liveos_tools/switch.py) run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from liveos_tools import switch
+from liveos_tools.bootentries import Names, Slot, fsync_dir
+from liveos_tools.cow import RESET_BYTES, StoreState, read_store
+from liveos_tools.errors import (
+    AbortedError,
+    CorruptError,
+    InUseError,
+    LiveOSError,
+    NoSpaceError,
+    TargetError,
+    UsageError,
+)
+from liveos_tools.media import ImageLayout, Medium, OverlayKind, Source
+from liveos_tools.plan import Plan
+from liveos_tools.tasks import backup as bk
+from liveos_tools.units import format_size
+
+DEFAULT_WORKDIR = Path("/var/tmp")
+#: vfat cannot hold a file of 4 GiB or more.
+FAT_MAX_FILE = 4 * 1024**3 - 1
+_COPY_BLOCK = 4 * 1024 * 1024
+SCRATCH_PREFIX = "liveos-refresh-"
+
+Meter = Callable[[str], Callable[[int, int], None]]
+
+
+def _no_meter(label: str) -> Callable[[int, int], None]:
+    return lambda done, total: None
+
+
+class SwitchPlan(Plan):
+    """A plan whose failure or Ctrl-C before the switch clears the workdir and NEXT."""
+
+    cleanup: Callable[[], None] | None = None
+    #: what state an interruption leaves, for the error message.
+    interrupted: str = "nothing on the stick was changed"
+    interrupted_hint: str | None = None
+    freed: int = 0
+
+    def execute(self, progress: Callable[[int, int, str], None] | None = None) -> None:
+        try:
+            super().execute(progress)
+        except KeyboardInterrupt:
+            self._clean()
+            raise AbortedError(f"interrupted: {self.interrupted}", self.interrupted_hint) from None
+        except LiveOSError:
+            self._clean()
+            raise
+        except OSError as exc:
+            self._clean()
+            raise LiveOSError(
+                f"{self.title} failed: {exc.strerror or exc}"
+                + (f" ({exc.filename})" if exc.filename else "")
+                + f"; {self.interrupted}",
+                self.interrupted_hint,
+            ) from None
+        self._clean()
+
+    def _clean(self) -> None:
+        if self.cleanup is not None:
+            with contextlib.suppress(OSError):
+                self.cleanup()
+
+
+# --- finding the stick's files --------------------------------------------------------------
+
+
+def stick_files(medium: Medium) -> switch.StickFiles:
+    if medium.source is Source.LIVE:
+        raise InUseError(
+            "this is the running live system: its image and overlay are in use",
+            "boot another system (or a rescue shell) and run this against the stick's "
+            "device, e.g. liveos-overlay refresh /dev/sdb1",
+        )
+    if medium.root is None:
+        raise TargetError(
+            f"{medium.target}: no LiveOS directory found",
+            "point at the stick's mount point, its device or a disk image",
+        )
+    ldir = medium.root / medium.livedir
+    journal = switch.read_journal(ldir)
+    if journal is not None and journal.overlay:
+        name = journal.overlay
+    elif medium.overlay_path is not None and medium.overlay_path.parent == ldir:
+        name = medium.overlay_path.name
+    elif medium.expected_overlay_name:
+        name = medium.expected_overlay_name
+    else:
+        raise TargetError(
+            f"{medium.target} has no persistent overlay", "refresh needs a dm overlay file"
+        )
+    return switch.StickFiles(medium.root, Names(medium.livedir, name))
+
+
+def _refuse_in_use(medium: Medium, stick: switch.StickFiles) -> None:
+    for slot in Slot:
+        for path in stick.pair(slot).files():
+            if path.is_file():
+                bk.refuse_in_use(path, "replaced")
+    if not medium.opened_readonly:
+        bk.refuse_readonly(stick.ldir)
+
+
+def _free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+def check_fat_limit(size: int, fstype: str | None, what: str) -> None:
+    if fstype == "vfat" and size > FAT_MAX_FILE:
+        raise NoSpaceError(
+            f"the new {what} would be {format_size(size)}; vfat holds files up to 4 GiB - 1 byte",
+            "use a stronger compressor (--compress xz or zstd), or put the stick on ext4",
+        )
+
+
+# --- the pieces of a refresh -----------------------------------------------------------
+
+
+def build_image(
+    medium: Medium, scratch: Path, compressor: str, meter: Meter
+) -> Path:
+    """Merge, check, zero free blocks, compress: returns scratch/squashfs.img."""
+    from liveos_tools import merge
+
+    dest = scratch / "squashfs.img"
+    try:
+        from liveos_tools import rebuild  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:
+        rebuild = None
+    with merge.merged(medium) as view:
+        if rebuild is not None:
+            image = rebuild.scratch_image(view, scratch, progress=meter("merge"))
+        else:
+            image = scratch / "rootfs.img"
+            view.write_image(image, progress=meter("merge"))
+    bk.kill_point("refresh-merged")
+    if rebuild is not None:
+        rebuild.check_clean(image)
+        rebuild.zero_free_blocks(image)
+        rebuild.make_squashfs(image, dest, compressor=compressor, progress=meter("compress"))
+    else:
+        _check_and_zero(image)
+        from liveos_tools.tools import mksquashfs
+
+        mksquashfs.make_nested(image, dest, compressor=compressor)
+    image.unlink(missing_ok=True)
+    return dest
+
+
+def _check_and_zero(image: Path) -> None:
+    # Stand-in until rebuild.py lands: e2fsck -p, and -E discard punches the free
+    # blocks out of the image file (holes read as zeros and compress to nothing).
+    from liveos_tools.run import run
+    from liveos_tools.tools import e2fsck
+
+    res = e2fsck.check(image, repair=True)
+    if not res.clean:
+        raise CorruptError(
+            f"the merged root filesystem is not clean: e2fsck exit {res.describe()}",
+            "run liveos-overlay repair on the stick first",
+        )
+    run(["e2fsck", "-f", "-y", "-E", "discard", str(image)], check=False)
+
+
+def copy_synced(src: Path, dst: Path, meter: Callable[[int, int], None]) -> None:
+    total = src.stat().st_size
+    done = 0
+    with open(src, "rb") as fi, open(dst, "xb") as fo:
+        while block := fi.read(_COPY_BLOCK):
+            fo.write(block)
+            done += len(block)
+            meter(done, total)
+        fo.flush()
+        os.fsync(fo.fileno())
+
+
+def make_fresh_overlay(path: Path, size: int) -> None:
+    """A new store: preallocated, all zeros (the kernel writes the header on first use)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+        os.pwrite(fd, bytes(min(RESET_BYTES, size)), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- refresh ------------------------------------------------------------------------------
+
+
+def plan_refresh(
+    medium: Medium,
+    *,
+    workdir: str | Path | None = None,
+    compress: str | None = None,
+    keep_previous: bool = True,
+    meter: Meter = _no_meter,
+) -> Plan:
+    stick = stick_files(medium)
+    journal = switch.read_journal(stick.ldir)
+    if journal is not None and journal.op != "refresh":
+        raise UsageError(
+            f"an interrupted {journal.op} is recorded in {stick.journal_path}",
+            f"run liveos-overlay {journal.op} to finish it first",
+        )
+    _refuse_in_use(medium, stick)
+    if journal is not None and journal.after("staged"):
+        return _plan_finish(medium, stick, journal)
+    return _plan_build(medium, stick, journal, workdir, compress, keep_previous, meter)
+
+
+def _plan_build(
+    medium: Medium,
+    stick: switch.StickFiles,
+    journal: switch.Journal | None,
+    workdir_arg: str | Path | None,
+    compress: str | None,
+    keep_previous: bool,
+    meter: Meter,
+) -> Plan:
+    from liveos_tools.run import require
+    from liveos_tools.tools import mksquashfs
+
+    cur = stick.pair(Slot.CURRENT)
+    if medium.overlay_kind is not OverlayKind.DM:
+        raise UsageError(
+            f"{medium.target} uses {medium.overlay_kind.value} persistence; refresh "
+            "handles device-mapper overlays only (so far)",
+            "copy your files out, then rewrite the stick with liveos-iso-to-disk",
+        )
+    if medium.image_layout is not ImageLayout.NESTED or medium.squashfs_path is None:
+        raise UsageError(
+            f"the live image on {medium.target} has the {medium.image_layout.value} layout; "
+            "refresh rebuilds a squashfs.img holding LiveOS/rootfs.img",
+            "an unreadable squashfs.img is damaged: put a good one back (check unsquashfs)",
+        )
+    for tool in ("mksquashfs", "unsquashfs", "e2fsck"):
+        require(tool)
+    report = read_store(cur.overlay)
+    if report.state in (StoreState.CORRUPT, StoreState.INVALID):
+        raise CorruptError(
+            f"the overlay {cur.overlay.name} is {report.state.value}"
+            + (f" ({report.problem})" if report.problem else ""),
+            "repair it first: liveos-overlay repair",
+        )
+    old_comp = mksquashfs.compressor_of(cur.base)
+    comp = compress or old_comp
+    inner = mksquashfs.inner_size(cur.base, str(medium.rootfs_path or "LiveOS/rootfs.img"))
+    rootfs_bytes = inner if inner is not None else 4 * cur.base.stat().st_size
+    overlay_size = cur.overlay.stat().st_size
+    estimate = cur.base.stat().st_size + report.used_bytes
+
+    workdir = Path(workdir_arg) if workdir_arg is not None else DEFAULT_WORKDIR
+    if not workdir.is_dir():
+        raise UsageError(f"the workdir {workdir} is not a directory", "give --workdir DIR")
+    if _same_fs(workdir, stick.ldir):
+        raise UsageError(
+            f"the workdir {workdir} is on the stick being refreshed",
+            "give --workdir on another disk (the default is /var/tmp)",
+        )
+    need_work = rootfs_bytes + estimate
+    if _free(workdir) < need_work:
+        raise NoSpaceError(
+            f"not enough room in the workdir {workdir}: {format_size(_free(workdir))} free, "
+            f"up to {format_size(need_work)} needed (the merged root filesystem "
+            f"{format_size(rootfs_bytes)} and the new image)",
+            "give --workdir on a disk with more room",
+        )
+    prev = stick.pair(Slot.PREVIOUS)
+    prev_bytes = prev.size()
+    stick_free = _free(stick.ldir)
+    if stick_free + prev_bytes < estimate + overlay_size:
+        _no_room(stick_free, prev_bytes, estimate + overlay_size, estimated=True)
+
+    plan = SwitchPlan("refresh", medium.target)
+    plan.notes.append(
+        f"the new image is compressed with {comp}"
+        + (" (as the old one)" if comp == old_comp else f" (the old one used {old_comp})")
+    )
+    plan.notes.append(
+        "home.img and swap.img are not touched; the new overlay is empty and has the same "
+        f"size ({format_size(overlay_size)})"
+    )
+    if keep_previous:
+        plan.notes.append(
+            "the old image and its overlay are kept in LiveOS/previous/ with a boot entry "
+            "'Previous image'; liveos-overlay rollback goes back to them"
+        )
+    else:
+        plan.destroys.append(
+            "the old squashfs.img and overlay are deleted once the new pair is in place "
+            "(--no-keep-previous): there is no way back"
+        )
+    if prev_bytes:
+        plan.destroys.append(
+            f"the previous image already kept in LiveOS/previous/ ({format_size(prev_bytes)}) "
+            "is deleted to make room for this one"
+        )
+    if journal is not None:
+        plan.notes.append("an unfinished new image from an interrupted refresh is discarded")
+
+    scratch_box: list[Path] = []
+    built: list[Path] = []
+    names = stick.names
+    next_dir = stick.slot_dir(Slot.NEXT)
+    staged: list[bool] = []
+
+    def cleanup() -> None:
+        for d in scratch_box:
+            shutil.rmtree(d, ignore_errors=True)
+        if not staged and switch.read_journal(stick.ldir) is not None:
+            # Stopped before the switch began: the old pair is untouched; drop the rest.
+            switch.discard_next(stick)
+            switch.remove_journal(stick.ldir)
+
+    plan.cleanup = cleanup
+    plan.interrupted_hint = "run refresh again"
+
+    def preflight() -> None:
+        for slot in Slot:
+            for path in stick.pair(slot).files():
+                if path.is_file():
+                    bk.refuse_in_use(path, "replaced")
+        bk.refuse_readonly(stick.ldir)
+
+    def build() -> None:
+        sweep_scratch(workdir)
+        scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=workdir))
+        scratch_box.append(scratch)
+        built.append(build_image(medium, scratch, comp, meter))
+        bk.kill_point("refresh-built")
+
+    def check_room() -> None:
+        size = built[0].stat().st_size
+        check_fat_limit(size, medium.volume.fstype if medium.volume else None, "squashfs.img")
+        free = _free(stick.ldir)
+        if free + prev.size() < size + overlay_size:
+            _no_room(free, prev.size(), size + overlay_size, estimated=False)
+        plan.notes.append(f"new squashfs.img: {format_size(size)} (old: "
+                          f"{format_size(cur.base.stat().st_size)} + overlay used "
+                          f"{format_size(report.used_bytes)})")  # fmt: skip
+
+    def drop_old_previous() -> None:
+        switch.drop_previous(stick)
+
+    def stage() -> None:
+        if journal is not None:
+            switch.discard_next(stick)
+        new = switch.new_journal(
+            "refresh",
+            names.overlay,
+            keep_previous=keep_previous,
+            detail=f"new image {format_size(built[0].stat().st_size)}",
+        )
+        switch.write_journal(stick.ldir, new)
+        bk.kill_point("refresh-journal")
+        next_dir.mkdir(exist_ok=True)
+        nxt = stick.pair(Slot.NEXT)
+        copy_synced(built[0], nxt.base, meter("copy"))
+        bk.kill_point("refresh-copied")
+        make_fresh_overlay(nxt.overlay, overlay_size)
+        fsync_dir(next_dir)
+        switch.write_journal(stick.ldir, switch.Journal(**{**new.__dict__, "step": "staged"}))
+        staged.append(True)
+        bk.kill_point("refresh-staged")
+        plan.interrupted = "the switch stopped part-way; the stick boots the old or the new pair"
+        plan.interrupted_hint = "run refresh again to finish, or rollback to go back"
+
+    plan.add("check again that nothing uses the stick's files and it is writable", preflight)
+    plan.add(
+        f"merge squashfs.img ({format_size(cur.base.stat().st_size)}) and the overlay "
+        f"({format_size(report.used_bytes)} used) into {workdir}/liveos-refresh-*/, "
+        "check it with e2fsck, zero its free blocks, compress it with mksquashfs",
+        build,
+        argv=["mksquashfs", "<merged>", "<workdir>/squashfs.img", "-comp", comp, "-noappend"],
+    )
+    plan.add("check that the stick has room for the new image and a fresh overlay", check_room)
+    if prev_bytes:
+        plan.add("remove the previous-image boot entry, delete LiveOS/previous/", drop_old_previous)
+    plan.add(
+        f"write the journal {switch.JOURNAL}; copy the new image to "
+        f"{names.livedir}/{Slot.NEXT.value}/squashfs.img and create a fresh overlay beside "
+        f"it ({format_size(overlay_size)}, preallocated, mode 0600), fsynced",
+        stage,
+    )
+    _add_switch_steps(plan, stick, keep_previous)
+    return plan
+
+
+def sweep_scratch(workdir: Path) -> None:
+    """Delete scratch directories of refreshes that were killed (their process is gone)."""
+    for d in workdir.glob(f"{SCRATCH_PREFIX}*"):
+        pid = d.name.removeprefix(SCRATCH_PREFIX).partition("-")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def _no_room(free: int, prev: int, need: int, *, estimated: bool) -> None:
+    kept = f" (plus {format_size(prev)} of the kept previous image, deleted first)" if prev else ""
+    raise NoSpaceError(
+        f"not enough room on the stick: {format_size(free)} free{kept}, "
+        f"{'about ' if estimated else ''}{format_size(need)} needed for the new image and a "
+        "fresh overlay beside the old pair",
+        "free space on the stick; --no-keep-previous deletes the old pair after the switch "
+        "but the new pair must fit beside it first",
+    )
+
+
+def _add_switch_steps(plan: SwitchPlan, stick: switch.StickFiles, keep_previous: bool) -> None:
+    stops = ("boot-next", "moved-old", "boot-previous", "moved-new", "")
+    for summary, until in zip(switch.describe_steps(keep_previous), stops, strict=True):
+
+        def step(until: str = until) -> None:
+            current = switch.read_journal(stick.ldir)
+            if current is None:
+                return
+            plan.freed += switch.advance(stick, current, bk.kill_point, until=until)
+
+        plan.add(summary, step)
+
+
+def _plan_finish(medium: Medium, stick: switch.StickFiles, journal: switch.Journal) -> Plan:
+    plan = SwitchPlan(f"finish the interrupted {journal.op}", medium.target)
+    plan.notes.append(
+        f"the journal says the switch reached '{journal.step}' ({journal.detail or 'no detail'})"
+    )
+    plan.interrupted = "the switch stopped part-way; the stick boots the old or the new pair"
+    plan.interrupted_hint = f"run {journal.op} again to finish"
+    plan.add(
+        "check again that nothing uses the stick's files and it is writable",
+        lambda: _refuse_in_use(medium, stick),
+    )
+    _add_switch_steps(plan, stick, journal.keep_previous)
+    return plan
+
+
+# --- rollback ---------------------------------------------------------------------------
+
+
+def plan_rollback(medium: Medium, *, drop_previous: bool = False) -> Plan:
+    stick = stick_files(medium)
+    journal = switch.read_journal(stick.ldir)
+    _refuse_in_use(medium, stick)
+    prev = stick.pair(Slot.PREVIOUS)
+    if drop_previous:
+        if journal is not None:
+            raise UsageError(
+                f"an interrupted {journal.op} is recorded in {stick.journal_path}",
+                f"run liveos-overlay {journal.op} to finish it first",
+            )
+        if not prev.base.exists() and not prev.overlay.exists():
+            raise TargetError(f"no previous image is kept on {medium.target}", "nothing to drop")
+        plan = SwitchPlan("drop the previous image", medium.target)
+        plan.destroys.append(
+            f"the previous image and its overlay in LiveOS/previous/ ({format_size(prev.size())})"
+            ": there is no way back to them"
+        )
+        plan.add(
+            "remove the 'Previous image' entry from every boot config, then delete "
+            "LiveOS/previous/",
+            lambda: setattr(plan, "freed", switch.drop_previous(stick)),
+        )
+        return plan
+    if journal is not None and journal.op == "refresh" and not journal.after("staged"):
+        plan = SwitchPlan("undo the interrupted refresh", medium.target)
+        plan.notes.append("the old pair was never touched: only the unfinished new image goes")
+
+        def undo() -> None:
+            switch.discard_next(stick)
+            switch.remove_journal(stick.ldir)
+
+        plan.add(f"delete {stick.names.livedir}/{Slot.NEXT.value}/ and the journal", undo)
+        return plan
+    plan = SwitchPlan("roll back to the previous image", medium.target)
+    plan.interrupted = "the rollback stopped part-way; the stick boots the old or the new pair"
+    plan.interrupted_hint = "run rollback again to finish it"
+    if journal is not None and journal.op == "refresh":
+        plan.notes.append(
+            f"an interrupted refresh (at '{journal.step}') is finished first, keeping the old "
+            "pair; its new image is then the kept previous image"
+        )
+
+        def keep_old() -> None:
+            j = switch.read_journal(stick.ldir)
+            if j is not None and not j.keep_previous:
+                switch.write_journal(stick.ldir, replace(j, keep_previous=True))
+
+        plan.add("record in the journal that the old pair is kept", keep_old)
+        _add_switch_steps(plan, stick, True)
+    elif journal is None and not prev.exists():
+        raise TargetError(
+            f"no previous image is kept on {medium.target}",
+            "refresh keeps one unless --no-keep-previous was given",
+        )
+    plan.notes.append(
+        "the current image and its overlay become the kept previous image: rollback again "
+        "goes forward to them"
+    )
+
+    def begin() -> None:
+        j = switch.read_journal(stick.ldir)
+        if j is None or (j.op == "rollback" and not j.after("staged")):
+            switch.begin_rollback(stick, bk.kill_point)
+
+    plan.add(
+        "write the journal; remove the previous entry; rename LiveOS/previous/'s image and "
+        "overlay into LiveOS/.liveos-next/",
+        begin,
+    )
+    _add_switch_steps(plan, stick, True)
+    return plan
