@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "liveos_tools.cli.tui",
     "liveos_tools.cli.home",
     "liveos_tools.cli.space",
+    "liveos_tools.cli.refresh",
 ]
 
 #: Which module registers each command: when the command is known, only its module is
@@ -44,6 +45,8 @@ COMMAND_NAMES = {
     "du": "liveos_tools.cli.space",
     "compact": "liveos_tools.cli.space",
     "economize": "liveos_tools.cli.space",
+    "refresh": "liveos_tools.cli.refresh",
+    "rollback": "liveos_tools.cli.refresh",
 }
 
 
