@@ -24,6 +24,28 @@ OBSOLETE = {
 
 
 BLOCK_SIZES = (1024, 2048, 4096)
+#: --format's filesystem names, as livecd-iso-to-disk takes them; msdos and fat are FAT
+FORMAT_TYPES = ("vfat", "ext4", "msdos", "ext2", "ext3", "btrfs", "fat", "fat32")
+FAT_NAMES = ("vfat", "msdos", "fat", "fat32")
+DEFAULT_FORMAT_TYPE = "ext4"  # the reference's default
+
+
+def _format_spec(text: str) -> tuple[int, str | None, int | None]:
+    """--format's value: `[SIZE][,FSTYPE[,BLKSZ]]`, or a bare `FSTYPE[,BLKSZ]`."""
+    from liveos_tools.errors import UsageError
+
+    first = text.split(",", 1)[0]
+    if first and not first[0].isdigit():
+        text = "," + text  # a bare filesystem name: no size
+    size, fstype, blksz = _size_spec(text)
+    if fstype is not None and fstype.lower() not in FORMAT_TYPES:
+        raise UsageError(f"--format {text.lstrip(',')}: {fstype!r} is not a filesystem it "
+                         "makes", "use vfat, ext4, msdos, ext2 or ext3 (btrfs: see the docs)")
+    if fstype is not None and fstype.lower() == "btrfs":
+        raise UsageError("--format btrfs: not supported (the writer mounts the stick's "
+                         "filesystem to fill it and this host kernel may lack btrfs; a FAT "
+                         "or ext4 stick boots the same LiveOS)", "use --format ext4 or vfat")
+    return size, fstype.lower() if fstype else None, blksz
 
 
 def _size_spec(text: str) -> tuple[int, str | None, int | None]:
@@ -97,9 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="",
         default=None,
-        metavar="SIZE[,FS[,BLKSZ]]",
-        help="partition and format the whole disk (vfat by default; ext4...); "
-        "SIZE makes a new disk image file",
+        metavar="[SIZE][,FS[,BLKSZ]]",
+        help="partition and format the whole disk: FS is ext4 (the default, as "
+        "livecd-iso-to-disk), vfat, msdos (FAT), ext3 or ext2; a bare FS works too "
+        "(--format vfat). SIZE: the LiveOS partition's size (the rest of the disk stays "
+        "free), or the size of a new disk image file",
     )
     g.add_argument(
         "--reset-mbr", "--resetmbr", action="store_true", help="write syslinux's MBR boot code"
@@ -110,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="GPT with an EFI system partition, plus GRUB's EFI config",
     )
-    g.add_argument("--msdos", action="store_true", help="msdos partition table even with --efi")
+    g.add_argument("--msdos", action="store_true",
+                   help="a FAT (msdos) filesystem, as livecd-iso-to-disk's --msdos")
+    g.add_argument("--msdos-table", action="store_true",
+                   help="an msdos partition table even with --efi (was --msdos in 0.1)")
     g.add_argument("--noesp", action="store_true", help="no separate EFI system partition")
     g.add_argument("--nomac", action="store_true", help="(accepted; no Mac partition is made)")
     g.add_argument("--label", help="filesystem label (spaces become _)")
@@ -194,18 +221,23 @@ def options_from_args(args: argparse.Namespace) -> Any:
             notes.append(note)
     if args.format is not None:
         o.format = True
-        size, fstype, blksz = _size_spec(args.format) if args.format else (0, None, None)
+        size, fstype, blksz = _format_spec(args.format) if args.format else (0, None, None)
         o.format_size = size or None
-        o.fstype = {"fat": "vfat", "fat32": "vfat", "msdos": "vfat"}.get(
-            fstype or "vfat", fstype or "vfat"
-        )
+        if args.msdos:
+            if fstype not in (None, *FAT_NAMES):
+                raise UsageError(f"--msdos asks for a FAT filesystem, --format for {fstype}",
+                                 "drop one of them")
+            fstype = "msdos"
+        fstype = fstype or DEFAULT_FORMAT_TYPE
+        o.fstype = "vfat" if fstype in FAT_NAMES else fstype
         o.blocksize = blksz
         if blksz and o.fstype == "vfat":
             notes.append(
                 "--format SIZE,vfat,BLKSZ: BLKSZ applies to ext filesystems; "
                 "mkfs.fat chooses the FAT cluster size: ignored"
             )
-    o.reset_mbr, o.efi, o.msdos, o.noesp = args.reset_mbr, args.efi, args.msdos, args.noesp
+    o.reset_mbr, o.efi, o.noesp = args.reset_mbr, args.efi, args.noesp
+    o.msdos_table = args.msdos_table
     o.noverify, o.skipcopy, o.force, o.label = args.noverify, args.skipcopy, args.force, args.label
     o.skipcompress = args.skipcompress
     if args.overlay_size_mb:
@@ -304,15 +336,28 @@ def run(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
+#: what --format takes as its value: a size, ",fstype", or a bare word that could be a
+#: filesystem name (checked later, so `--format xfs` is one clear error, not argparse's)
+_FORMAT_VALUE = r"^\d|^,|^[a-z][a-z0-9]*(,\d*)?$"
+
+
+def _is_format_value(word: str) -> bool:
+    import os
+    import re
+
+    if not re.match(_FORMAT_VALUE, word, re.IGNORECASE):
+        return False
+    return word[0] in "0123456789," or (word != "live" and not os.path.exists(word))
+
+
 def _optional_values(argv: list[str]) -> list[str]:
     """`--format ISO TARGET` must not take ISO as the size (livecd-iso-to-disk's own rule:
     the value is taken only if it looks like one)."""
-    import re
 
     out = []
     for i, word in enumerate(argv):
         nxt = argv[i + 1] if i + 1 < len(argv) else ""
-        if word == "--format" and not re.match(r"^\d|^,", nxt):
+        if word == "--format" and not _is_format_value(nxt):
             out.append("--format=")
         elif word == "--overlayfs" and nxt not in ("temp", "persist"):
             out.append("--overlayfs=persist")

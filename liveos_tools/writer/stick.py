@@ -44,11 +44,11 @@ RESET_BYTES = 64 * 1024  # dracut's rd.live.overlay.reset zeroes this much
 class WriteOptions:
     format: bool = False
     format_size: int | None = None
-    fstype: str = "vfat"
+    fstype: str = "ext4"
     blocksize: int | None = None
     reset_mbr: bool = False
     efi: bool = False
-    msdos: bool = False
+    msdos_table: bool = False  # --msdos-table: msdos even with --efi
     noesp: bool = False
     noverify: bool = False
     skipcopy: bool = False
@@ -210,7 +210,7 @@ def plan_stick(
     if fstype not in FSTYPES:
         raise UsageError(f"unsupported filesystem {fstype!r}", f"use one of {', '.join(FSTYPES)}")
     if opts.format or boot_disk is None:
-        gpt = opts.efi and not opts.msdos
+        gpt = opts.efi and not opts.msdos_table
     else:  # the existing table decides which boot code fits
         gpt = boot_disk.table == "gpt"
     mbr = syslinux.mbr_code(gpt)  # fails loudly now, not after the copy
@@ -673,7 +673,10 @@ def _run(argv: list[str]) -> None:
 
 
 def _create_image(path: str, size: int) -> None:
-    with open(path, "xb") as f:
+    """A new file, or an empty one (never one that holds anything)."""
+    with open(path, "ab") as f:
+        if f.tell():
+            raise TargetError(f"{path} is no longer empty", "run again")
         f.truncate(size)
 
 

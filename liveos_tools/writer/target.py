@@ -148,10 +148,14 @@ def resolve(spec: str, *, format_size: int | None, formatting: bool) -> Target:
             "give a device (/dev/sdX, /dev/sdX1), or --format SIZE to create a disk image file",
         ) from None
     if stat.S_ISREG(st.st_mode):
-        size = max(st.st_size, format_size or 0)
-        if size == 0:
-            raise UsageError(f"{spec} is an empty file", "give its size: --format 4G")
-        return Target(spec, TargetKind.IMAGE, spec, size, True, "a disk image file")
+        if st.st_size == 0:
+            if not format_size:
+                raise UsageError(f"{spec} is an empty file", "give its size: --format 4G")
+            # sized like a new image file (exists=False: it is made that big first)
+            return Target(spec, TargetKind.IMAGE, spec, format_size, True,
+                          "an empty file, made a disk image", exists=False)
+        # --format SIZE on an existing image is the LiveOS partition's size, as on a disk
+        return Target(spec, TargetKind.IMAGE, spec, st.st_size, True, "a disk image file")
     if not stat.S_ISBLK(st.st_mode):
         raise TargetError(f"{spec} is neither a block device nor a disk image file")
     name = _sysfs_name((os.major(st.st_rdev), os.minor(st.st_rdev))) or path.name
@@ -180,7 +184,7 @@ def check(target: Target, *, force: bool, table: list[mounts.Mount] | None = Non
     """The refusals that do not depend on the plan (space is checked by the plan)."""
     table = mounts.mounts() if table is None else table
     if target.kind is TargetKind.IMAGE:
-        if target.exists:
+        if os.path.exists(target.path):
             from liveos_tools.tools import losetup
 
             try:

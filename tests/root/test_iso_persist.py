@@ -84,7 +84,7 @@ def source_stick(iso: isobuild.FixtureIso, tmp_path: Path) -> Iterator[Path]:
 def test_copy_overlay_and_home_from_a_stick(source_stick: Path, tmp_path: Path) -> None:
     src_ov = next((source_stick / "LiveOS").glob("overlay-*"))
     new = tmp_path / "new.img"
-    res = write("--format", "300M", "--copy-overlay", "--copy-home", "--yes",
+    res = write("--format", "300M,vfat", "--copy-overlay", "--copy-home", "--yes",
                 str(source_stick), str(new))
     assert res.returncode == 0, res.stderr
     uuid = blkid_at(new, MIB)["UUID"]
@@ -105,12 +105,12 @@ def test_copy_overlay_and_home_from_a_stick(source_stick: Path, tmp_path: Path) 
 def test_copy_overlay_refusals_change_nothing(iso: isobuild.FixtureIso, source_stick: Path,
                                               tmp_path: Path) -> None:  # fmt: skip
     new = tmp_path / "new.img"
-    from_iso = write("--format", "300M", "--copy-overlay", "--yes", str(iso.path), str(new))
+    from_iso = write("--format", "300M,vfat", "--copy-overlay", "--yes", str(iso.path), str(new))
     assert from_iso.returncode == 2, from_iso.stderr
     assert "an ISO image has no overlay" in from_iso.stderr and "hint: " in from_iso.stderr
     assert "Traceback" not in from_iso.stderr and not new.exists()
     # a stick whose image differs from the source's: the overlay would be meaningless there
-    res = write("--format", "300M", "--yes", str(source_stick), str(new))
+    res = write("--format", "300M,vfat", "--yes", str(source_stick), str(new))
     assert res.returncode == 0, res.stderr
     poke(new, "LiveOS/squashfs.img", 100_000, b"\xff\xfe")
     before = sha(new)
@@ -123,7 +123,7 @@ def test_copy_overlay_refusals_change_nothing(iso: isobuild.FixtureIso, source_s
 def test_copy_overlay_onto_the_same_image_with_skipcopy(source_stick: Path,
                                                         tmp_path: Path) -> None:  # fmt: skip
     new = tmp_path / "new.img"
-    assert write("--format", "300M", "--yes", str(source_stick), str(new)).returncode == 0
+    assert write("--format", "300M,vfat", "--yes", str(source_stick), str(new)).returncode == 0
     res = write("--skipcopy", "--copy-overlay", str(source_stick), str(new))
     assert res.returncode == 0, res.stderr
     assert "same checksum" in res.stderr
@@ -133,7 +133,7 @@ def test_copy_overlay_onto_the_same_image_with_skipcopy(source_stick: Path,
 
 def test_reset_overlay_zeroes_the_head_only(iso: isobuild.FixtureIso, tmp_path: Path) -> None:
     img = tmp_path / "stick.img"
-    res = write("--format", "256M", "--overlay-size-mb", "16", "--yes", str(iso.path), str(img))
+    res = write("--format", "256M,vfat", "--overlay-size-mb", "16", "--yes", str(iso.path), str(img))
     assert res.returncode == 0, res.stderr
     uuid = blkid_at(img, MIB)["UUID"]
     rel = f"LiveOS/overlay-LIVE_TEST-{uuid}"
@@ -154,7 +154,7 @@ def test_reset_overlay_zeroes_the_head_only(iso: isobuild.FixtureIso, tmp_path: 
 def test_reset_overlay_without_an_overlay_is_refused(iso: isobuild.FixtureIso,
                                                      tmp_path: Path) -> None:  # fmt: skip
     img = tmp_path / "stick.img"
-    assert write("--format", "256M", "--yes", str(iso.path), str(img)).returncode == 0
+    assert write("--format", "256M,vfat", "--yes", str(iso.path), str(img)).returncode == 0
     before = sha(img)
     res = write("--skipcopy", "--reset-overlay", str(iso.path), str(img))
     assert res.returncode == 2 and "no overlay of its own to reset" in res.stderr
@@ -164,7 +164,7 @@ def test_reset_overlay_without_an_overlay_is_refused(iso: isobuild.FixtureIso,
 def test_replacing_an_existing_overlay_asks_first(iso: isobuild.FixtureIso,
                                                   tmp_path: Path) -> None:  # fmt: skip
     img = tmp_path / "stick.img"
-    res = write("--format", "256M", "--overlay-size-mb", "16", "--yes", str(iso.path), str(img))
+    res = write("--format", "256M,vfat", "--overlay-size-mb", "16", "--yes", str(iso.path), str(img))
     assert res.returncode == 0, res.stderr
     before = sha(img)
     again = subprocess.run([*CLI,

@@ -54,7 +54,7 @@ def sha(path: Path) -> str:
 def test_classic_vfat_with_overlay(isos: dict[str, isobuild.FixtureIso], tmp_path: Path) -> None:
     iso = isos["classic"]
     img = tmp_path / "stick.img"
-    res = write("--format", "256M", "--reset-mbr", "--overlay-size-mb", "64", "--yes",
+    res = write("--format", "256M,vfat", "--reset-mbr", "--overlay-size-mb", "64", "--yes",
                 "--extra-kernel-args", "console=ttyS0", str(iso.path), str(img))
     assert res.returncode == 0, res.stderr
     table = parted.read_table(img)
@@ -137,7 +137,7 @@ def test_grub_layout_ext4_home_swap(isos: dict[str, isobuild.FixtureIso], tmp_pa
 
 def test_flat_layout_forces_overlayfs(isos: dict[str, isobuild.FixtureIso], tmp_path: Path) -> None:
     img = tmp_path / "stick.img"
-    res = write("--format", "256M", "--overlay-size-mb", "32", "--yes",
+    res = write("--format", "256M,vfat", "--overlay-size-mb", "32", "--yes",
                 str(isos["flat"].path), str(img))
     assert res.returncode == 0, res.stderr
     assert "OverlayFS" in res.stderr
@@ -153,7 +153,7 @@ def test_flat_layout_forces_overlayfs(isos: dict[str, isobuild.FixtureIso], tmp_
 
 def test_efi_gpt_skipcompress(isos: dict[str, isobuild.FixtureIso], tmp_path: Path) -> None:
     img = tmp_path / "stick.img"
-    res = write("--format", "300M", "--efi", "--skipcompress", "--yes",
+    res = write("--format", "300M,vfat", "--efi", "--skipcompress", "--yes",
                 str(isos["loader"].path), str(img))
     assert res.returncode == 0, res.stderr
     table = parted.read_table(img)
@@ -183,7 +183,7 @@ def test_refusals_change_nothing(isos: dict[str, isobuild.FixtureIso], tmp_path:
     assert too_small.returncode == 6, too_small.stderr
     assert too_small.stderr.startswith("error: ") and "Traceback" not in too_small.stderr
     assert "hint: " in too_small.stderr
-    fat_limit = write("--format", "8G", "--overlay-size-mb", "4096", "--yes", iso, str(img))
+    fat_limit = write("--format", "8G,vfat", "--overlay-size-mb", "4096", "--yes", iso, str(img))
     assert fat_limit.returncode == 6 and "4 GiB" in fat_limit.stderr
     no_fs = write("--overlay-size-mb", "10", iso, str(img))
     assert no_fs.returncode == 4, no_fs.stderr
@@ -203,7 +203,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
     isos: dict[str, isobuild.FixtureIso], tmp_path: Path
 ) -> None:
     img = tmp_path / "new.img"
-    res = write("--format", "256M", "--overlay-size-mb", "64", "--dry-run",
+    res = write("--format", "256M,vfat", "--overlay-size-mb", "64", "--dry-run",
                 str(isos["classic"].path), str(img))
     assert res.returncode == 0, res.stderr
     assert not img.exists()
@@ -228,7 +228,7 @@ def test_the_running_system_disk_is_refused(
 
 def test_two_targets_in_parallel(isos: dict[str, isobuild.FixtureIso], tmp_path: Path) -> None:
     a, b = tmp_path / "a.img", tmp_path / "b.img"
-    res = write("--format", "200M", "--overlay-size-mb", "16", "--yes",
+    res = write("--format", "200M,vfat", "--overlay-size-mb", "16", "--yes",
                 str(isos["grub"].path), str(a), "--target", str(b))
     assert res.returncode == 0, res.stderr
     assert "TARGET" in res.stderr and res.stderr.count(" ok ") == 2
