@@ -364,3 +364,120 @@ def restore(stick: RStick, saved: dict[str, bytes]) -> None:
     (stick.ldir / switch.JOURNAL).unlink(missing_ok=True)
     for rel, data in saved.items():
         (stick.root / rel).write_bytes(data)
+
+
+def assert_refused(res: subprocess.CompletedProcess[str], code: int, words: str) -> None:
+    assert res.returncode == code, (res.returncode, res.stderr)
+    assert "error: " in res.stderr and words in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def path_without(tool: str, where: Path) -> str:
+    """A PATH holding every program of this PATH but `tool`."""
+    where.mkdir()
+    for d in os.environ["PATH"].split(":"):
+        if not os.path.isdir(d):
+            continue
+        for entry in os.scandir(d):
+            if entry.name != tool and not (where / entry.name).exists():
+                (where / entry.name).symlink_to(entry.path)
+    return str(where)
+
+
+@contextlib.contextmanager
+def small_fs(where: Path, size: int) -> Iterator[Path]:
+    img = where.with_suffix(".img")
+    with open(img, "wb") as f:
+        f.truncate(size)
+    sh("mkfs.ext4", "-q", "-F", "-m", "0", img)
+    where.mkdir()
+    sh("mount", "-o", "loop", img, where)
+    try:
+        yield where
+    finally:
+        sh("umount", where)
+
+
+def test_dry_run_refusals_and_ctrl_c_leave_the_stick_byte_identical(tmp_path: Path) -> None:
+    with mounted_stick(tmp_path) as stick:
+        ov = stick.ldir / OVERLAY
+        before = tree_hashes(stick.root)
+        res = cli("refresh", stick.root, "--dry-run", "--workdir", tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert "dry run: nothing was changed" in res.stderr
+        assert "compressed with gzip (as the old one)" in res.stderr
+        assert "rename the old squashfs.img, then its overlay, into LiveOS/previous/" in res.stderr
+        # no terminal to ask on, no --yes
+        assert_refused(cli("refresh", stick.root, "--workdir", tmp_path), ExitCode.ABORTED,
+                       "needs confirmation")  # fmt: skip
+        assert_refused(cli("rollback", stick.root, "--yes"), ExitCode.BAD_TARGET,
+                       "no previous image is kept")  # fmt: skip
+        with small_fs(tmp_path / "tiny", 8 * MiB) as tiny:
+            assert_refused(cli("refresh", stick.root, "--yes", "--workdir", tiny),
+                           ExitCode.NO_SPACE, "not enough room in the workdir")  # fmt: skip
+        fake = path_without("mksquashfs", tmp_path / "bin")
+        res = cli("refresh", stick.root, "--yes", "--workdir", tmp_path, env={"PATH": fake})
+        assert_refused(res, ExitCode.TOOL_MISSING, "mksquashfs is not installed")
+        assert "apt-get install squashfs-tools" in res.stderr
+        loop = sh("losetup", "--find", "--show", ov).strip()
+        try:
+            assert_refused(cli("refresh", stick.root, "--yes", "--workdir", tmp_path),
+                           ExitCode.IN_USE, "is in use: attached to /dev/loop")  # fmt: skip
+        finally:
+            sh("losetup", "-d", loop)
+        sh("mount", "-o", "remount,ro", stick.root)
+        try:
+            assert_refused(cli("refresh", stick.root, "--yes", "--workdir", tmp_path),
+                           ExitCode.IN_USE, "mounted read-only")  # fmt: skip
+        finally:
+            sh("mount", "-o", "remount,rw", stick.root)
+        # Ctrl-C while building, and after the image was copied onto the stick
+        for point in ("refresh-built:INT", "refresh-copied:INT"):
+            res = cli("refresh", stick.root, "--yes", "--workdir", tmp_path,
+                      env={"LIVEOS_TEST_KILL_AT": point})  # fmt: skip
+            assert_refused(res, ExitCode.ABORTED, "interrupted")
+            assert tree_hashes(stick.root) == before, point
+            assert not list(tmp_path.glob("liveos-refresh-*")), point
+        assert sorted(p.name for p in stick.ldir.iterdir()) == sorted(
+            ["squashfs.img", OVERLAY, "home.img"]
+        )
+        # a damaged overlay: repair first (exit 10)
+        good = ov.read_bytes()[:16]
+        for head, words in ((b"XXXX", "corrupt"), (struct.pack("<II", MAGIC, 0), "invalid")):
+            with open(ov, "r+b") as f:
+                f.write(head)
+            damaged = tree_hashes(stick.root)
+            res = cli("refresh", stick.root, "--yes", "--workdir", tmp_path)
+            assert_refused(res, ExitCode.CORRUPT, words)
+            assert "liveos-overlay repair" in res.stderr
+            assert tree_hashes(stick.root) == damaged
+        with open(ov, "r+b") as f:
+            f.write(good)
+        assert tree_hashes(stick.root) == before
+        # no room on the stick for the new image and a fresh overlay beside the old pair
+        filler = stick.root / "filler"
+        free = os.statvfs(stick.root).f_bavail * os.statvfs(stick.root).f_frsize
+        with open(filler, "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, free - 8 * MiB)
+        full = tree_hashes(stick.root)
+        res = cli("refresh", stick.root, "--yes", "--workdir", tmp_path)
+        assert_refused(res, ExitCode.NO_SPACE, "not enough room on the stick")
+        assert "--no-keep-previous" in res.stderr
+        assert tree_hashes(stick.root) == full
+
+
+def test_the_running_live_system_and_fat_limit_are_refused(tmp_path: Path) -> None:
+    from liveos_tools.errors import InUseError, NoSpaceError
+    from liveos_tools.media import Source, inspect_root
+    from liveos_tools.tasks import refresh
+
+    tree, _ = build_stick_tree(tmp_path)
+    medium = inspect_root(tree, source=Source.LIVE, target="live", livedir="LiveOS", volume=None)
+    with pytest.raises(InUseError) as err:
+        refresh.plan_refresh(medium)
+    assert err.value.code == ExitCode.IN_USE and "running live system" in err.value.message
+    assert "rescue shell" in (err.value.hint or "")
+    with pytest.raises(NoSpaceError):
+        refresh.check_fat_limit(4 * 1024**3, "vfat", "squashfs.img")
+    refresh.check_fat_limit(4 * 1024**3 - 1, "vfat", "squashfs.img")
+    refresh.check_fat_limit(5 * 1024**3, "ext4", "squashfs.img")
