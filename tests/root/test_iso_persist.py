@@ -133,7 +133,8 @@ def test_copy_overlay_onto_the_same_image_with_skipcopy(source_stick: Path,
 
 def test_reset_overlay_zeroes_the_head_only(iso: isobuild.FixtureIso, tmp_path: Path) -> None:
     img = tmp_path / "stick.img"
-    res = write("--format", "256M,vfat", "--overlay-size-mb", "16", "--yes", str(iso.path), str(img))
+    res = write("--format", "256M,vfat", "--overlay-size-mb", "16", "--yes", str(iso.path),
+                str(img))
     assert res.returncode == 0, res.stderr
     uuid = blkid_at(img, MIB)["UUID"]
     rel = f"LiveOS/overlay-LIVE_TEST-{uuid}"
@@ -164,7 +165,8 @@ def test_reset_overlay_without_an_overlay_is_refused(iso: isobuild.FixtureIso,
 def test_replacing_an_existing_overlay_asks_first(iso: isobuild.FixtureIso,
                                                   tmp_path: Path) -> None:  # fmt: skip
     img = tmp_path / "stick.img"
-    res = write("--format", "256M,vfat", "--overlay-size-mb", "16", "--yes", str(iso.path), str(img))
+    res = write("--format", "256M,vfat", "--overlay-size-mb", "16", "--yes", str(iso.path),
+                str(img))
     assert res.returncode == 0, res.stderr
     before = sha(img)
     again = subprocess.run([*CLI,
