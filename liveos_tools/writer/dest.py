@@ -48,6 +48,7 @@ class Dest(Protocol):
     def exists(self, rel: str) -> bool: ...
     def remove(self, rel: str) -> None: ...
     def host_path(self, rel: str) -> Path | None: ...
+    def private(self, rel: str) -> None: ...
     def sync(self) -> None: ...
 
 
@@ -245,6 +246,9 @@ class FatDest:
     def host_path(self, rel: str) -> Path | None:
         return None
 
+    def private(self, rel: str) -> None:
+        """FAT has no permissions: anyone who can mount the stick can read it."""
+
     def sync(self) -> None:
         _fsync_path(self.device)
 
@@ -314,9 +318,13 @@ class MountedDest:
             os.fsync(f.fileno())
 
     def write_zeros(self, rel: str, size: int) -> None:
-        with open(self._p(rel), "wb") as f:
-            os.posix_fallocate(f.fileno(), 0, size)  # allocated, not sparse
-            os.fsync(f.fileno())
+        # 0600 from the start: an overlay holds every changed system file (/etc/shadow too)
+        fd = os.open(self._p(rel), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)  # allocated, not sparse
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         self._p(rel).write_bytes(data)
@@ -350,6 +358,10 @@ class MountedDest:
 
     def host_path(self, rel: str) -> Path:
         return self._p(rel)
+
+    def private(self, rel: str) -> None:
+        """Mode 0600, as the reference tool leaves the overlay, home.img and swap.img."""
+        os.chmod(self._p(rel), 0o600)
 
     def sync(self) -> None:
         # os.syncfs is not in Python 3.11; sync(2) covers this filesystem too.

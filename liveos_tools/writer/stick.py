@@ -491,6 +491,7 @@ def plan_stick(
             d = dest()
             d.remove(ov_rel)
             record(d, ov_rel, copy.copy(copy_ov, d, ov_rel, checksum=verify_on))
+            d.private(ov_rel)
 
         def make_overlay() -> None:
             d = dest()
@@ -503,6 +504,7 @@ def plan_stick(
                                  opts.overlay_fstype or "ext4", opts.overlay_blocksize)
             else:
                 d.write_zeros(ov_rel, overlay_size)
+                d.private(ov_rel)
 
         what = ("an OverlayFS directory" if persistence is bootcfg.Persistence.OVERLAYFS and
                 fstype != "vfat" else f"{format_size(overlay_size)}, preallocated")
@@ -521,6 +523,7 @@ def plan_stick(
 
         def copy_home_img() -> None:
             _copy_home(dest(), f"{ldir}/home.img", home_sf, record, verify_on)
+            dest().private(f"{ldir}/home.img")
 
         plan.add(f"copy {home_sf.path} ({format_size(home_sf.size)}) to {ldir}/home.img, "
                  "verified", copy_home_img)
@@ -958,6 +961,7 @@ def _make_home(d: Dest, rel: str, opts: WriteOptions, scratch: Path) -> None:
         d.remove(rel)
         _put_file(d, rel, where)
         where.unlink()
+    d.private(rel)
 
 
 def fs_has(fs: StickFs, rel: str) -> bool:
@@ -1108,6 +1112,7 @@ def _make_swap(d: Dest, rel: str, size: int, scratch: Path) -> None:
     if hp is None:
         _put_file(d, rel, where)
         where.unlink()
+    d.private(rel)
 
 
 @contextlib.contextmanager
