@@ -31,6 +31,8 @@ class Outcome:
     seconds: float
     message: str
     result: stick.StickResult | None = None
+    #: the failure's exit code (ExitCode), 0 when it worked
+    code: int = 0
 
 
 @dataclass
@@ -41,13 +43,14 @@ class Prepared:
 
 
 def _probe(device: str, offset: int) -> dict[str, str]:
-    from liveos_tools.run import run
-    from liveos_tools.tools.blkid import parse_export
+    """What blkid -p finds there; {} for nothing, or for what it cannot tell (ambivalent
+    signatures): describing a target never stops a write."""
+    from liveos_tools.tools import blkid
 
-    res = run(["blkid", "-p", "-O", str(offset), "-o", "export", device], check=False)
-    if res.returncode != 0:
+    try:
+        return blkid.probe(device, offset=offset)
+    except LiveOSError:
         return {}
-    return parse_export(res.stdout)  # it undoes blkid's shell escapes (`MY\\ STICK`)
 
 
 def describe_table(target: Target) -> list[str]:
@@ -149,9 +152,10 @@ def _copy_opts(opts: stick.WriteOptions) -> stick.WriteOptions:
 def _run_one(job: Job) -> Outcome:
     start = time.monotonic()
     try:
-        stick.execute(job.plan)
+        stick.execute(job.plan, job.target)
     except LiveOSError as err:
-        return Outcome(job.target.spec, False, time.monotonic() - start, err.message, job.result)
+        return Outcome(job.target.spec, False, time.monotonic() - start, err.message, job.result,
+                       int(err.code))
     return Outcome(job.target.spec, True, time.monotonic() - start, "written and verified",
                    job.result)
 

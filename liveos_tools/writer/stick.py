@@ -644,8 +644,9 @@ class _Background:
         return self.checksum
 
 
-def execute(plan: Plan) -> None:
-    """Run a stick's plan; a failure names its step and always releases mounts."""
+def execute(plan: Plan, target: Target | None = None) -> None:
+    """Run a stick's plan; a failure names its step and always releases mounts. A block
+    device that is gone when a step fails (unplugged, detached) is said so, exit 4."""
     current = ["?"]
 
     def progress(i: int, n: int, summary: str) -> None:
@@ -655,11 +656,28 @@ def execute(plan: Plan) -> None:
         plan.execute(progress)
     except LiveOSError as err:
         _cleanup(plan)
+        _vanished(target, current[0], err.message)
         err.message = f"{current[0]} failed: {err.message}"
         raise
     except OSError as exc:
         _cleanup(plan)
+        _vanished(target, current[0], str(exc))
         raise LiveOSError(f"{current[0]} failed: {exc}") from None
+
+
+def _vanished(target: Target | None, step: str, why: str) -> None:
+    if target is None or target.kind is TargetKind.IMAGE or target.disk is None:
+        return
+    try:
+        size = int((Path("/sys/class/block") / target.disk / "size").read_text())
+    except (OSError, ValueError):
+        size = 0
+    if size == 0 or not os.path.exists(target.path):
+        raise TargetError(
+            f"{target.spec} vanished during {step} ({why.splitlines()[0][:120]}): what is "
+            "on it now is unknown and it will not boot",
+            "plug it in again and write it again with --format",
+        )
 
 
 def _cleanup(plan: Plan) -> None:
