@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write a disk that is not removable (never the system disk)",
     )
-    g.add_argument("--noverify", action="store_true", help="skip the checksum verification")
+    g.add_argument("--noverify", action="store_true",
+                   help="skip checking the ISO's implanted md5 before writing, and the "
+                   "read-back verification after")
     g.add_argument(
         "--verify-hash",
         choices=("xxh3", "crc32", "sha256"),
@@ -307,7 +309,12 @@ def run(args: argparse.Namespace) -> int:
         for job in prepared.jobs:
             show_plan(job.plan)
         if args.dry_run:
+            if not args.noverify:
+                print("note: a real run first checks the source's implanted md5 "
+                      "(checkisomd5; --noverify skips it)", file=sys.stderr)
             return int(ExitCode.OK)
+        if not args.noverify:
+            print(f"note: {write.verify_source(prepared, args.source)}", file=sys.stderr)
         for job in prepared.jobs:
             if job.plan.destroys:
                 confirm(

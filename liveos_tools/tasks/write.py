@@ -143,6 +143,32 @@ def prepare(source: str, targets: list[str], opts: stick.WriteOptions) -> Iterat
         yield prepared
 
 
+def verify_source(prepared: Prepared, path: str) -> str:
+    """The reference tool's source check: an ISO's implanted md5 (isomd5sum's, in the
+    primary volume descriptor's application-use area, what rd.live.check reads) checked
+    with checkisomd5 before anything is written. Returns a note; a mismatch raises
+    CorruptError (exit 10)."""
+    from liveos_tools.errors import CorruptError
+    from liveos_tools.writer.source import SourceKind
+
+    if prepared.source.kind is not SourceKind.ISO:
+        return f"{path} is not an ISO file: no implanted md5 to check"
+    from pathlib import Path
+
+    from liveos_tools.tools import checkisomd5
+
+    result = checkisomd5.check(Path(path))
+    if result == "PASS":
+        return f"{path}: its implanted md5 checks out"
+    if result == "NA":
+        return f"{path} has no implanted md5 (implantisomd5): not checked"
+    raise CorruptError(
+        f"{path}: its implanted md5 does not match its contents (checkisomd5 says "
+        f"{result}): the ISO is damaged or incomplete",
+        "download it again (or add --noverify to write it anyway)",
+    )
+
+
 def _copy_opts(opts: stick.WriteOptions) -> stick.WriteOptions:
     import dataclasses
 
