@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from liveos_tools.errors import ToolError, ToolMissingError
@@ -110,32 +111,74 @@ def run(
     input: str | bytes | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
+    while_running: Callable[[int], None] | None = None,
 ) -> Result:
-    """Run argv and return its output; raise ToolError if it fails and check is set."""
+    """Run argv and return its output; raise ToolError if it fails and check is set.
+
+    while_running, if given, is called with the child's pid about twice a second until
+    it exits (progress of a long run, e.g. from /proc/PID/io).
+    """
     exe = require(argv[0])
     full = (exe, *argv[1:])
     if _debug:
         print("+ " + " ".join(argv), file=sys.stderr)
     data = input.encode() if isinstance(input, str) else input
     try:
-        proc = subprocess.run(
-            full,
-            input=data,
-            capture_output=True,
-            env=_clean_env(env),
-            timeout=timeout,
-            check=False,
-        )
+        if while_running is None:
+            proc = subprocess.run(
+                full,
+                input=data,
+                capture_output=True,
+                env=_clean_env(env),
+                timeout=timeout,
+                check=False,
+            )
+            code, out, err = proc.returncode, proc.stdout, proc.stderr
+        else:
+            code, out, err = _run_watched(full, data, _clean_env(env), timeout, while_running)
     except subprocess.TimeoutExpired as exc:
         raise ToolError(argv, -1, "", f"{argv[0]} did not finish in {timeout} s") from exc
     result = Result(
         argv=tuple(argv),
-        returncode=proc.returncode,
-        stdout=proc.stdout.decode("utf-8", "replace"),
-        stderr=proc.stderr.decode("utf-8", "replace"),
+        returncode=code,
+        stdout=out.decode("utf-8", "replace"),
+        stderr=err.decode("utf-8", "replace"),
     )
     if _debug and result.stderr.strip():
         print(result.stderr.rstrip(), file=sys.stderr)
     if check and result.returncode != 0:
         raise ToolError(argv, result.returncode, result.stderr)
     return result
+
+
+def _run_watched(
+    full: Sequence[str],
+    data: bytes | None,
+    env: Mapping[str, str],
+    timeout: float | None,
+    watch: Callable[[int], None],
+) -> tuple[int, bytes, bytes]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    proc = subprocess.Popen(
+        full,
+        stdin=subprocess.PIPE if data is not None else None,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        feed = data
+        while True:
+            try:
+                out, err = proc.communicate(feed, timeout=0.5)
+                return proc.returncode, out, err
+            except subprocess.TimeoutExpired:
+                feed = None  # communicate() keeps what it has not sent yet
+                if deadline is not None and time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired(full, timeout or 0) from None
+                watch(proc.pid)
+    except BaseException:
+        # Ctrl-C or a failing callback: the program must not outlive the call.
+        proc.kill()
+        proc.communicate()
+        raise
