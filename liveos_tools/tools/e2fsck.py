@@ -67,10 +67,18 @@ def describe(code: int) -> str:
 
 
 def check(
-    target: str | Path, *, repair: bool = False, fix: bool = False, force: bool = True
+    target: str | Path,
+    *,
+    repair: bool = False,
+    fix: bool = False,
+    force: bool = True,
+    discard: bool = False,
 ) -> FsckResult:
     """Check `target`: read-only (`-n`) by default; preen (`-p`, safe fixes only) with
     repair=True; fix everything it can (`-y`) with fix=True.
+
+    discard (`-E discard`, not with -n): free blocks are discarded at the end, which on
+    an image file punches holes; e2fsck skips it in a run that changed the filesystem.
 
     A non-zero exit is a result here, not an error: callers decide what it means.
     """
@@ -78,5 +86,7 @@ def check(
     argv = ["e2fsck", mode]
     if force:
         argv.append("-f")
+    if discard:
+        argv += ["-E", "discard"]
     result = run([*argv, str(target)], check=False)
     return FsckResult(result.returncode, (result.stdout + result.stderr).strip())
