@@ -356,9 +356,16 @@ def to_json(report: StatusReport) -> dict[str, Any]:
             "path": str(m.swap_path) if m.swap_path else None,
             "size_bytes": report.swap_bytes,
         },
+        "refresh": _refresh_json(m),
         "warnings": list(report.warnings),
         "exit_code": int(report.exit_code),
     }
+
+
+def _refresh_json(medium: Medium) -> dict[str, Any]:
+    from liveos_tools.tasks.refresh_status import read_state
+
+    return read_state(medium).to_json()
 
 
 def usage_bar(fraction: float, width: int = 30) -> str:
@@ -411,6 +418,9 @@ def render_text(report: StatusReport) -> str:
         lines.append(
             f"Stick    {_mib(report.stick_free_bytes)} free of {_mib(report.stick_total_bytes)}"
         )
+    from liveos_tools.tasks.refresh_status import read_state
+
+    lines.extend(read_state(m).lines(m.target))
     lines.append(f"Health   {report.level.value}")
     lines.extend(f"warning: {w}" for w in report.warnings)
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import struct
@@ -222,10 +223,10 @@ def read_image(squashfs: Path, where: Path) -> Iterator[Path]:
         sh("umount", sq)
 
 
-def assert_allowed(stick: RStick, old: dict[str, str]) -> str:
+def assert_allowed(stick: RStick | switch.StickFiles, old: dict[str, str]) -> str:
     """Every boot entry boots a whole pair, and each pair is the old one or a new one
     (a new image with an overlay that is empty or was made for it). Returns which."""
-    files = stick.files
+    files = stick.files if isinstance(stick, RStick) else stick
     assert switch.state_problem(files) is None, switch.state_problem(files)
     kinds = []
     for cfg in files.configs():
@@ -282,6 +283,14 @@ def test_refresh_then_rollback_and_drop(tmp_path: Path) -> None:
             assert "rd.live.dir=LiveOS" in text
         assert assert_allowed(stick, old) == "new"
         new_base = sha(live / "squashfs.img")
+        res = cli("status", "--json", stick.root)
+        data = json.loads(res.stdout)
+        kept = (live / "previous" / "squashfs.img").stat().st_size + ov_size
+        assert data["refresh"] == {
+            "previous_bytes": kept, "interrupted": None, "interrupted_step": None,
+        }
+        assert (data["state"], data["used_bytes"]) == ("new", 16 * 512)
+        assert "Previous image kept" in cli("status", stick.root).stdout
 
         res = cli("rollback", stick.root, "--yes")
         assert res.returncode == 0, res.stderr
@@ -328,6 +337,10 @@ def test_sigkill_at_every_step_then_rerun(tmp_path: Path) -> None:
                       tmp_path, env={"LIVEOS_TEST_KILL_AT": point})  # fmt: skip
             assert res.returncode == -9, (point, res.stderr)
             assert assert_allowed(stick, old) in ("old", "new"), point
+            if point == "switch-moved-old":
+                text = cli("status", stick.root).stdout
+                assert "warning: an interrupted refresh (step moved-old): run `liveos-overlay " \
+                    f"refresh {stick.root}` to finish it or `liveos-overlay rollback" in text, text
             if i % 2:  # undo
                 res = cli("rollback", stick.root, "--yes")
                 if point in ("refresh-merged", "refresh-built"):
