@@ -275,43 +275,42 @@ def _carry_out(
     confirm; only then reopen it read-write, plan again and execute. So --dry-run, a
     refusal or a "no" leaves an image byte-identical. make(paths, final) builds the plan;
     final is False for the first, read-only, pass."""
-    import contextlib
     import json
     import sys
 
     from liveos_tools.cli.common import confirm, progress_printer, show_plan
+    from liveos_tools.staged import Staged
 
     def execute(plan: Plan, names: Names) -> None:
         report = progress_printer()
         plan.execute(lambda i, n, summary: report(i, n, _sub(summary, names)))
         print(f"done: {_sub(plan.title, names)}", file=sys.stderr)
 
-    with contextlib.ExitStack() as stack:
-        paths, names, reopen = resolve(stack, False)
+    names: Names = []
+
+    def view(stack: contextlib.ExitStack, writable: bool) -> tuple[Plan, bool]:
+        paths, found, reopen = resolve(stack, writable)
+        names[:] = found
         with _translated(names):
-            plan = make(paths, not reopen and not args.dry_run)
-            shown = _shown(plan, names)
-            if args.dry_run:
-                show_plan(shown)
-                if getattr(args, "json", False):
-                    print(json.dumps(shown.to_json(), indent=2))
-                print("dry run: nothing was changed", file=sys.stderr)
-                return 0
-            if not plan.steps:
-                for note in shown.notes:
-                    print(f"note: {note}", file=sys.stderr)
-                return 0
-            if ask or plan.destructive:
-                show_plan(shown)
-                confirm(shown, yes=args.yes)
-            if not reopen:
-                execute(plan, names)
-                return 0
-    with contextlib.ExitStack() as stack:
-        paths, names, _ = resolve(stack, True)
-        with _translated(names):
-            plan = make(paths, True)
-            execute(plan, names)
+            return make(paths, writable or (not reopen and not args.dry_run)), reopen
+
+    with Staged(view) as staged, _translated(names):
+        plan = staged.plan
+        shown = _shown(plan, names)
+        if args.dry_run:
+            show_plan(shown)
+            if getattr(args, "json", False):
+                print(json.dumps(shown.to_json(), indent=2))
+            print("dry run: nothing was changed", file=sys.stderr)
+            return 0
+        if not plan.steps:
+            for note in shown.notes:
+                print(f"note: {note}", file=sys.stderr)
+            return 0
+        if ask or plan.destructive:
+            show_plan(shown)
+            confirm(shown, yes=args.yes)
+        staged.carry_out(lambda final: execute(final, names))
     return 0
 
 
