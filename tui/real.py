@@ -22,7 +22,6 @@ from liveos_tools.media import (
     LIVE_ROOT,
     HomeKind,
     Medium,
-    Source,
     boot_args_on_stick,
     mounted_livedir,
 )
@@ -198,25 +197,24 @@ class RealBackend:
     def prepare(self, stick: Stick, action: Action, params: ActionParams) -> Prepared:
         if not self.is_root:
             return self._privileged(stick, action, params)
+        from liveos_tools.staged import REOPENED, Staged
+
         fn = load_task(action)
-        stack = contextlib.ExitStack()
-        try:
-            plan, medium = self._plan(fn, stack, stick, action, params, writable=False)
-        except BaseException:
-            stack.close()
-            raise
-        if medium.source not in (Source.IMAGE, Source.DEVICE):
-            return Prepared(plan=plan, release=stack.close)
+
+        def view(stack: contextlib.ExitStack, writable: bool) -> tuple[Plan, bool]:
+            plan, medium = self._plan(fn, stack, stick, action, params, writable=writable)
+            return plan, medium.source in REOPENED
+
+        # As the CLI does: the plan shown is made on a read-only mount; it is carried
+        # out on a writable one, planned again the same way.
+        staged = Staged(view)
+        if not staged.reopen:
+            return Prepared(plan=staged.plan, release=staged.release)
 
         def run(progress: Progress) -> None:
-            # As the CLI does: the plan shown was made on a read-only mount; carry it
-            # out on a writable one, planned again the same way.
-            stack.close()
-            with contextlib.ExitStack() as wstack:
-                again, _ = self._plan(fn, wstack, stick, action, params, writable=True)
-                again.execute(progress)
+            staged.carry_out(lambda plan: plan.execute(progress))
 
-        return Prepared(plan=plan, release=stack.close, run=run)
+        return Prepared(plan=staged.plan, release=staged.release, run=run)
 
     def _plan(
         self,
