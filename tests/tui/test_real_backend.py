@@ -132,9 +132,11 @@ async def test_grow_the_overlay_of_a_real_stick_from_the_ui(tmp_path: Path, no_l
         assert isinstance(app.screen, ParamsDialog)
         app.screen.query_one("#size", Input).value = "16M"
         await pilot.press("enter")
-        for _ in range(200):
+        # Planning runs in a worker after the dialog closes: wait for its outcome, not
+        # for the dialog to go (a loaded machine plans slower than the dialog closes).
+        for _ in range(1200):
             await pilot.pause(0.05)
-            if not isinstance(app.screen, ParamsDialog):
+            if isinstance(app.screen, (ConfirmDialog, MessageDialog)):
                 break
         if isinstance(app.screen, MessageDialog):
             pytest.fail(f"planning failed: {screen_text(app)}")
