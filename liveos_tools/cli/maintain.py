@@ -92,8 +92,12 @@ def _drive(
     question: str = "Go ahead?",
     target: str | None = None,
     livedir: str | None = None,
+    before_asking: Callable[[Plan], None] | None = None,
 ) -> Plan | None:
-    """Plan on a read-only view, show, confirm, then execute on a writable one."""
+    """Plan on a read-only view, show, confirm, then execute on a writable one.
+
+    `before_asking` raises what stops the plan from running here (repair without
+    device-mapper), so the user is not asked for nothing."""
     from liveos_tools.cli.common import confirm, show_plan
     from liveos_tools.media import Source, open_medium
 
@@ -105,6 +109,8 @@ def _drive(
         if args.dry_run:
             _say("dry run: nothing was changed")
             return None
+        if before_asking is not None:
+            before_asking(plan)
         if ask or plan.destructive:
             confirm(plan, yes=args.yes, question=question)
         if medium.source not in (Source.IMAGE, Source.DEVICE):
@@ -144,6 +150,7 @@ def run_repair(args: argparse.Namespace) -> int:
         lambda m: repair.plan_repair(m, grow_by=grow_by, backup_dir=args.backup_dir),
         ask=True,
         question="Repair the overlay now?",
+        before_asking=lambda p: p.ready() if isinstance(p, repair.RepairPlan) else None,
     )
     if plan is not None and isinstance(plan, repair.RepairPlan) and plan.session:
         s = plan.session

@@ -222,6 +222,8 @@ def plan_grow(
     path = dm_overlay(medium)
     if not medium.opened_readonly:
         bk.refuse_readonly(path)
+    # A running live system is grown under it; an interrupted repair's snapshots are not.
+    bk.refuse_leftovers(path, "grown")
     facts = check_grow(path, medium, to_bytes=to_bytes, by_bytes=by_bytes)
     origin = bk.Origin.of(medium, path)
     plan = bk.SafePlan(

@@ -111,20 +111,46 @@ def _swap_files() -> list[str]:
     return [line.split()[0].replace("\\040", " ") for line in lines if line.split()]
 
 
-def ensure_not_in_use(path: Path) -> None:
+def ensure_not_in_use(path: Path, *, allow_own: bool = False) -> list[str]:
     """Refuse a file attached to a loop device (which covers mounted and dm-crypt-opened
-    images: both go through a loop device) or used as swap."""
+    images: both go through a loop device) or used as swap.
+
+    A mapping that a killed home command left (found by its journal: name and backing
+    file) is named as such; with `allow_own` it is no refusal: the dm names are returned,
+    for a plan that closes them first (leftover_steps)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return
+        return []
     from liveos_tools.tools import losetup
 
     loops = losetup.find_by_file(path)
     if loops:
-        names = ", ".join(d.name for d in loops)
+        from liveos_tools.tasks import backup as bk
+        from liveos_tools.tasks import leftovers as lf
+
+        journals = lf.find(path, [path.parent])
+        own = lf.holders_of(journals)[0]
+        if all(d.name in own for d in loops):
+            left = [x.name for j in journals for x in lf.present(j) if x.kind == "dm"]
+            if allow_own:
+                return left
+            j = journals[0]
+            raise InUseError(
+                f"{path} is held by what {j.describe()} left behind "
+                f"({', '.join(x.describe() for x in lf.present(j))})",
+                f"run {j.command}: it closes them first",
+            )
+        holders = {d.name: _holders(d.name) for d in loops}
+        names = ", ".join(
+            d.name + (f" (held by {', '.join(holders[d.name])})" if holders[d.name] else "")
+            for d in loops
+        )
+        devices = {Path(d).name for d in holders} | {h for hs in holders.values() for h in hs}
+        procs = bk.holding_processes(path, devices)
+        by = f"; in use by {', '.join(procs)}" if procs else ""
         raise InUseError(
-            f"{path} is in use: attached to {names}",
+            f"{path} is in use: attached to {names}{by}",
             "unmount it, close its LUKS mapping and detach the loop device "
             "(or shut down the live system that uses it), then try again",
         )
@@ -133,6 +159,79 @@ def ensure_not_in_use(path: Path) -> None:
             other = os.stat(swap)
             if (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev):
                 raise InUseError(f"{path} is in use as swap", f"run: swapoff {swap}")
+    return []
+
+
+def leftover_steps(plan: Plan, path: Path, names: list[str]) -> None:
+    """The first step of a plan on a file a killed home command left opened."""
+    if names:
+        plan.notes.append(f"{path.name} is still opened by an interrupted run: {', '.join(names)}")
+        plan.add(
+            f"close what the interrupted run left on {path.name}",
+            lambda: _say_all(plan, clear_leftovers(path)),
+            argv=["cryptsetup", "close", *names],
+        )
+
+
+def _say_all(plan: Plan, lines: list[str]) -> None:
+    plan.notes.extend(lines)
+
+
+def _holders(loop: str) -> list[str]:
+    with contextlib.suppress(OSError):
+        return sorted(h.name for h in (Path("/sys/block") / Path(loop).name / "holders").iterdir())
+    return []
+
+
+def _leftover_node(path: Path) -> str | None:
+    from liveos_tools.tasks import leftovers as lf
+    from liveos_tools.tools import cryptsetup
+
+    for j in lf.find(path, [path.parent]):
+        for lease in lf.present(j):
+            if lease.kind == "dm":
+                return cryptsetup.dm_node(lease.name)
+    return None
+
+
+def clear_leftovers(path: Path) -> list[str]:
+    """Close what a killed home command left on `path` or its partial file (only what its
+    journal names, by mapping name and backing file); say what was found and done."""
+    from liveos_tools.tasks import leftovers as lf
+
+    said: list[str] = []
+    for p in (path, partial_name(path)):
+        for j in lf.find(p, [p.parent]):
+            here = lf.present(j)
+            if here:
+                said.append(f"found {j.describe()}: {', '.join(x.describe() for x in here)}")
+            said += lf.clear(j)
+            lf.finish(j)
+    return said
+
+
+@contextlib.contextmanager
+def crypt_opened(
+    path: Path, key: bytes, *, readonly: bool = False, op: str = "home"
+) -> Iterator[tuple[str, str]]:
+    """(name, node) of the opened LUKS container: cryptsetup.opened, but recorded first in
+    a journal beside the file, so a killed run's mapping is found and closed next time."""
+    from liveos_tools.tasks import leftovers as lf
+    from liveos_tools.tasks.backup import new_run_id
+    from liveos_tools.tools import cryptsetup
+
+    journal = lf.start(path.parent, op, path, new_run_id())
+    name = cryptsetup.new_name()
+    journal = lf.lease(journal, "dm", name, os.path.realpath(path))
+    try:
+        node = cryptsetup.open_luks(path, name, key, readonly=readonly)
+    except BaseException:
+        lf.finish(journal)
+        raise
+    yield name, node
+    # Not in a finally: a close that fails leaves the journal, so the next run closes it.
+    cryptsetup.close(name)
+    lf.finish(journal)
 
 
 def check_fits(directory: Path, *, final_size: int, new_bytes: int, what: str) -> list[str]:
@@ -205,10 +304,14 @@ def filesystem(
 ) -> Iterator[str]:
     """The filesystem inside home.img: the file itself, or its opened LUKS mapping."""
     if kind is HomeKind.LUKS:
-        from liveos_tools.tools import cryptsetup
-
-        with cryptsetup.opened(path, _need_passphrase(passphrase, path), readonly=readonly) as m:
-            yield m.node
+        key = _need_passphrase(passphrase, path)
+        left = _leftover_node(path) if readonly else None
+        if left is not None:
+            # A killed run's mapping is open on it: read through that, never a second one.
+            yield left
+            return
+        with crypt_opened(path, key, readonly=readonly, op="home-check") as (_name, node):
+            yield node
     else:
         yield str(path)
 
@@ -467,10 +570,8 @@ def plan_create(
 
         @or_remove_partial
         def make_fs_inside() -> None:
-            from liveos_tools.tools import cryptsetup
-
-            with cryptsetup.opened(tmp, need_key()) as m:
-                mkfs.make_ext(m.node, fstype=fstype, label=HOME_LABEL)
+            with crypt_opened(tmp, need_key(), op="home-create") as (_name, node):
+                mkfs.make_ext(node, fstype=fstype, label=HOME_LABEL)
 
         plan.add(
             "format it as LUKS2",
@@ -515,6 +616,7 @@ def _install(tmp: Path, path: Path) -> None:
 
 
 def _allocate_new(tmp: Path, size: int) -> None:
+    clear_leftovers(tmp)  # a killed create's mapping on the old partial file
     _remove_stale_partial(tmp)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -616,7 +718,7 @@ def plan_resize(
     if (to_bytes is None) == (by_bytes is None):
         raise UsageError("give exactly one of --to SIZE and --by SIZE")
     kind = _require_home(path)
-    ensure_not_in_use(path)
+    left = ensure_not_in_use(path, allow_own=True)
     for tool in ("e2fsck", "resize2fs", "dumpe2fs"):
         require(tool)
     old = path.stat().st_size
@@ -660,6 +762,7 @@ def plan_resize(
     if old_fs + offset != old:
         title += f" (its filesystem from {format_size(old_fs)} to {format_size(new_fs)})"
     plan = Plan(title, str(path))
+    leftover_steps(plan, path, left)
     plan.notes += notes
     if state is not None:
         if new == state[1]:
@@ -815,10 +918,7 @@ def _truncate(path: Path, new: int) -> None:
 
 
 def _open(state: _Open, path: Path, key: bytes) -> None:
-    from liveos_tools.tools import cryptsetup
-
-    mapping = state.stack.enter_context(cryptsetup.opened(path, key))
-    state.name, state.node = mapping.name, mapping.node
+    state.name, state.node = state.stack.enter_context(crypt_opened(path, key, op="home-resize"))
 
 
 def _crypt_resize(state: _Open, key: bytes, size: int | None) -> None:

@@ -45,6 +45,7 @@ from liveos_tools.plan import ByteRange, Plan, Progress
 from liveos_tools.run import require
 from liveos_tools.tasks import backup as bk
 from liveos_tools.tasks import grow as gr
+from liveos_tools.tasks import leftovers as lf
 from liveos_tools.units import MiB, format_size
 
 #: Grow a store with less than this free before e2fsck writes through it.
@@ -52,7 +53,9 @@ MIN_FREE = 16 * MiB
 DEFAULT_GROW = 128 * MiB
 UNDO_CHUNK_SECTORS = 8
 DM_PREFIX = "liveos-repair-"
-LEASES = "leases"
+#: loop devices are picked (losetup --find), recorded in the run's journal, then attached.
+_LOOP = ("losetup", "<free loop, recorded first>")
+_LOOP_RO = ("losetup", "--read-only", "<free loop, recorded first>")
 
 
 class NoDeviceMapperError(LiveOSError):
@@ -62,8 +65,7 @@ class NoDeviceMapperError(LiveOSError):
 def no_device_mapper() -> NoDeviceMapperError:
     return NoDeviceMapperError(
         "this kernel has no device-mapper (no usable /dev/mapper/control)",
-        "load it (modprobe dm_snapshot) or run the repair from another system; "
-        "nothing was changed",
+        "load it (modprobe dm_snapshot) or run the repair from another system; nothing was changed",
     )
 
 
@@ -143,49 +145,6 @@ def _has_device_mapper() -> bool:
 # --- the devices a repair builds, and their teardown --------------------------------------
 
 
-def _write_lease(workdir: Path, kind: str, value: str) -> None:
-    # Written before the thing it names can leak, so a killed run can be cleared.
-    with open(workdir / LEASES, "a") as f:
-        f.write(f"{kind} {value}\n")
-
-
-def clear_leftovers(workdir: Path | None, prefix: str | None) -> list[str]:
-    """Remove what a killed repair left behind (its leases); returns what was removed."""
-    from liveos_tools.tools import dmsetup, losetup
-    from liveos_tools.tools import mount as mount_tool
-
-    done: list[str] = []
-    if workdir is None or not workdir.is_dir():
-        return done
-    try:
-        leases = (workdir / LEASES).read_text().splitlines()
-    except OSError:
-        leases = []
-    for line in reversed(leases):
-        kind, _, value = line.partition(" ")
-        with contextlib.suppress(LiveOSError, OSError):
-            if kind == "dm" and prefix and value.startswith(prefix) and dmsetup.exists(value):
-                dmsetup.remove(value)
-                done.append(f"removed {value}")
-            elif kind == "loop":
-                dev, _, back = value.partition(" ")
-                live = {d.name: d for d in losetup.list_devices()}
-                if dev in live and (live[dev].back_file or "").removesuffix(" (deleted)") == back:
-                    losetup.detach(dev)
-                    done.append(f"detached {dev}")
-            elif kind == "mount" and os.path.ismount(value):
-                mount_tool.umount(value)
-                done.append(f"unmounted {value}")
-    with contextlib.suppress(OSError):
-        (workdir / LEASES).unlink()
-    for sub in sorted(workdir.glob("*"), reverse=True):
-        with contextlib.suppress(OSError):
-            sub.rmdir()
-    with contextlib.suppress(OSError):
-        workdir.rmdir()
-    return done
-
-
 @dataclass
 class _Session:
     """State shared by the steps of one repair run."""
@@ -198,6 +157,7 @@ class _Session:
     backup_dir: Path
     undo_bytes: int
     backup: bk.Backup | None = None
+    journal: lf.Journal | None = None
     changed: bool = False  # the overlay has been written to
     node: str = ""
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -206,18 +166,32 @@ class _Session:
     def prefix(self) -> str:
         return f"{DM_PREFIX}{self.run_id}"
 
+    def _lease(self, kind: str, name: str, file: str = "") -> None:
+        assert self.journal is not None
+        self.journal = lf.lease(self.journal, kind, name, file)
+
     def _attach(self, path: Path, *, readonly: bool) -> str:
+        from liveos_tools.errors import ToolError
         from liveos_tools.tools import losetup
 
-        loop = losetup.attach(path, readonly=readonly)
-        _write_lease(self.workdir, "loop", f"{loop} {path}")
+        back = os.path.realpath(path)
+        for attempt in range(5):
+            # Named and recorded before it exists: a kill right after leaves it findable.
+            loop = losetup.find_free()
+            self._lease("loop", loop, back)
+            try:
+                losetup.attach(path, readonly=readonly, device=loop)
+                break
+            except ToolError:
+                if attempt == 4:
+                    raise  # someone else took every device we picked
         self.stack.callback(losetup.detach, loop)
         return loop
 
     def _create(self, name: str, table: str) -> str:
         from liveos_tools.tools import dmsetup
 
-        _write_lease(self.workdir, "dm", name)
+        self._lease("dm", name)
         info = dmsetup.create(name, table)
         self.stack.callback(dmsetup.remove, name)
         return f"{info.major}:{info.minor}"
@@ -240,6 +214,15 @@ class _Session:
             workdir=str(self.workdir),
             dm_prefix=self.prefix,
             origin=bk.Origin.of(self.medium, self.overlay),
+        )
+        # Before anything is attached or written: what a killed run left is findable.
+        self.journal = lf.start(
+            self.backup_dir,
+            "repair",
+            self.overlay,
+            self.run_id,
+            backup=self.backup.path,
+            target=self.medium.target,
         )
         bk.kill_point("repair-backup")
 
@@ -265,13 +248,12 @@ class _Session:
 
         assert self.medium.squashfs_path is not None
         where = self.workdir / "squashfs"
-        where.mkdir(exist_ok=True)
-        _write_lease(self.workdir, "mount", str(where))
-        # mount -o loop detaches its loop device when unmounted (autoclear).
-        mount_tool.mount(
-            str(self.medium.squashfs_path), where, fstype="squashfs", options="loop,ro"
-        )
+        where.mkdir(parents=True, exist_ok=True)
         self.stack.callback(os.rmdir, where)
+        # Our own loop device (not mount -o loop's anonymous one): recorded, so findable.
+        loop = self._attach(self.medium.squashfs_path, readonly=True)
+        self._lease("mount", str(where), loop)
+        mount_tool.mount(loop, where, fstype="squashfs", options="ro")
         self.stack.callback(mount_tool.umount, where)
 
     def attach_base(self) -> None:
@@ -342,7 +324,10 @@ class _Session:
 
     def teardown(self) -> None:
         self.stack.close()
-        clear_leftovers(self.workdir, self.prefix)
+        if self.journal is not None:
+            lf.clear(self.journal)
+        with contextlib.suppress(OSError):
+            self.workdir.rmdir()
         with open(self.overlay, "rb+") as f:
             os.fsync(f.fileno())
 
@@ -364,10 +349,12 @@ class _Session:
                 self.backup = bk.seal(
                     self.backup,
                     size=self.overlay.stat().st_size,
-                    whole_sha256=bk.file_sha256(self.overlay),
+                    digest=bk.changed_digest(self.overlay, self.backup),
                 )
             except (LiveOSError, OSError) as err:
                 self.fsck_results.append(f"warning: {err}")
+        if self.journal is not None:
+            lf.finish(self.journal)
         bk.kill_point("repair-done")
 
     def abort(self) -> str:
@@ -377,9 +364,21 @@ class _Session:
             self.stack.close()
         except BaseException as exc:  # keep going: restoring matters more
             problems.append(str(exc))
-        with contextlib.suppress(BaseException):
-            clear_leftovers(self.workdir, self.prefix)
+        if self.journal is not None:
+            try:
+                lf.clear(self.journal)
+            except BaseException as exc:
+                problems.append(str(exc))
+        with contextlib.suppress(OSError):
+            self.workdir.rmdir()
+        if problems and self.journal is not None:
+            return (
+                f"tearing down FAILED ({problems[0]}); "
+                f"run: liveos-overlay repair --restore {self.backup.path if self.backup else ''}"
+            )
         if self.backup is None or not self.changed:
+            if self.journal is not None:
+                lf.finish(self.journal)
             return "nothing on the stick was changed"
         try:
             backup, payload = bk.read_backup(self.backup.path)
@@ -389,7 +388,9 @@ class _Session:
                 f"restoring the original FAILED ({err.message}); "
                 f"run: liveos-overlay repair --restore {self.backup.path}"
             )
-        what = "byte for byte (checksum verified)" if exact else ""
+        if self.journal is not None:
+            lf.finish(self.journal)
+        what = "byte for byte (checksums verified)" if exact else ""
         return f"the original overlay was restored from {self.backup.path} {what}".rstrip()
 
     base_sectors: int = 0
@@ -413,7 +414,11 @@ class RepairPlan(Plan):
         if self.blocker is not None:
             raise self.blocker
 
+    #: the progress callback of the running execute (a recovery passes it on).
+    progress: Progress | None = None
+
     def execute(self, progress: Progress | None = None) -> None:
+        self.progress = progress
         try:
             super().execute(progress)
         except OSError as exc:
@@ -496,9 +501,13 @@ def plan_repair(
     path = gr.dm_overlay(medium)
     if medium.source is Source.LIVE or medium.live_dm:
         raise bk_in_use(path)
-    bk.refuse_in_use(path, "repaired")
+    directory, notes = bk.choose_dir(path, backup_dir)
+    journals = lf.find(path, bk.journal_dirs(path, directory), ops=("repair",))
+    bk.refuse_in_use(path, "repaired", clearing=journals)
     if not medium.opened_readonly:
         bk.refuse_readonly(path)
+    if journals:
+        return _plan_recovery(medium, path, journals, grow_by=grow_by, backup_dir=backup_dir)
     report = read_store(path, full=True)
     if report.state is StoreState.NEW:
         raise UsageError(f"{path.name} is empty (a new store): nothing to repair", None)
@@ -517,7 +526,6 @@ def plan_repair(
     chunk = report.chunk_sectors
     geo = Geometry(chunk, report.size_bytes)
     run_id = bk.new_run_id()
-    directory, notes = bk.choose_dir(path, backup_dir)
     final = new_size or report.size_bytes
     session = _Session(
         overlay=path,
@@ -529,9 +537,7 @@ def plan_repair(
         # Room for a copy of every chunk of the overlay plus the undo store's own table.
         undo_bytes=(final + final // 128 + 2 * MiB) // 4096 * 4096,
     )
-    plan = RepairPlan(
-        "repair overlay", bk.Origin.of(medium, path).describe(path), session=session
-    )
+    plan = RepairPlan("repair overlay", bk.Origin.of(medium, path).describe(path), session=session)
     if not _has_device_mapper():
         plan.blocker = no_device_mapper()
         plan.notes.append("this kernel has no device-mapper: the repair cannot run here")
@@ -585,7 +591,12 @@ def plan_repair(
         plan.add(
             f"mount {medium.squashfs_path} read-only",
             session.mount_squashfs,
-            argv=["mount", "-t", "squashfs", "-o", "loop,ro", str(medium.squashfs_path), str(mnt)],
+            argv=[
+                *_LOOP_RO,
+                str(medium.squashfs_path),
+                "&&",
+                *["mount", "-t", "squashfs", "-o", "ro", "<loop>", str(mnt)],
+            ],
         )
         rootfs = f"{mnt}/{medium.rootfs_path}"
     else:
@@ -593,18 +604,18 @@ def plan_repair(
     plan.add(
         "attach the base image read-only",
         session.attach_base,
-        argv=["losetup", "--find", "--show", "--read-only", rootfs],
+        argv=[*_LOOP_RO, rootfs],
     )
     undo_name = f"{directory}/<backup>{bk.UNDO_SUFFIX}"
     plan.add(
         "attach the overlay",
         session.attach_overlay,
-        argv=["losetup", "--find", "--show", str(path)],
+        argv=[*_LOOP, str(path)],
     )
     plan.add(
         "attach the undo store (kept beside the backup)",
         session.attach_undo,
-        argv=["losetup", "--find", "--show", undo_name],
+        argv=[*_LOOP, undo_name],
     )
     p = session.prefix
     plan.add(
@@ -656,6 +667,106 @@ def plan_repair(
         argv=["dmsetup", "remove", p, f"{p}-undo", f"{p}-origin", "&&", "losetup", "-d", "..."],
     )
     return plan
+
+
+def _teardown_argv(here: list[lf.Lease]) -> list[str]:
+    argv: list[str] = []
+    for kind, cmd in (
+        ("mount", ["umount"]),
+        ("dm", ["dmsetup", "remove"]),
+        ("loop", ["losetup", "-d"]),
+    ):
+        names = [x.name for x in (here if kind == "mount" else reversed(here)) if x.kind == kind]
+        if names:
+            argv += [*(["&&"] if argv else []), *cmd, *names]
+    return argv
+
+
+def _plan_recovery(
+    medium: Medium,
+    path: Path,
+    journals: list[lf.Journal],
+    *,
+    grow_by: int | None,
+    backup_dir: str | Path | None,
+) -> RepairPlan:
+    """An earlier repair of this overlay was killed: clear what it left (only what its
+    journal names and still matches), put the overlay back as it was before it (its
+    backup and undo store; unless it had finished), then repair again from scratch."""
+    plan = RepairPlan(
+        "repair overlay (after an interrupted repair)", bk.Origin.of(medium, path).describe(path)
+    )
+    if not _has_device_mapper():
+        plan.blocker = no_device_mapper()
+    # Newest first: each restore puts back the state the run before it found.
+    for j in sorted(journals, key=lambda j: j.started, reverse=True):
+        here = lf.present(j)
+        found = ", ".join(x.describe() for x in here) or "nothing left attached (restarted since)"
+        plan.notes.append(f"found {j.describe()}: {found}")
+        if here:
+            plan.add(
+                "clear what it left: mounts, dm devices (top first), loop devices",
+                lambda j=j: _note_all(plan, lf.clear(j)),  # type: ignore[misc]
+                argv=_teardown_argv(here),
+            )
+        if j.backup is None:
+            raise CorruptError(f"{j.path} names no backup", "remove it, then run repair again")
+        try:
+            backup, payload = bk.read_backup(j.backup)
+        except LiveOSError as err:
+            raise CorruptError(
+                f"the backup of the interrupted repair cannot be used: {err.message}",
+                f"nothing was changed; the overlay may be half repaired: put the backup "
+                f"{j.backup} back in place, or remove {j.path} to repair it as it is",
+            ) from None
+        if backup.record.after_size is not None:
+            plan.notes.append("that repair had finished (its backup records the result)")
+            plan.add(f"forget the finished run ({j.path.name})", lambda j=j: lf.finish(j))  # type: ignore[misc]
+            continue
+        plan.add(
+            f"put {path.name} back as it was before that repair, from {backup.path} and "
+            "its undo store; check the saved regions and the exception table",
+            lambda j=j, b=backup, p=payload: _undo_run(plan, j, b, p, path),  # type: ignore[misc]
+            writes=[
+                ByteRange(str(path), r.offset, r.length, "saved bytes")
+                for r in backup.record.regions
+            ],
+        )
+    plan.add(
+        "repair again: planned afresh on the overlay as it is then (steps follow)",
+        lambda: _repair_again(plan, medium, grow_by, backup_dir),
+    )
+    return plan
+
+
+def _note_all(plan: Plan, lines: list[str]) -> None:
+    plan.notes.extend(f"cleared a leftover of the interrupted repair: {x}" for x in lines)
+
+
+def _undo_run(plan: Plan, j: lf.Journal, backup: bk.Backup, payload: bytes, path: Path) -> None:
+    bk.refuse_in_use(path, "restored")
+    bk.check_belongs(backup, path)
+    exact = bk.restore(backup, payload, path)
+    lf.finish(j)
+    how = "byte for byte (checksums verified)" if exact else "(size and saved regions)"
+    plan.notes.append(f"the overlay was put back as before the interrupted repair {how}")
+    bk.kill_point("repair-recovered")
+
+
+def _repair_again(
+    outer: RepairPlan, medium: Medium, grow_by: int | None, backup_dir: str | Path | None
+) -> None:
+    inner = plan_repair(medium, grow_by=grow_by, backup_dir=backup_dir)
+    assert isinstance(inner, RepairPlan)
+    inner.ready()
+    outer.notes.extend(inner.notes)
+    before = len(inner.notes)
+    try:
+        inner.execute(outer.progress)
+    finally:
+        outer.notes.extend(inner.notes[before:])
+    # Only now: a failing inner run has already torn down and restored by itself.
+    outer.session = inner.session
 
 
 def bk_in_use(path: Path) -> LiveOSError:
@@ -751,17 +862,28 @@ def plan_restore(
         partial_state=f"{path.name} may be partly restored",
         partial_hint=f"run liveos-overlay repair --restore {backup.path} again",
     )
-    workdir = Path(rec.workdir) if rec.workdir else None
+    # The run this backup was taken for may have been killed: its journal is beside it.
+    mine = str(backup.path.resolve())
+    journals = [
+        j for j in lf.find(path, [backup.path.parent, *bk.journal_dirs(path)]) if j.backup == mine
+    ]
+    left = [x for j in journals for x in lf.present(j)]
 
     def clear() -> None:
-        for line in clear_leftovers(workdir, rec.dm_prefix):
-            plan.notes.append(f"cleared a leftover of the interrupted repair: {line}")
+        for j in journals:
+            _note_all(plan, lf.clear(j))
 
-    if workdir is not None and workdir.exists():
-        plan.add("remove the devices and mounts an interrupted repair left behind", clear)
+    if left:
+        plan.notes.append(
+            f"the {rec.op} this backup was taken for was interrupted: "
+            + ", ".join(x.describe() for x in left)
+        )
+        plan.add(
+            f"clear what the interrupted {rec.op} left behind", clear, argv=_teardown_argv(left)
+        )
 
     def check() -> None:
-        bk.refuse_in_use(path, "restored")
+        bk.refuse_in_use(path, "restored", clearing=journals)
         bk.check_belongs(backup, path)
         changed = bk.changed_since(backup, path)
         if changed is None:
@@ -775,8 +897,7 @@ def plan_restore(
             )
         plan.notes.append(f"--force: restoring although {changed}")
 
-    check_now = workdir is None or not workdir.exists()
-    if check_now:
+    if not left:
         check()
         if medium is None or not medium.opened_readonly:
             bk.refuse_readonly(path)
@@ -814,8 +935,9 @@ def plan_restore(
         plan.notes.append(f"chunks saved in the undo store {undo} are written back too")
     plan.add(
         f"write the saved bytes back, cut the file to {rec.size_bytes} bytes, fsync"
-        + (", and verify the whole file's sha256" if rec.overlay_sha256 else ""),
-        lambda: _restore(backup, payload, path, plan, pre),
+        + (", and verify the whole file's sha256" if rec.overlay_sha256 else "")
+        + (", and verify the exception table's sha256" if rec.table_sha256 else ""),
+        lambda: _restore(backup, payload, path, plan, pre, journals),
         writes=writes,
     )
     plan.destroys.append(
@@ -825,13 +947,19 @@ def plan_restore(
 
 
 def _restore(
-    backup: bk.Backup, payload: bytes, path: Path, plan: Plan, pre: list[bk.Backup]
+    backup: bk.Backup,
+    payload: bytes,
+    path: Path,
+    plan: Plan,
+    pre: list[bk.Backup],
+    journals: list[lf.Journal],
 ) -> None:
     exact = bk.restore(backup, payload, path)
     rec = backup.record
+    for j in journals:
+        lf.finish(j)  # the interrupted run is undone
     if pre:
-        whole = rec.overlay_sha256 if exact else bk.file_sha256(path)
-        bk.seal(pre[0], size=rec.size_bytes, whole_sha256=whole)
+        bk.seal(pre[0], size=rec.size_bytes, digest=bk.changed_digest(path, pre[0]))
         plan.notes.append(
             f"what the restore overwrote is kept in {pre[0].path} "
             "(liveos-overlay repair --restore puts it back)"

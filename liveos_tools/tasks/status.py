@@ -281,7 +281,20 @@ def _warnings(medium: Medium, overlay: OverlayStatus, level: Level) -> list[str]
     if medium.other_overlays:
         names = ", ".join(p.name for p in medium.other_overlays)
         out.append(f"other overlay files on the stick are not used: {names}")
+    out.extend(_leftovers(medium))
     return out
+
+
+def _leftovers(medium: Medium) -> list[str]:
+    """Mappings an interrupted repair (or home/swap command) left, and what clears them."""
+    from liveos_tools.tasks import leftovers
+
+    files = [p for p in (medium.overlay_path, medium.home_path) if p is not None]
+    dirs = [p.parent.parent / "liveos-backups" for p in files[:1]]
+    dirs += [Path("/var/lib/liveos-tools/backups"), *(p.parent for p in files[1:])]
+    if os.environ.get("LIVEOS_BACKUP_DIR"):
+        dirs.append(Path(os.environ["LIVEOS_BACKUP_DIR"]))
+    return leftovers.status_lines(files, dirs)
 
 
 def build_status(medium: Medium, *, full: bool = False) -> StatusReport:

@@ -1,0 +1,387 @@
+"""What a writing command leaves behind when it is killed, and how the next run clears it.
+
+A command that builds temporary loop devices, dm devices or mounts first writes a
+*journal* next to its backup (`<backup>.run`, or next to the file it changes), and a
+pointer to it under /run/liveos-tools/runs/ (gone after a reboot, as the mappings are).
+Each thing is recorded (a *lease*) BEFORE it is created, under the name it will have:
+loop devices are attached at a device picked and recorded first, dm devices and mount
+points have names carrying the run's id. The journal is removed when the command ends,
+so a journal that exists names an interrupted run.
+
+A later run matches a leftover only by recorded name AND backing file: a loop device
+whose backing file is the recorded one, a dm device whose every underlying device is a
+recorded loop or dm device of the same run, a mount of a recorded loop device at the
+recorded place. Anything else is someone else's and is never touched. Teardown order:
+mounts, dm devices top-down (newest first), then loop devices.
+
+Kept light (no dataclasses, no json, no subprocess at import): `status` reads journals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+RUNS = Path("/run/liveos-tools/runs")
+SUFFIX = ".run"
+_SYS = Path("/sys/block")
+
+
+class Lease(NamedTuple):
+    kind: str  # "loop", "dm" or "mount"
+    name: str  # /dev/loopN, the dm name, the mount point
+    file: str  # loop: its backing file; mount: the loop device mounted; dm: see present()
+
+    def describe(self) -> str:
+        if self.kind == "loop":
+            return f"loop device {self.name} ({self.file})"
+        if self.kind == "dm":
+            return f"dm device {self.name}"
+        return f"mount {self.name}"
+
+
+class Journal(NamedTuple):
+    path: Path
+    op: str
+    subject: str  # the file the operation changes (overlay, home.img, swap.img)
+    ino: int
+    backup: str | None
+    run_id: str
+    started: str
+    target: str | None  # the TARGET the user gave (to say what to run again)
+    leases: tuple[Lease, ...]
+    owner: str = ""  # "<boot id> <pid> <start time>" of the process that runs it
+
+    @property
+    def running(self) -> bool:
+        """Its process is still alive (a concurrent run, not an interrupted one)."""
+        return bool(self.owner) and self.owner == _owner(int(self.owner.split()[1]))
+
+    @property
+    def command(self) -> str:
+        """What the user runs to clear the leftovers and finish."""
+        where = f" {self.target}" if self.target else ""
+        if self.op == "repair":
+            return f"liveos-overlay repair{where}"
+        return f"liveos-overlay {self.op.replace('-', ' ')}{where} (the same command again)"
+
+    def describe(self) -> str:
+        what = f"an interrupted {self.op} of {Path(self.subject).name} (started {self.started}"
+        return what + (f", backup {self.backup})" if self.backup else ")")
+
+
+# --- writing a journal ------------------------------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _owner(pid: int) -> str:
+    """This boot, the pid and its start time: the same only for the same live process."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, IndexError):
+        return ""
+    return f"{boot} {pid} {stat.rpartition(')')[2].split()[19]}"
+
+
+def start(
+    directory: Path,
+    op: str,
+    subject: Path,
+    run_id: str,
+    *,
+    backup: Path | None = None,
+    target: str | None = None,
+) -> Journal:
+    """Create the journal (durable) and its /run pointer; nothing is leased yet."""
+    name = (backup.name if backup else f".{subject.name}.{op}.{run_id}") + SUFFIX
+    path = directory / name
+    import datetime as _dt
+
+    st = os.stat(subject)
+    started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    head = {
+        "op": op,
+        "subject": str(subject.resolve()),
+        "ino": str(st.st_ino),
+        "backup": str(backup.resolve()) if backup else "",
+        "run": run_id,
+        "started": started,
+        "target": target or "",
+        "owner": _owner(os.getpid()),
+    }
+    text = "".join(f"{k}\t{v}\n" for k, v in head.items())
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(directory)
+    with contextlib.suppress(OSError):
+        RUNS.mkdir(parents=True, exist_ok=True)
+        (RUNS / f"{op}-{run_id}").write_text(str(path.resolve()) + "\n")
+    return Journal(
+        path,
+        op,
+        head["subject"],
+        st.st_ino,
+        head["backup"] or None,
+        run_id,
+        started,
+        target,
+        (),
+        head["owner"],
+    )
+
+
+def lease(journal: Journal, kind: str, name: str, file: str = "") -> Journal:
+    """Record a thing before it is created (fsynced: it must be there if we are killed)."""
+    with open(journal.path, "a") as f:
+        f.write(f"{kind}\t{name}\t{file}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return journal._replace(leases=(*journal.leases, Lease(kind, name, file)))
+
+
+def finish(journal: Journal) -> None:
+    """The run is over (done, or undone): forget it."""
+    with contextlib.suppress(OSError):
+        (RUNS / f"{journal.op}-{journal.run_id}").unlink()
+    with contextlib.suppress(FileNotFoundError):
+        journal.path.unlink()
+        _fsync_dir(journal.path.parent)
+
+
+# --- reading journals -------------------------------------------------------------------------
+
+
+def read(path: Path) -> Journal | None:
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    head: dict[str, str] = {}
+    leases: list[Lease] = []
+    for line in lines:
+        parts = line.split("\t")
+        if parts[0] in ("loop", "dm", "mount") and len(parts) == 3:
+            leases.append(Lease(parts[0], parts[1], parts[2]))
+        elif len(parts) == 2:
+            head[parts[0]] = parts[1]
+    try:
+        return Journal(
+            path,
+            head["op"],
+            head["subject"],
+            int(head["ino"]),
+            head.get("backup") or None,
+            head["run"],
+            head.get("started", "?"),
+            head.get("target") or None,
+            tuple(leases),
+            head.get("owner", ""),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def _indexed() -> list[Path]:
+    out = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(RUNS):
+            with contextlib.suppress(OSError):
+                out.append(Path(Path(entry.path).read_text().strip()))
+    return out
+
+
+def find(
+    subject: Path, dirs: Iterable[Path] = (), ops: Iterable[str] | None = None
+) -> list[Journal]:
+    """Journals of interrupted runs on `subject` (same name and inode), oldest first.
+    A run whose process is alive is not interrupted: its devices are in use."""
+    try:
+        st = os.stat(subject)
+    except OSError:
+        st = None
+    candidates = set(_indexed())
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            candidates.update(Path(e.path) for e in os.scandir(d) if e.name.endswith(SUFFIX))
+    wanted = set(ops) if ops is not None else None
+    found = []
+    for path in candidates:
+        j = read(path)
+        if j is None or Path(j.subject).name != subject.name or j.running:
+            continue
+        if wanted is not None and j.op not in wanted:
+            continue
+        # The same file: its inode (a stick mounted elsewhere after a reboot still matches).
+        if st is not None and j.ino != st.st_ino:
+            continue
+        found.append(j)
+    return sorted(found, key=lambda j: j.started)
+
+
+# --- what is still there, and clearing it --------------------------------------------------------
+
+
+def _sys_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _dm_dirs() -> dict[str, Path]:
+    out = {}
+    with contextlib.suppress(OSError):
+        for entry in _SYS.glob("dm-*"):
+            name = _sys_text(entry / "dm" / "name")
+            if name:
+                out[name] = entry
+    return out
+
+
+def _mount_sources() -> dict[str, str]:
+    from liveos_tools import mounts
+
+    with contextlib.suppress(OSError):
+        return {m.mountpoint: m.source for m in mounts.mounts()}
+    return {}
+
+
+def present(journal: Journal) -> list[Lease]:
+    """The journal's leases that exist now AND match what was recorded (never a guess)."""
+    loops = {
+        lease.name
+        for lease in journal.leases
+        if lease.kind == "loop" and _loop_matches(lease.name, lease.file)
+    }
+    dms = _dm_dirs()
+    recorded_dm = {lease.name for lease in journal.leases if lease.kind == "dm"}
+    ours_dm_dev = {dms[n].name for n in recorded_dm if n in dms}
+    table = _mount_sources()
+    out = []
+    for lease in journal.leases:
+        if lease.kind == "loop" and lease.name in loops:
+            out.append(lease)
+        elif lease.kind == "dm" and lease.name in dms:
+            # Its name carries our run id; no table (killed inside dmsetup create) holds
+            # nothing; else every device under it is a recorded one of this run, or (dm-crypt
+            # attaches its own) a loop device whose backing file is the recorded `file`.
+            slaves = _slaves(dms[lease.name])
+            if all(
+                f"/dev/{s}" in loops
+                or s in ours_dm_dev
+                or (lease.file and _loop_matches(s, lease.file))
+                for s in slaves
+            ):
+                out.append(lease)
+        elif lease.kind == "mount" and table.get(lease.name) == lease.file and lease.file in loops:
+            out.append(lease)
+    return out
+
+
+def _slaves(dm_dir: Path) -> list[str]:
+    with contextlib.suppress(OSError):
+        return sorted(e.name for e in (dm_dir / "slaves").iterdir())
+    return []
+
+
+def _loop_matches(device: str, file: str) -> bool:
+    back = _sys_text(_SYS / Path(device).name / "loop" / "backing_file")
+    return back is not None and back.removesuffix(" (deleted)") == file
+
+
+def clear(journal: Journal) -> list[str]:
+    """Tear down what the journal's run left (only what matches); return what was done.
+
+    Raises the first LiveOSError if something of ours could not be removed, after trying
+    the rest: the journal then stays, so the next run tries again.
+    """
+    from liveos_tools.errors import LiveOSError
+    from liveos_tools.tools import dmsetup, losetup
+    from liveos_tools.tools import mount as mount_tool
+
+    here = present(journal)
+    done: list[str] = []
+    failed: LiveOSError | None = None
+    order = (
+        [x for x in here if x.kind == "mount"]
+        + [x for x in reversed(here) if x.kind == "dm"]
+        + [x for x in reversed(here) if x.kind == "loop"]
+    )
+    for item in order:
+        try:
+            if item.kind == "mount":
+                mount_tool.umount(item.name)
+                done.append(f"unmounted {item.name}")
+            elif item.kind == "dm":
+                dmsetup.remove(item.name)
+                done.append(f"removed {item.name}")
+            else:
+                losetup.detach(item.name)
+                done.append(f"detached {item.name}")
+        except LiveOSError as err:
+            failed = failed or err
+    for item in journal.leases:
+        if item.kind == "mount":
+            with contextlib.suppress(OSError):
+                os.rmdir(item.name)
+    if failed is not None:
+        raise failed
+    return done
+
+
+def holders_of(journals: Iterable[Journal]) -> tuple[set[str], set[str]]:
+    """(loop devices, dm kernel names like dm-3) that are these runs' present leftovers."""
+    loops: set[str] = set()
+    dms: set[str] = set()
+    dm_dirs = _dm_dirs()
+    for j in journals:
+        for lease in present(j):
+            if lease.kind == "loop":
+                loops.add(lease.name)
+            elif lease.kind == "dm" and lease.name in dm_dirs:
+                dms.add(dm_dirs[lease.name].name)
+                # dm-crypt's own loop device under a recorded mapping of this file.
+                for slave in _slaves(dm_dirs[lease.name]):
+                    if lease.file and _loop_matches(slave, lease.file):
+                        loops.add(f"/dev/{slave}")
+    return loops, dms
+
+
+def status_lines(files: Iterable[Path], dirs: Iterable[Path]) -> list[str]:
+    """One warning per interrupted run on `files`: what it left, and the command that
+    clears it (for `status`; cheap: a directory listing when there is nothing)."""
+    out = []
+    dirs = list(dirs)
+    for file in files:
+        for j in find(file, dirs):
+            here = present(j)
+            undo = (
+                f", or undo it: liveos-overlay repair --restore {j.backup}"
+                if j.backup and j.op == "repair"
+                else ""
+            )
+            if here:
+                what = ", ".join(x.describe() for x in here)
+                out.append(f"{what} left behind by {j.describe()}: clear them with: {j.command}")
+            else:
+                out.append(
+                    f"{j.describe()} did not finish (restarted since): finish it with: "
+                    f"{j.command}{undo}"
+                )
+    return out
