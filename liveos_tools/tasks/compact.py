@@ -314,7 +314,10 @@ def _verify(
     with open_base(medium) as base, MergedView(base, overlay) as old, MergedView(base, tmp) as new:
         if dict(new.exceptions()).keys() != set(c.kept):
             _fail(tmp, "the new store's table is not the planned one")
-        olds = [x for x in sorted(old.exceptions()) if x * cb < old.size_bytes]
+        # chunks of free blocks may differ (that is the point): only in-use ones are read
+        olds = [
+            x for x in sorted(old.exceptions()) if x * cb < old.size_bytes and _in_use(fs, x, cb)
+        ]
         for run in _runs(olds):
             length = min(len(run) * cb, old.size_bytes - run[0] * cb)
             a = old.pread(length, run[0] * cb)
@@ -322,7 +325,7 @@ def _verify(
             if a == b:
                 continue
             for k, chunk in enumerate(run):
-                if a[k * cb : (k + 1) * cb] != b[k * cb : (k + 1) * cb] and _in_use(fs, chunk, cb):
+                if a[k * cb : (k + 1) * cb] != b[k * cb : (k + 1) * cb]:
                     _fail(tmp, f"chunk {chunk} reads differently through the new store")
     state["new_table"] = table_sha256(tmp)
     state["old_table"] = table_sha256(overlay)
