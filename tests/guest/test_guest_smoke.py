@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.shell import MiB
+
 pytestmark = pytest.mark.guest
 
-MiB = 1024 * 1024
 DM_NAME = "liveos-guest-smoke"
 
 

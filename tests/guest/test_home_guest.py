@@ -16,25 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from liveos_tools.cli.main import main
 from liveos_tools.errors import ExitCode
+from tests.support.shell import MiB, cli, sh
 
 pytestmark = pytest.mark.guest
 
-MiB = 1024 * 1024
 PASS = b"correct horse battery"
-
-
-def sh(*argv: str, input: bytes | None = None) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, input=input).stdout.decode()
 
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def cli(*argv: str) -> int:
-    return main(list(argv))
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,16 +21,13 @@ from liveos_tools.errors import ExitCode
 from liveos_tools.media import LIVE_ROOT, ImageLayout, OverlayKind, Source, open_medium
 from liveos_tools.tasks.status import OverlayState, build_status
 from liveos_tools.tools import dmsetup, losetup
+from tests.support.shell import sh
 from tests.support.sticks import disk_image, ext4_image, stick_tree
 
 pytestmark = pytest.mark.guest
 
 UUID = "0b1e5e6c-7a2d-4c41-9c0e-5f7f1d2a3b4c"
 CMDLINE = f"root=live:UUID={UUID} rootfstype=ext4 rw rd.live.image rd.live.overlay=UUID={UUID}"
-
-
-def sh(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
 
 @contextlib.contextmanager

@@ -14,13 +14,13 @@ import pytest
 from liveos_tools.cli.main import main
 from liveos_tools.errors import ExitCode
 from liveos_tools.tasks import home
+from tests.support.shell import MiB
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(shutil.which("cryptsetup") is None, reason="needs cryptsetup"),
 ]
 
-MiB = 1024 * 1024
 
 
 def _no_dm() -> bool:

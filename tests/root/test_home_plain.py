@@ -18,19 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from liveos_tools.cli.main import main
 from liveos_tools.errors import ExitCode
+from tests.support.shell import MiB, cli, sh
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices and mounts"),
 ]
-
-MiB = 1024 * 1024
-
-
-def sh(*argv: str, input: bytes | None = None) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, input=input).stdout.decode()
 
 
 def sha(path: Path) -> str:
@@ -94,10 +88,6 @@ def fs_blocks(img: Path) -> tuple[int, int, str]:
         int(fields["Block size"]),
         fields["Filesystem volume name"].strip(),
     )
-
-
-def cli(*argv: str) -> int:
-    return main(list(argv))
 
 
 def test_plain_cycle_create_grow_shrink_copy_check(

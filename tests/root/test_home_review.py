@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from liveos_tools.cli.main import main
 from liveos_tools.errors import ExitCode, ToolError
 from liveos_tools.tasks import home
+from tests.support.shell import MiB, sh
 from tests.support.sticks import disk_image, ext4_image, stick_tree
 
 pytestmark = [
@@ -23,7 +23,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices and mounts"),
 ]
 
-MiB = 1024 * 1024
 UUID = "8f1b4a8e-1b9c-4c45-9d7e-3f6c2a1b0c11"
 
 
@@ -33,10 +32,6 @@ def sha(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def sh(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
 
 def fs_bytes(img: Path) -> int:

@@ -14,13 +14,13 @@ import pytest
 
 from liveos_tools.tools import cryptsetup
 from tests.support.fastkdf import use_fast_kdf
+from tests.support.shell import MiB
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(shutil.which("cryptsetup") is None, reason="needs cryptsetup"),
 ]
 
-MiB = 1024 * 1024
 OLD_SWITCH = "LIVEOS_TEST_FAST_KDF"
 
 

@@ -15,12 +15,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tests.support.shell import MiB, sh
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-MiB = 1024 * 1024
-
-
-def sh(*argv: str | Path) -> str:
-    return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True).stdout
 
 
 def sparse(path: Path, size: int) -> Path:

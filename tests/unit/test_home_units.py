@@ -14,9 +14,9 @@ from liveos_tools.errors import ExitCode, LiveOSError, NoSpaceError, UsageError
 from liveos_tools.media import HomeKind
 from liveos_tools.tasks import home
 from liveos_tools.tools import cryptsetup, e2fsck, resize2fs
+from tests.support.shell import MiB
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "tools"
-MiB = 1024 * 1024
 
 
 def test_luks2_dump_parses() -> None:

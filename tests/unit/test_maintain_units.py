@@ -12,8 +12,7 @@ from liveos_tools.errors import CorruptError, UsageError
 from liveos_tools.tasks import backup as bk
 from liveos_tools.tasks.grow import target_size
 from liveos_tools.tasks.repair import find_damage
-
-MiB = 1024 * 1024
+from tests.support.shell import MiB
 
 
 def test_target_size() -> None:
