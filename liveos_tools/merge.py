@@ -197,6 +197,14 @@ class MergedView:
     def origin_chunks(self) -> int:
         return -(-self.size_bytes // self.chunk_bytes)
 
+    def data_bytes(self) -> int:
+        """The most a sparse write_image() can write: the base's data (not its holes)
+        plus the chunks the overlay holds, never more than the whole image."""
+        base = sum(end - start for start, end in _data_extents(self._base_fd, self.size_bytes))
+        cb = self.chunk_bytes
+        inside = sum(1 for c in self._map if c * cb < self.size_bytes)
+        return min(self.size_bytes, base + inside * cb)
+
     # -- reading ------------------------------------------------------------------------
 
     def _cow_read(self, mv: memoryview, offset: int, what: str) -> None:

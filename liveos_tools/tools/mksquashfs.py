@@ -1,59 +1,49 @@
-"""mksquashfs / unsquashfs for refresh: the compressor an image uses, the size of a file
-inside one, and a nested squashfs.img (LiveOS/rootfs.img inside) made from an image."""
+"""mksquashfs: build a squashfs image from a directory tree."""
 
 from __future__ import annotations
 
-import os
-import struct
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from liveos_tools.errors import CorruptError
+from liveos_tools.errors import NoSpaceError, ToolError
 from liveos_tools.run import run
 
-#: squashfs 4 superblock: s_magic at 0, compression id (u16) at 20.
-SQUASHFS_MAGIC = 0x73717368
-COMPRESSORS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
+#: what `mksquashfs -comp` accepts (lzma is read by the kernel, not written by mksquashfs).
+WRITABLE_COMPRESSORS = ("gzip", "lzo", "lz4", "xz", "zstd")
 
 
-def compressor_of(image: Path) -> str:
-    """The compressor named in a squashfs superblock (pure read of 22 bytes)."""
-    with open(image, "rb") as f:
-        head = f.read(22)
-    if len(head) < 22 or struct.unpack_from("<I", head, 0)[0] != SQUASHFS_MAGIC:
-        raise CorruptError(
-            f"{image} is not a squashfs image (bad superblock)",
-            "the live image is damaged: put a good squashfs.img back",
-        )
-    comp = struct.unpack_from("<H", head, 20)[0]
-    if comp not in COMPRESSORS:
-        raise CorruptError(f"{image} names an unknown compressor (id {comp})")
-    return COMPRESSORS[comp]
+def make(
+    source: str | Path,
+    dest: str | Path,
+    *,
+    compressor: str,
+    block_size: int | None = None,
+    while_running: Callable[[int], None] | None = None,
+) -> None:
+    """dest = a new squashfs of the tree `source` (never appended to an existing one).
 
-
-def parse_lls_size(text: str, inner: str) -> int | None:
-    """The size column of `unsquashfs -lls` for the line ending in `inner`."""
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 6 and parts[-1].lstrip("/").endswith(inner):
-            try:
-                return int(parts[2])
-            except ValueError:
-                return None
-    return None
-
-
-def inner_size(image: Path, inner: str) -> int | None:
-    out = run(["unsquashfs", "-lls", "-d", "", str(image), inner], check=False)
-    return parse_lls_size(out.stdout, inner) if out.returncode == 0 else None
-
-
-def make_nested(rootfs: Path, dest: Path, *, compressor: str) -> None:
-    """dest = a squashfs holding LiveOS/rootfs.img (hard-linked, so nothing is copied)."""
-    with tempfile.TemporaryDirectory(prefix="liveos-sq-", dir=rootfs.parent) as tmp:
-        (Path(tmp) / "LiveOS").mkdir()
-        os.link(rootfs, Path(tmp) / "LiveOS" / "rootfs.img")
-        run(["mksquashfs", tmp, str(dest), "-comp", compressor, "-noappend", "-no-progress",
-             "-quiet"])  # fmt: skip
-    with open(dest, "rb") as f:
-        os.fsync(f.fileno())
+    Owners become root and extended attributes are left out: the tree is a staging
+    directory on the machine doing the build, not the image's own files.
+    """
+    argv = [
+        "mksquashfs",
+        str(source),
+        str(dest),
+        "-noappend",
+        "-no-progress",
+        "-all-root",
+        "-no-xattrs",
+        "-comp",
+        compressor,
+    ]
+    if block_size:
+        argv += ["-b", str(block_size)]
+    try:
+        run(argv, while_running=while_running)
+    except ToolError as err:
+        if "No space left on device" in err.stderr:
+            raise NoSpaceError(
+                f"no space left on the filesystem of {dest} while writing the new image",
+                "free space there and try again",
+            ) from None
+        raise

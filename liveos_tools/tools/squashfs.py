@@ -1,9 +1,12 @@
-"""unsquashfs listing: which LiveOS image layout a squashfs.img holds."""
+"""unsquashfs listing (which LiveOS image layout a squashfs.img holds), and its superblock."""
 
 from __future__ import annotations
 
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
+from liveos_tools.errors import CorruptError, TargetError
 from liveos_tools.run import run
 
 NESTED_NAMES = ("LiveOS/rootfs.img", "LiveOS/ext3fs.img")
@@ -18,3 +21,49 @@ def find_paths(image: str | Path, paths: tuple[str, ...]) -> set[str]:
     """Which of `paths` exist inside the squashfs image (reads directory tables only)."""
     out = run(["unsquashfs", "-no-progress", "-l", "-d", "", str(image), *paths]).stdout
     return parse_listing(out) & set(paths)
+
+
+# -- the superblock (squashfs-tools squashfs_fs.h: struct squashfs_super_block) --------------
+
+SQUASHFS_MAGIC = b"hsqs"
+SUPERBLOCK_SIZE = 96
+#: the compression id at offset 20 -> the name mksquashfs -comp takes.
+COMPRESSORS: dict[int, str] = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
+
+
+@dataclass(frozen=True)
+class Superblock:
+    inodes: int
+    block_size: int
+    compressor: str
+    major: int
+    minor: int
+    bytes_used: int
+
+
+def parse_superblock(data: bytes) -> Superblock:
+    """The fields of a squashfs superblock (little-endian); CorruptError if it is not one."""
+    if len(data) < SUPERBLOCK_SIZE or data[:4] != SQUASHFS_MAGIC:
+        raise CorruptError("not a squashfs image (no hsqs magic at its start)")
+    inodes, _mtime, block_size, _frags, comp_id, _log, _flags, _ids, major, minor = (
+        struct.unpack_from("<IIIIHHHHHH", data, 4)
+    )
+    (bytes_used,) = struct.unpack_from("<Q", data, 40)
+    if major != 4:
+        raise CorruptError(f"squashfs version {major}.{minor} (only 4.x is read)")
+    compressor = COMPRESSORS.get(comp_id)
+    if compressor is None:
+        raise CorruptError(f"unknown squashfs compression id {comp_id}")
+    return Superblock(inodes, block_size, compressor, major, minor, bytes_used)
+
+
+def read_superblock(image: str | Path) -> Superblock:
+    try:
+        with open(image, "rb") as f:
+            data = f.read(SUPERBLOCK_SIZE)
+    except OSError as exc:
+        raise TargetError(f"{image}: {exc.strerror}") from None
+    try:
+        return parse_superblock(data)
+    except CorruptError as err:
+        raise CorruptError(f"{image}: {err.message}") from None

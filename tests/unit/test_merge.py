@@ -113,7 +113,8 @@ def test_invalid_store_is_refused_with_exit_10(tmp_path: Path) -> None:
     base = sparse_file(tmp_path / "base", FIXTURE_BASE)
     with pytest.raises(CorruptError) as exc:
         MergedView(base, cow)
-    assert exc.value.code == ExitCode.CORRUPT == 10
+    assert exc.value.code == ExitCode.CORRUPT
+    assert int(exc.value.code) == 10
     assert "invalid" in exc.value.message
     assert exc.value.hint is not None and "repair" in exc.value.hint
 
