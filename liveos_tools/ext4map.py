@@ -298,6 +298,11 @@ class Ext4Map:
             bits[g * per : (g + 1) * per] = self._read(grp.block_bitmap)[:per]
         return bits
 
+    @property
+    def block_bits(self) -> bytearray:
+        """The block bitmaps of all groups back to back: bit (block - first_data_block)."""
+        return self._free
+
     def in_use(self, block: int) -> bool:
         if block < self.sb.first_data_block:
             return True  # the boot block before a 1 KiB filesystem's superblock

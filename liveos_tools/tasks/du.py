@@ -218,9 +218,20 @@ def classify(
     owner, nblocks = fs.owner, sb.blocks_count
     compare: list[tuple[int, int]] = []
     first_owner: dict[int, int] = {}
+    bits, fdb = fs.block_bits, sb.first_data_block
+    last_chunk = -(-view.size_bytes // cb)
+    same = cb == bs and fdb == 0
     for old, new in items:
+        if same and old < nblocks:
+            # the common case (4 KiB chunks over 4 KiB blocks), inlined: a million chunks
+            if bits[old >> 3] >> (old & 7) & 1 or keep_free:
+                first_owner[old] = owner[old]
+                compare.append((old, new))
+            else:
+                deleted.add(old)
+            continue
         lo, hi = old * cb // bs, ((old + 1) * cb - 1) // bs
-        if old * cb >= view.size_bytes:
+        if old >= last_chunk:
             deleted.add(old)  # past the device's end: the kernel never shows it
             continue
         if lo >= nblocks:
