@@ -18,6 +18,8 @@ overlay's data chunks, and buckets 1 and 2 are exactly what `compact` drops.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -424,3 +426,51 @@ def advice(rep: DuReport) -> list[str]:
         out.append("nothing to reclaim: every chunk holds live data")
     out.append("`liveos-overlay economize` shows what fills the overlay day after day")
     return out
+
+
+# -- the monitor's summary (non-root learners read it from /run/liveos-tools/status.json) --
+
+#: how old the published du summary may get before the monitor starts a new one
+SUMMARY_MAX_AGE = 600.0
+_summary: dict[str, Any] = {"doc": None, "busy": False}
+_summary_lock = threading.Lock()
+
+
+def summary_doc(rep: DuReport, *, taken_at: float) -> dict[str, Any]:
+    doc = rep.to_json(depth=2, top=10)
+    doc["taken_at"] = taken_at
+    return doc
+
+
+def cached_summary(
+    *,
+    max_age: float = SUMMARY_MAX_AGE,
+    compute: Callable[[], DuReport] | None = None,
+    now: float | None = None,
+) -> dict[str, Any] | None:
+    """The last du summary of the running system (None until the first is ready).
+
+    du can take many seconds on a big overlay and the monitor publishes every few, so
+    a stale summary is refreshed in a background thread while the old one is served.
+    """
+    now = time.time() if now is None else now
+    with _summary_lock:
+        doc: dict[str, Any] | None = _summary["doc"]
+        stale = doc is None or now - float(doc.get("taken_at", 0)) > max_age
+        if stale and not _summary["busy"]:
+            _summary["busy"] = True
+            job = compute or (lambda: du_medium(None))
+            threading.Thread(target=_refresh, args=(job,), daemon=True).start()
+    return doc
+
+
+def _refresh(job: Callable[[], DuReport]) -> None:
+    try:
+        doc = summary_doc(job(), taken_at=time.time())
+    except LiveOSError as err:
+        doc = {"error": err.message, "hint": err.hint, "taken_at": time.time()}
+    except Exception as exc:  # a bug must not kill the monitor's thread silently
+        doc = {"error": f"internal: {exc.__class__.__name__}: {exc}", "taken_at": time.time()}
+    with _summary_lock:
+        _summary["doc"] = doc
+        _summary["busy"] = False
