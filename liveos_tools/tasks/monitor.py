@@ -99,11 +99,14 @@ def publish(doc: dict[str, Any], path: Path = STATUS_PATH) -> None:
 def live_status_doc(livedir: str | None = None) -> dict[str, Any]:
     """The running system's status as JSON, with the time it was taken."""
     from liveos_tools.media import open_medium
+    from liveos_tools.tasks.du import cached_summary
     from liveos_tools.tasks.status import build_status, to_json
 
     with open_medium(None, livedir=livedir) as medium:
         doc = to_json(build_status(medium))
     doc["published_at"] = time.time()
+    # what fills the overlay (liveos-overlay du), refreshed in the background every 10 min
+    doc["du"] = cached_summary()
     return doc
 
 
