@@ -44,33 +44,33 @@ STICK_ARGS = re.compile(
     r"^(root=|rootfstype=|initrd=|rd\.live\.|rd\.overlay|ro$|rw$|liveimg$|overlay=|"
     r"BOOT_IMAGE=|inst\.stage2=|persistenthome=|CDLABEL=)"
 )
-_LABEL_OK = re.compile(r"^[A-Za-z0-9_.+-][A-Za-z0-9 _.+-]*$")
+_LABEL_OK = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
 def check_label(label: str) -> str:
-    """The ISO's volume label: at most 32 characters, ones a kernel argument can carry."""
-    if len(label) > MAX_LABEL:
+    """The ISO's volume label: at most 32 characters a kernel argument can carry.
+
+    Spaces become '_': dracut 059 reads root=live:CDLABEL=A\\x20B as 'Ax20B' and never
+    finds the CD (seen under qemu), and a literal space would end the argument.
+    """
+    clean = label.strip().replace(" ", "_")
+    if len(clean) > MAX_LABEL:
         raise UsageError(
-            f"--label {label!r} has {len(label)} characters; an ISO label holds at most "
+            f"--label {label!r} has {len(clean)} characters; an ISO label holds at most "
             f"{MAX_LABEL}",
             "choose a shorter label",
         )
-    if not label or not _LABEL_OK.match(label):
+    if not clean or not _LABEL_OK.match(clean):
         raise UsageError(
-            f"--label {label!r}: use letters, digits, space, _ . + - only",
+            f"--label {label!r}: use letters, digits and _ . + - only",
             "the label goes into root=live:CDLABEL=... on the kernel command line",
         )
-    return label
-
-
-def cdlabel(label: str) -> str:
-    # dracut and udev's by-label links spell a space \x20 (as Fedora's ISOs do).
-    return label.replace(" ", "\\x20")
+    return clean
 
 
 def kernel_args(label: str, source_args: Sequence[str]) -> list[str]:
     kept = [w for w in source_args if not STICK_ARGS.match(w)]
-    return [f"root=live:CDLABEL={cdlabel(label)}", "rd.live.image", *kept]
+    return [f"root=live:CDLABEL={label}", "rd.live.image", *kept]
 
 
 def isolinux_cfg(label: str, args: Sequence[str], *, timeout_s: int = 5) -> str:

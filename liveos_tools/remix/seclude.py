@@ -375,8 +375,8 @@ def mounted(image: Path, *, writable: bool) -> Iterator[Path]:
 
     loop = losetup.attach(image, readonly=not writable)
     try:
-        # beside the image: the workdir holds everything a remix attaches
-        where = Path(tempfile.mkdtemp(prefix="mnt-", dir=image.parent))
+        # a writable image's mount point goes beside it, in the remix's work directory
+        where = Path(tempfile.mkdtemp(prefix="mnt-", dir=image.parent if writable else None))
         try:
             # nosuid/nodev/noexec: nothing in the image acts on the host while it is open
             opts = "rw,nosuid,nodev,noexec" if writable else "ro,noload,nosuid,nodev,noexec"

@@ -71,7 +71,8 @@ def test_iso_from_a_stick_boots_by_bios_efi_and_dd(tmp_path: Path, fixture_iso: 
     work = tmp_path / "work"
     work.mkdir()
     extra = [xorriso.Graft("/LiveOS/home.img", tree / "LiveOS" / "overlay-LIVE-4C2A-11F0")]
-    layout = iso.stage(work, label="Class Remix 1", squashfs=squash, boot=boot, extra=extra)
+    label = iso.check_label("Class Remix 1")
+    layout = iso.stage(work, label=label, squashfs=squash, boot=boot, extra=extra)
     out = tmp_path / "remix.iso"
     seen: list[tuple[int, int]] = []
     iso.write_iso(layout, out, progress=lambda d, t: seen.append((d, t)))
@@ -102,7 +103,7 @@ def test_iso_from_a_stick_boots_by_bios_efi_and_dd(tmp_path: Path, fixture_iso: 
     pc = pycdlib.PyCdlib()
     pc.open(str(out))
     try:
-        assert pc.pvd.volume_identifier.decode().rstrip() == "Class Remix 1"
+        assert pc.pvd.volume_identifier.decode().rstrip() == "Class_Remix_1"
         assert pc.eltorito_boot_catalog is not None
         assert hashlib.sha256(_iso_file(pc, "/LiveOS/squashfs.img")).hexdigest() == _sha(squash)
         assert _iso_file(pc, "/LiveOS/home.img") == b"\0" * 4096
@@ -127,10 +128,10 @@ def test_iso_from_a_stick_boots_by_bios_efi_and_dd(tmp_path: Path, fixture_iso: 
         lines = [ln for ln in text.splitlines() if ln.strip().startswith(("append", "linux"))]
         assert lines, name
         for ln in lines:
-            assert "root=live:CDLABEL=Class\\x20Remix\\x201 rd.live.image console=ttyS0 quiet" \
+            assert "root=live:CDLABEL=Class_Remix_1 rd.live.image console=ttyS0 quiet" \
                 in ln, (name, ln)  # fmt: skip
             assert "rd.live.overlay" not in ln and "UUID" not in ln and " rw " not in ln
-    assert "search --no-floppy --set=root -l 'Class Remix 1'" in cfgs["efiboot"]
+    assert "search --no-floppy --set=root -l 'Class_Remix_1'" in cfgs["efiboot"]
     # nothing of the stick changed
     assert {p: _sha(p) for p in tree.rglob("*") if p.is_file()} == before
 
