@@ -141,50 +141,22 @@ def check_fat_limit(size: int, fstype: str | None, what: str) -> None:
 # --- the pieces of a refresh -----------------------------------------------------------
 
 
-def build_image(
-    medium: Medium, scratch: Path, compressor: str, meter: Meter
-) -> Path:
-    """Merge, check, zero free blocks, compress: returns scratch/squashfs.img."""
-    from liveos_tools import merge
+def build_image(medium: Medium, scratch: Path, compressor: str, meter: Meter) -> Path:
+    """The shared pipeline (liveos_tools/rebuild.py): merge into the workdir, e2fsck,
+    zero the free blocks, compress. Returns scratch/squashfs.img."""
+    from liveos_tools import merge, rebuild
 
     dest = scratch / "squashfs.img"
-    try:
-        from liveos_tools import rebuild  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        rebuild = None
     with merge.merged(medium) as view:
-        if rebuild is not None:
-            image = rebuild.scratch_image(view, scratch, progress=meter("merge"))
-        else:
-            image = scratch / "rootfs.img"
-            view.write_image(image, progress=meter("merge"))
-    bk.kill_point("refresh-merged")
-    if rebuild is not None:
+        image = rebuild.scratch_image(view, scratch, progress=meter("merge"))
+    try:
+        bk.kill_point("refresh-merged")
         rebuild.check_clean(image)
         rebuild.zero_free_blocks(image)
         rebuild.make_squashfs(image, dest, compressor=compressor, progress=meter("compress"))
-    else:
-        _check_and_zero(image)
-        from liveos_tools.tools import mksquashfs
-
-        mksquashfs.make_nested(image, dest, compressor=compressor)
-    image.unlink(missing_ok=True)
+    finally:
+        rebuild.remove_scratch(image)
     return dest
-
-
-def _check_and_zero(image: Path) -> None:
-    # Stand-in until rebuild.py lands: e2fsck -p, and -E discard punches the free
-    # blocks out of the image file (holes read as zeros and compress to nothing).
-    from liveos_tools.run import run
-    from liveos_tools.tools import e2fsck
-
-    res = e2fsck.check(image, repair=True)
-    if not res.clean:
-        raise CorruptError(
-            f"the merged root filesystem is not clean: e2fsck exit {res.describe()}",
-            "run liveos-overlay repair on the stick first",
-        )
-    run(["e2fsck", "-f", "-y", "-E", "discard", str(image)], check=False)
 
 
 def copy_synced(src: Path, dst: Path, meter: Callable[[int, int], None]) -> None:
@@ -243,8 +215,8 @@ def _plan_build(
     keep_previous: bool,
     meter: Meter,
 ) -> Plan:
+    from liveos_tools import merge, rebuild
     from liveos_tools.run import require
-    from liveos_tools.tools import mksquashfs
 
     cur = stick.pair(Slot.CURRENT)
     if medium.overlay_kind is not OverlayKind.DM:
@@ -268,10 +240,18 @@ def _plan_build(
             + (f" ({report.problem})" if report.problem else ""),
             "repair it first: liveos-overlay repair",
         )
-    old_comp = mksquashfs.compressor_of(cur.base)
+    old_comp = rebuild.squashfs_compressor(cur.base)
     comp = compress or old_comp
-    inner = mksquashfs.inner_size(cur.base, str(medium.rootfs_path or "LiveOS/rootfs.img"))
-    rootfs_bytes = inner if inner is not None else 4 * cur.base.stat().st_size
+    from liveos_tools.tools import mksquashfs
+
+    if comp not in mksquashfs.WRITABLE_COMPRESSORS:
+        raise UsageError(
+            f"mksquashfs cannot write {comp}-compressed images"
+            + ("" if compress else " (the old image's compressor)"),
+            f"choose one with --compress: {', '.join(mksquashfs.WRITABLE_COMPRESSORS)}",
+        )
+    with merge.open_base(medium) as rootfs:  # also proves squashfs.img readable
+        rootfs_bytes = rootfs.stat().st_size
     overlay_size = cur.overlay.stat().st_size
     estimate = cur.base.stat().st_size + report.used_bytes
 

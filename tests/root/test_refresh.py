@@ -135,7 +135,7 @@ def learner_copy(base: Path, dest: Path, files: dict[str, bytes]) -> None:
 
 
 def squash(rootfs: Path, dest: Path, comp: str = "gzip") -> None:
-    sq = dest.parent / (dest.name + ".sq")
+    sq = rootfs.parent / (rootfs.name + ".sq")
     (sq / "LiveOS").mkdir(parents=True)
     os.link(rootfs, sq / "LiveOS" / "rootfs.img")
     sh("mksquashfs", sq, dest, "-comp", comp, "-noappend", "-quiet", "-no-progress")
