@@ -62,6 +62,8 @@ class LiveOSApp(App[int]):
         Binding("x", "act('reset')", "Reset"),
         Binding("h", "act('grow-home')", "Grow home"),
         Binding("c", "act('copy-home')", "Copy home"),
+        Binding("f", "act('refresh')", "Refresh image", show=False),
+        Binding("b", "act('rollback')", "Roll back", show=False),
         Binding("s,f5", "rescan", "Scan", show=False),
         Binding("down,j", "move(1)", "Next", show=False),
         Binding("up,k", "move(-1)", "Previous", show=False),

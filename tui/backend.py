@@ -45,6 +45,8 @@ class Action(Enum):
     RESET = "reset"
     GROW_HOME = "grow-home"
     COPY_HOME = "copy-home"
+    REFRESH = "refresh"
+    ROLLBACK = "rollback"
 
     @property
     def label(self) -> str:
@@ -57,6 +59,8 @@ ACTION_LABELS = {
     Action.RESET: "Reset overlay",
     Action.GROW_HOME: "Grow home.img",
     Action.COPY_HOME: "Copy home.img to another stick",
+    Action.REFRESH: "Refresh the image (fold the overlay in)",
+    Action.ROLLBACK: "Roll back to the previous image",
 }
 
 #: Actions that take a size (grow by).

@@ -148,6 +148,8 @@ class FixtureBackend:
             Action.RESET: "zero the first 64 KiB of the overlay",
             Action.GROW_HOME: f"grow home.img by {format_size(params.by_bytes or 0)}",
             Action.COPY_HOME: f"copy home.img to {params.dest.title if params.dest else '?'}",
+            Action.REFRESH: "build a new squashfs.img, switch to it with a fresh overlay",
+            Action.ROLLBACK: "switch back to the previous image and its overlay",
         }[action]
         plan.add(f"check that {stick.title} is not in use", first)
         plan.add(what, last)

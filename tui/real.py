@@ -49,6 +49,8 @@ TASKS: dict[Action, tuple[str, str]] = {
     Action.RESET: ("liveos_tools.tasks.reset", "plan_reset"),
     Action.GROW_HOME: ("liveos_tools.tasks.home", "plan_resize"),
     Action.COPY_HOME: ("liveos_tools.tasks.home", "plan_copy"),
+    Action.REFRESH: ("liveos_tools.tasks.refresh", "plan_refresh"),
+    Action.ROLLBACK: ("liveos_tools.tasks.refresh", "plan_rollback"),
 }
 
 def running_live_system() -> bool:
@@ -73,8 +75,8 @@ def command_for(stick: Stick, action: Action, params: ActionParams) -> list[str]
         return ["repair", *target, "--yes"]
     if action is Action.GROW:
         return ["grow", *target, *by, "--yes"]
-    if action is Action.RESET:
-        return ["reset", *target, "--yes"]
+    if action in (Action.RESET, Action.REFRESH, Action.ROLLBACK):
+        return [action.value, *target, "--yes"]
     live = [stick.target or str(LIVE_ROOT)]
     if action is Action.GROW_HOME:
         return ["home", "resize", *live, *by, "--yes"]
@@ -231,7 +233,7 @@ class RealBackend:
         medium = stack.enter_context(open_medium(stick.target, writable=writable))
         if action is Action.GROW:
             return fn(medium, by_bytes=params.by_bytes), medium
-        if action in (Action.REPAIR, Action.RESET):
+        if action in (Action.REPAIR, Action.RESET, Action.REFRESH, Action.ROLLBACK):
             return fn(medium), medium
         if medium.home_path is None:
             raise ActionUnavailable(
