@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "liveos_tools.cli.home",
     "liveos_tools.cli.space",
     "liveos_tools.cli.refresh",
+    "liveos_tools.cli.remix",
 ]
 
 #: Which module registers each command: when the command is known, only its module is
@@ -42,6 +43,7 @@ COMMAND_NAMES = {
     "tui": "liveos_tools.cli.tui",
     "home": "liveos_tools.cli.home",
     "swap": "liveos_tools.cli.home",
+    "remix": "liveos_tools.cli.remix",
     "du": "liveos_tools.cli.space",
     "compact": "liveos_tools.cli.space",
     "economize": "liveos_tools.cli.space",
