@@ -40,3 +40,21 @@ def make_swap(target: str | Path, *, label: str | None = None) -> None:
     if label:
         argv += ["-L", label]
     run([*argv, str(target)])
+
+
+def ext_argv(device: str | Path, *, fstype: str, label: str, uuid: str, blocksize: int,
+             offset: int = 0, length: int) -> list[str]:  # fmt: skip
+    """mke2fs for a stick: `length` bytes at `offset` of `device` (a partition node: 0).
+    nodiscard: a discard punches holes in an image file, undoing the preallocation."""
+    if fstype not in EXT_TYPES:
+        raise ValueError(f"not an ext filesystem type: {fstype}")
+    ext_opts = f"offset={offset},nodiscard" if offset else "nodiscard"
+    return [f"mkfs.{fstype}", "-q", "-F", "-L", label, "-U", uuid, "-b", str(blocksize),
+            "-E", ext_opts, str(device), str(length // blocksize)]
+
+
+def run_argv(argv: list[str]) -> None:
+    """Run an argv built here (the plan shows the same list)."""
+    if not argv or not argv[0].startswith("mkfs.ext"):
+        raise ValueError(f"not an mkfs.ext* command: {argv[:1]}")
+    run(argv)

@@ -43,3 +43,10 @@ def make(
 ) -> None:
     run(argv(device, offset, size, label=label, volume_id=volume_id,
              hidden_sectors=hidden_sectors, fat_bits=fat_bits))  # fmt: skip
+
+
+def run_argv(argv: list[str]) -> None:
+    """Run an argv made by argv() (the plan shows the same list)."""
+    if not argv or argv[0] != "mkfs.fat":
+        raise ValueError(f"not a mkfs.fat command: {argv[:1]}")
+    run(argv)

@@ -183,8 +183,11 @@ def test_refusals_change_nothing(isos: dict[str, isobuild.FixtureIso], tmp_path:
     assert too_small.returncode == 6, too_small.stderr
     assert too_small.stderr.startswith("error: ") and "Traceback" not in too_small.stderr
     assert "hint: " in too_small.stderr
-    fat_limit = write("--format", "8G,vfat", "--overlay-size-mb", "4096", "--yes", iso, str(img))
-    assert fat_limit.returncode == 6 and "4 GiB" in fat_limit.stderr
+    # a new 8 GiB image file (--format SIZE on the existing one is its partition's size)
+    fat_limit = write("--format", "8G,vfat", "--overlay-size-mb", "4096", "--yes", iso,
+                      str(tmp_path / "new.img"))
+    assert fat_limit.returncode == 6 and "4 GiB" in fat_limit.stderr, fat_limit.stderr
+    assert not (tmp_path / "new.img").exists()
     no_fs = write("--overlay-size-mb", "10", iso, str(img))
     assert no_fs.returncode == 4, no_fs.stderr
     big = tmp_path / "big.img"

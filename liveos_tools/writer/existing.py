@@ -1,0 +1,177 @@
+"""An existing (unmounted) stick filesystem, read without mounting it, and the persistence
+files a source stick offers (--copy-overlay, --copy-home)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from liveos_tools.errors import TargetError, UsageError
+from liveos_tools.writer import copy
+from liveos_tools.writer.dest import FatDest
+from liveos_tools.writer.layout import Layout
+from liveos_tools.writer.options import StickFs, WriteOptions
+from liveos_tools.writer.source import Source, SourceFile
+
+
+def fs_has(fs: StickFs, rel: str) -> bool:
+    """Does the (unmounted) filesystem hold `rel`? mtools for FAT, debugfs for ext*."""
+    from liveos_tools.run import run
+    from liveos_tools.tools import mtools
+
+    if fs.fstype == "vfat":
+        return mtools.exists(fs.device, fs.offset, rel)
+    where = f"{fs.device}?offset={fs.offset}" if fs.offset else fs.device
+    res = run(["debugfs", "-R", f"stat /{rel.strip('/')}", where], check=False)
+    return res.returncode == 0 and "Inode:" in res.stdout
+
+
+def ext_pieces(fs: StickFs, rel: str) -> tuple[int, list[tuple[int, int]]]:
+    """(size, absolute byte ranges in file order) of a file on an unmounted ext*
+    filesystem, from debugfs's `stat` and `blocks` (read-only, no journal replay)."""
+    import re
+    import struct
+
+    from liveos_tools.run import run
+
+    where = f"{fs.device}?offset={fs.offset}" if fs.offset else fs.device
+    stat_out = run(["debugfs", "-R", f"stat /{rel.strip('/')}", where]).stdout
+    m = re.search(r"\bSize: (\d+)", stat_out)
+    if m is None:
+        raise TargetError(f"{rel}: debugfs shows no size for it")
+    size = int(m.group(1))
+    blocks = [int(b) for b in run(["debugfs", "-R", f"blocks /{rel.strip('/')}", where]
+                                  ).stdout.split()]  # fmt: skip
+    with open(fs.device, "rb") as f:
+        f.seek(fs.offset + 1024 + 24)
+        bs = 1024 << struct.unpack("<I", f.read(4))[0]
+    pieces: list[tuple[int, int]] = []
+    for b in blocks:
+        off = fs.offset + b * bs
+        if pieces and pieces[-1][0] + pieces[-1][1] == off:
+            pieces[-1] = (pieces[-1][0], pieces[-1][1] + bs)
+        else:
+            pieces.append((off, bs))
+    return size, pieces
+
+
+def free_bytes(fs: StickFs) -> tuple[int, int]:
+    """(free bytes, allocation unit) of an unmounted filesystem: FAT from its first FAT
+    copy, ext* from its superblock (dumpe2fs -h)."""
+    from liveos_tools.tools import mtools
+
+    if fs.fstype == "vfat":
+        geo = mtools.read_geometry(fs.device, fs.offset)
+        bits = mtools.fat_bits(geo)
+        count = mtools.cluster_count(geo)
+        with open(fs.device, "rb") as f:
+            f.seek(fs.offset + geo.reserved * geo.bytes_per_sector)
+            fat = f.read(geo.fat_sectors * geo.bytes_per_sector)
+        if bits == 12:
+            entries = [(int.from_bytes(fat[c * 3 // 2: c * 3 // 2 + 2], "little")
+                        >> (4 * (c & 1))) & 0xFFF for c in range(2, count + 2)]
+        else:
+            w = bits // 8
+            mask = 0x0FFFFFFF if bits == 32 else 0xFFFF
+            view = memoryview(fat[: w * (count + 2)]).cast("I" if bits == 32 else "H")
+            entries = [v & mask for v in view[2:]]
+        return sum(1 for e in entries if e == 0) * geo.cluster_bytes, geo.cluster_bytes
+    from liveos_tools.tools import e2fs
+
+    where = f"{fs.device}?offset={fs.offset}" if fs.offset else fs.device
+    u = e2fs.usage(where)
+    return u.free_blocks * u.block_size, u.block_size
+
+
+def existing_bytes(fs: StickFs, rel: str) -> int:
+    """What `rel` occupies on the unmounted filesystem now (0 when it is not there)."""
+    from liveos_tools.tools import mtools
+
+    if not fs_has(fs, rel):
+        return 0
+    if fs.fstype == "vfat":
+        return mtools.allocated_bytes(fs.device, fs.offset, rel)
+    return sum(n for _, n in ext_pieces(fs, rel)[1])
+
+
+def _stick_source(src: Source, what: str) -> None:
+    from liveos_tools.writer.source import SourceKind
+
+    if src.kind is SourceKind.ISO:
+        raise UsageError(f"{what}: an ISO image has no {what.split('-')[-1]} to copy",
+                         "give a stick as SOURCE: `live`, its device, or its mounted directory")
+
+
+def source_overlay(src: Source, layout: Layout) -> SourceFile:
+    """The source stick's overlay file (overlay-<LABEL>-<UUID> in its LiveOS directory)."""
+    _stick_source(src, "--copy-overlay")
+    prefix = f"/{layout.livedir}/overlay-".lower()
+    found = sorted((p for p in src.files if p.lower().startswith(prefix)), key=str.lower)
+    if len(found) > 1 and src.label:
+        mine = [p for p in found if p.lower().startswith(f"{prefix}{src.label.lower()}-")]
+        found = mine or found
+    if not found:
+        raise TargetError(f"--copy-overlay: {src.origin} has no overlay file in "
+                          f"/{layout.livedir}", "drop --copy-overlay to make a new overlay")
+    if len(found) > 1:
+        raise TargetError(f"--copy-overlay: {src.origin} has several overlays: "
+                          + ", ".join(found), "remove the stale ones first")
+    return src.files[found[0]]
+
+
+def source_home(src: Source, layout: Layout) -> SourceFile:
+    _stick_source(src, "--copy-home")
+    sf = src.get(f"/{layout.livedir}/home.img")
+    if sf is None:
+        raise TargetError(f"--copy-home: {src.origin} has no /{layout.livedir}/home.img",
+                          "drop --copy-home, or make a new one with --home-size-mb N")
+    from liveos_tools.tasks import home
+
+    home.ensure_not_in_use(Path(sf.backing))
+    return sf
+
+
+def check_same_base(src: Source, layout: Layout, opts: WriteOptions,
+                    fs: StickFs | None) -> str:  # fmt: skip
+    """An overlay only means something on top of the image it was made over: refused
+    unless it is; returns the note that says why it is."""
+    if not opts.skipcopy:
+        return ("--copy-overlay: the overlay goes with the very image it was made "
+                f"over ({layout.image}, copied from the same source)")
+    image_sf = src.get(layout.image)
+    assert image_sf is not None
+    hint = "drop --skipcopy so the source's image is copied with its overlay"
+    rel = f"{opts.livedir}/{Path(layout.image).name}"
+    if fs is None:
+        raise UsageError("--copy-overlay with --skipcopy needs a stick with an image", hint)
+    from liveos_tools.tools import mtools
+
+    if not fs_has(fs, rel):
+        raise TargetError(f"--copy-overlay: the stick has no {rel} for the overlay", hint)
+    mine: copy.Checksum | None = None
+    if fs.fstype == "vfat":
+        same_size = mtools.allocated_bytes(fs.device, fs.offset, rel) >= image_sf.size
+        with tempfile.TemporaryDirectory(prefix="liveos-cmp-") as tmp:
+            mine = FatDest(fs.device, fs.offset, Path(tmp)).checksum(rel, image_sf.size)
+    else:
+        size, pieces = ext_pieces(fs, rel)
+        same_size = size == image_sf.size
+        if same_size and sum(n for _, n in pieces) < size:
+            raise UsageError(f"--copy-overlay: the stick's {rel} is sparse, so it cannot be "
+                             "compared with the source's image here", hint)
+        fd = os.open(fs.device, os.O_RDONLY)
+        try:
+            mine = copy.read_back(fd, pieces, size, rel) if same_size else None
+        finally:
+            os.close(fd)
+    theirs = copy.checksum_of(copy.source_chunks(image_sf, None, None))
+    same = same_size and mine is not None and mine.first_difference(theirs) is None
+    if not same:
+        raise UsageError(
+            f"--copy-overlay: the stick's {rel} is not the image the source's overlay was "
+            f"made over (checksums differ): the overlay would corrupt the root filesystem",
+            hint,
+        )
+    return (f"--copy-overlay: the stick's {rel} has the same checksum as the "
+            f"source's {layout.image}")
