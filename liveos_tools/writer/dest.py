@@ -22,6 +22,7 @@ from typing import Protocol
 from liveos_tools.errors import LiveOSError
 from liveos_tools.tools import mtools
 from liveos_tools.writer import copy as copy_mod
+from liveos_tools.writer import fatwrite
 from liveos_tools.writer.source import SourceFile
 
 #: Files at least this big are written straight into clusters allocated for them.
@@ -92,7 +93,9 @@ class FatDest:
     def _grow(self, rel: str, size: int) -> list[tuple[int, int]] | None:
         """Make `rel` a file of `size` bytes whose clusters we allocated; where its data
         goes. None when mtools must do it (small files, FAT12)."""
-        if size < FAST_MIN or mtools.fat_bits(mtools.read_geometry(self.device, self.offset)) == 12:
+        if size < FAST_MIN:
+            return None
+        if fatwrite.fat_bits(mtools.read_geometry(self.device, self.offset)) == 12:
             return None
         placeholder = self._tmp("placeholder")
         placeholder.write_bytes(b"\0")
@@ -100,7 +103,7 @@ class FatDest:
             mtools.copy_in(self.device, self.offset, placeholder, rel)
         finally:
             placeholder.unlink()
-        return mtools.grow_placeholder(self.device, self.offset, rel, 1, size)
+        return fatwrite.grow_placeholder(self.device, self.offset, rel, 1, size)
 
     def write_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
                    checksum: bool) -> copy_mod.Checksum | None:  # fmt: skip
@@ -132,7 +135,7 @@ class FatDest:
                  progress: copy_mod.Progress | None = None) -> copy_mod.Checksum:
         geo = mtools.read_geometry(self.device, self.offset)
         runs = mtools.clusters(self.device, self.offset, rel)
-        pieces = mtools.data_pieces(geo, self.offset, runs, size)
+        pieces = fatwrite.data_pieces(geo, self.offset, runs, size)
         fd = os.open(self.device, os.O_RDONLY)
         try:
             return copy_mod.read_back(fd, pieces, size, rel, progress)
@@ -144,7 +147,7 @@ class FatDest:
         geo = mtools.read_geometry(self.device, self.offset)
         runs = mtools.clusters(self.device, self.offset, rel)
         allocated = sum(b - a + 1 for a, b in runs) * geo.cluster_bytes
-        pieces = mtools.data_pieces(geo, self.offset, runs, min(length, allocated))
+        pieces = fatwrite.data_pieces(geo, self.offset, runs, min(length, allocated))
         fd = os.open(self.device, os.O_WRONLY)
         try:
             _write_zeros(fd, pieces)

@@ -59,24 +59,10 @@ def ext_pieces(fs: StickFs, rel: str) -> tuple[int, list[tuple[int, int]]]:
 def free_bytes(fs: StickFs) -> tuple[int, int]:
     """(free bytes, allocation unit) of an unmounted filesystem: FAT from its first FAT
     copy, ext* from its superblock (dumpe2fs -h)."""
-    from liveos_tools.tools import mtools
-
     if fs.fstype == "vfat":
-        geo = mtools.read_geometry(fs.device, fs.offset)
-        bits = mtools.fat_bits(geo)
-        count = mtools.cluster_count(geo)
-        with open(fs.device, "rb") as f:
-            f.seek(fs.offset + geo.reserved * geo.bytes_per_sector)
-            fat = f.read(geo.fat_sectors * geo.bytes_per_sector)
-        if bits == 12:
-            entries = [(int.from_bytes(fat[c * 3 // 2: c * 3 // 2 + 2], "little")
-                        >> (4 * (c & 1))) & 0xFFF for c in range(2, count + 2)]
-        else:
-            w = bits // 8
-            mask = 0x0FFFFFFF if bits == 32 else 0xFFFF
-            view = memoryview(fat[: w * (count + 2)]).cast("I" if bits == 32 else "H")
-            entries = [v & mask for v in view[2:]]
-        return sum(1 for e in entries if e == 0) * geo.cluster_bytes, geo.cluster_bytes
+        from liveos_tools.writer import fatwrite
+
+        return fatwrite.free_bytes(fs.device, fs.offset)
     from liveos_tools.tools import e2fs
 
     where = f"{fs.device}?offset={fs.offset}" if fs.offset else fs.device

@@ -12,7 +12,7 @@ import pytest
 
 from liveos_tools.errors import CorruptError
 from liveos_tools.tools import mtools
-from liveos_tools.writer import copy
+from liveos_tools.writer import copy, fatwrite
 from liveos_tools.writer.dest import FatDest
 from liveos_tools.writer.source import SourceFile
 
@@ -66,7 +66,7 @@ def test_fast_files_are_clean_and_verified(tmp_path: Path, bits: int) -> None:
     copy.verify(d, "LiveOS/squashfs.img", got)
     # change one byte in the middle of the file's clusters: verification names where
     geo = mtools.read_geometry(img, 0)
-    pieces = mtools.data_pieces(geo, 0, mtools.clusters(img, 0, "LiveOS/squashfs.img"),
+    pieces = fatwrite.data_pieces(geo, 0, mtools.clusters(img, 0, "LiveOS/squashfs.img"),
                                 len(data))
     at = 20 * MIB
     for off, length in pieces:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from liveos_tools.tools import mtools, parted
+from liveos_tools.tools import mtools
+from liveos_tools.writer import fatwrite, parted
 from tests.fixtures import isobuild
 from tests.root.test_iso_write import CLI, blkid_at, write
 
@@ -34,7 +35,7 @@ def poke(img: Path, rel: str, at: int, data: bytes) -> None:
     """Write `data` at byte `at` of a FAT file, in its cluster."""
     part = parted.read_table(img).partitions[-1]
     geo = mtools.read_geometry(img, part.start)
-    pieces = mtools.data_pieces(geo, part.start, mtools.clusters(img, part.start, rel), at + 1)
+    pieces = fatwrite.data_pieces(geo, part.start, mtools.clusters(img, part.start, rel), at + 1)
     for off, length in pieces:
         if at < length:
             with open(img, "r+b") as f:

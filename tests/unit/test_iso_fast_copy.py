@@ -8,8 +8,7 @@ import struct
 import pytest
 
 from liveos_tools.errors import NoSpaceError
-from liveos_tools.tools import mtools
-from liveos_tools.writer import copy
+from liveos_tools.writer import copy, fatwrite
 
 
 def fat32(entries: dict[int, int], count: int) -> bytes:
@@ -22,29 +21,29 @@ def fat32(entries: dict[int, int], count: int) -> bytes:
 
 def test_allocate_takes_the_clusters_after_the_first_when_free() -> None:
     fat = fat32({2: 0x0FFFFFFF, 3: 0x0FFFFFFF}, 100)
-    assert mtools.allocate(fat, 32, 3, 10, 100) == [(3, 12)]
-    assert mtools.allocate(fat, 32, 3, 1, 100) == [(3, 3)]
+    assert fatwrite.allocate(fat, 32, 3, 10, 100) == [(3, 12)]
+    assert fatwrite.allocate(fat, 32, 3, 1, 100) == [(3, 3)]
 
 
 def test_allocate_skips_used_clusters_and_wraps() -> None:
     used = {c: 0x0FFFFFFF for c in (2, 5, 6, 7, 98, 99, 100, 101)}
     fat = fat32(used, 100)
     # first=98 is the placeholder; 99..101 are used, so it wraps to 3, 4, then 8...
-    runs = mtools.allocate(fat, 32, 98, 6, 100)
+    runs = fatwrite.allocate(fat, 32, 98, 6, 100)
     assert runs == [(98, 98), (3, 4), (8, 10)]
 
 
 def test_allocate_refuses_when_full() -> None:
     fat = fat32({c: 0x0FFFFFFF for c in range(2, 100)}, 100)
     with pytest.raises(NoSpaceError, match="free clusters"):
-        mtools.allocate(fat, 32, 3, 10, 100)
+        fatwrite.allocate(fat, 32, 3, 10, 100)
 
 
 def test_chain_links_runs_and_ends() -> None:
-    out = mtools.chain([(3, 5), (9, 9)], 32)
+    out = fatwrite.chain([(3, 5), (9, 9)], 32)
     assert out[0] == (3, struct.pack("<III", 4, 5, 9))
     assert out[1] == (9, struct.pack("<I", 0x0FFFFFFF))
-    assert mtools.chain([(7, 8)], 16) == [(7, struct.pack("<HH", 8, 0xFFFF))]
+    assert fatwrite.chain([(7, 8)], 16) == [(7, struct.pack("<HH", 8, 0xFFFF))]
 
 
 def dirent(name: bytes, attr: int, cluster: int, size: int) -> bytes:
@@ -62,9 +61,9 @@ def test_find_dirent_matches_cluster_and_size_only_for_files() -> None:
             + dirent(b"SUB", 0x10, 70000, 1)  # a directory
             + dirent(b"SQUASHFSIMG", 0x20, 70000, 1)
             + bytes(32) + dirent(b"LATER", 0x20, 5, 1))
-    assert mtools.find_dirent(data, 70000, 1) == 96
-    assert mtools.find_dirent(data, 70000, 2) is None
-    assert mtools.find_dirent(data, 5, 1) is None  # after the end marker
+    assert fatwrite.find_dirent(data, 70000, 1) == 96
+    assert fatwrite.find_dirent(data, 70000, 2) is None
+    assert fatwrite.find_dirent(data, 5, 1) is None  # after the end marker
 
 
 def test_segments_split_pieces_in_file_order() -> None:
