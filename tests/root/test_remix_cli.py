@@ -9,7 +9,6 @@ real kernel is the boot proof's (tests/boot/test_remix_boot.py).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,8 +20,8 @@ from pathlib import Path
 
 from liveos_tools.tools import checkisomd5, xorriso
 from tests.fixtures import isobuild
+from tests.support.space_images import diff_store
 from tests.support.sticks import ext4_image, sparse
-from tests.support.store_writer import write_store
 
 MiB = 1 << 20
 LABEL = "SOAS_CLASS"
@@ -49,14 +48,6 @@ USED_FILES = {
 DELETED = "history-of-root-deleted-7730"
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(4 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _used_overlay(tmp: Path, base: Path, store: Path) -> None:
     """The store a kernel would have written for the sessions: the base's chunks that a
     real ext4 mount of a copy changed, laid out as dm-snap-persistent does."""
@@ -74,15 +65,7 @@ def _used_overlay(tmp: Path, base: Path, store: Path) -> None:
         (mnt / "root" / ".bash_history").unlink()
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
-    cb = 4096
-    chunks = []
-    with open(base, "rb") as a, open(changed, "rb") as b:
-        index = 0
-        while x := b.read(cb):
-            if a.read(cb) != x:
-                chunks.append((index, x))
-            index += 1
-    write_store(store, 16 * MiB, chunks)
+    diff_store(base, changed, store, size_bytes=16 * MiB)
     changed.unlink()
     mnt.rmdir()
 
@@ -180,14 +163,14 @@ def _leftovers(where: Path) -> list[str]:
 
 def test_remix_a_stick_into_an_iso(tmp_path: Path) -> None:
     stick = build_stick(tmp_path, extra={"class-notes.txt": "notes for the class\n"})
-    before = sha256(stick)
+    before = isobuild.sha256_file(stick)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "class.iso"
     res = remix(stick, "-o", out, "--json", "--keep", "/home/liveuser/.bash_history",
                 "--seclude", "/usr/share/class", "--include", "class-notes.txt")  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert sha256(stick) == before  # the stick was only read
+    assert isobuild.sha256_file(stick) == before  # the stick was only read
     assert _leftovers(out_dir) == [] and sorted(p.name for p in out_dir.iterdir()) == ["class.iso"]
     report = json.loads(res.stdout)
     assert report["label"] == LABEL and report["size_bytes"] == out.stat().st_size
@@ -239,17 +222,17 @@ def test_clone_puts_home_img_into_the_iso_and_warns_for_luks(tmp_path: Path) -> 
 
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     stick = build_stick(tmp_path)
-    before = sha256(stick)
+    before = isobuild.sha256_file(stick)
     res = remix(stick, "-o", tmp_path / "x.iso", "--dry-run", "--label", "A" * 32)
     assert res.returncode == 0, res.stderr
     assert "write the ISO" in res.stderr and "leave out private data" in res.stderr
     assert not (tmp_path / "x.iso").exists() and _leftovers(tmp_path) == []
-    assert sha256(stick) == before
+    assert isobuild.sha256_file(stick) == before
 
 
 def test_refusals(tmp_path: Path) -> None:
     stick = build_stick(tmp_path)
-    before = sha256(stick)
+    before = isobuild.sha256_file(stick)
     out = tmp_path / "new.iso"
 
     _assert_refused(remix(stick, "-o", out, "--label", "A" * 33), 2, "at most 32")
@@ -299,7 +282,7 @@ def test_refusals(tmp_path: Path) -> None:
                           "-o", out), 4, "no LiveOS")  # fmt: skip
 
     assert not out.exists() and _leftovers(tmp_path) == []
-    assert sha256(stick) == before
+    assert isobuild.sha256_file(stick) == before
 
 
 def test_an_invalid_overlay_is_refused(tmp_path: Path) -> None:
