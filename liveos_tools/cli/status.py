@@ -36,7 +36,8 @@ def _emit(report: StatusReport, as_json: bool, watching: bool) -> None:
         return
     if watching and sys.stdout.isatty():
         print("\033[H\033[2J", end="")
-    print(render_text(report), flush=True)
+    # A damaged overlay is said once: as the error line on stderr, not again as a warning.
+    print(render_text(report, damage_as_error=True), flush=True)
     if report.overlay.problem:
         print(f"error: the overlay is damaged: {report.overlay.problem}", file=sys.stderr)
 

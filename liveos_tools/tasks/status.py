@@ -390,7 +390,9 @@ def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MiB"
 
 
-def render_text(report: StatusReport) -> str:
+def render_text(report: StatusReport, *, damage_as_error: bool = False) -> str:
+    """The report as text; with `damage_as_error` the caller prints the overlay's damage
+    as its error line, so it is not repeated as a warning."""
     o, m = report.overlay, report.medium
     lines = []
     # Devices and images are mounted in a temporary place: name what the user gave.
@@ -405,6 +407,10 @@ def render_text(report: StatusReport) -> str:
     lines.append(f"LiveOS   {where}")
     if o.kind is OverlayKind.NONE:
         lines.append("Overlay  none")
+    elif o.state is OverlayState.CORRUPT and o.used_bytes > o.total_bytes:
+        # The table points past the store's end: any figure from it would be nonsense
+        # ("3906250.0 MiB of 16.0 MiB"); the warning below says what is damaged.
+        lines.append(f"Overlay  usage unknown, {_mib(o.total_bytes)}  state: corrupt")
     else:
         lines.append(
             f"Overlay  {usage_bar(o.used_fraction)} {o.used_fraction * 100:5.1f}%  "
@@ -435,5 +441,6 @@ def render_text(report: StatusReport) -> str:
 
     lines.extend(read_state(m).lines(m.target))
     lines.append(f"Health   {report.level.value}")
-    lines.extend(f"warning: {w}" for w in report.warnings)
+    damage = f"the overlay is damaged: {o.problem}" if damage_as_error and o.problem else None
+    lines.extend(f"warning: {w}" for w in report.warnings if w != damage)
     return "\n".join(lines)

@@ -151,3 +151,19 @@ def test_truncated_overlay_is_corrupt_and_never_over_100_percent(tmp_path: Path)
     doc = json.loads(r.stdout)
     assert (r.returncode, doc["state"], doc["used_percent"]) == (3, "corrupt", 100.0)
     assert "past the end" in doc["problem"]
+
+
+def test_an_exception_past_the_end_shows_no_figure_and_says_it_once(tmp_path: Path) -> None:
+    path = overlay(tmp_path, "used-c8")
+    data = bytearray(path.read_bytes())
+    chunk = 8 * 512
+    # the second exception of the first area (chunk 1) now points far past the end
+    data[chunk + 16 + 8 : chunk + 32] = (10**9).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    r = run("status", "--full", str(path))
+    assert r.returncode == 3
+    assert "Overlay  usage unknown, 4.0 MiB  state: corrupt" in r.stdout.splitlines()
+    said = (r.stdout + r.stderr).count("past the end")
+    assert said == 1, r.stdout + r.stderr
+    assert r.stderr.startswith("error: the overlay is damaged: an exception points at chunk")
+    assert "3906250" not in r.stdout and "%" not in r.stdout.splitlines()[1]
