@@ -110,6 +110,16 @@ class Medium(NamedTuple):
     def livedir_path(self) -> Path | None:
         return self.root / self.livedir if self.root else None
 
+    def shown_path(self, path: str | Path) -> str:
+        """A path on the medium as the user can name it: TARGET:/LiveOS/... for a stick
+        image or device, whose mount point is this process's, for a moment."""
+        text = str(path)
+        if self.source in (Source.DEVICE, Source.IMAGE) and self.root is not None:
+            root = str(self.root)
+            if text == root or text.startswith(root + "/"):
+                return f"{self.target}:{text[len(root) :] or '/'}"
+        return text
+
     @property
     def expected_overlay_name(self) -> str | None:
         return self.volume.overlay_name() if self.volume else None

@@ -112,7 +112,7 @@ def details_rows(report: StatusReport, details: Details | None) -> list[tuple[st
     rows = [
         ("State", f"{badge(report)} (overlay {o.state.value}, level {report.level.value})"),
         ("Overlay kind", o.kind.value),
-        ("Overlay file", o.path or "-"),
+        ("Overlay file", m.shown_path(o.path) if o.path else "-"),
         ("Read from", o.read_from),
         ("Used", f"{mib(o.used_bytes)} of {mib(o.total_bytes)} MiB"),
         ("Chunk size", chunk_text(report)),
