@@ -40,6 +40,7 @@ from .dialogs.params import ParamsDialog
 from .dialogs.progress import ProgressDialog
 from .screens.details import DetailsScreen
 from .screens.help import HelpScreen
+from .screens.space import SpaceScreen
 from .widgets.stick_card import StickCard
 
 EMPTY_TEXT = (
@@ -57,6 +58,7 @@ class LiveOSApp(App[int]):
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("enter,d", "details", "Details"),
+        Binding("u", "space", "Space", show=False),
         Binding("r", "act('repair')", "Repair"),
         Binding("g", "act('grow')", "Grow"),
         Binding("x", "act('reset')", "Reset"),
@@ -236,6 +238,13 @@ class LiveOSApp(App[int]):
             self.push_screen(MessageDialog.for_error(card.stick.title, err))
         else:
             self.push_screen(DetailsScreen(self.backend, card.stick, card.report))
+
+    def action_space(self) -> None:
+        card = self.selected
+        if card is None:
+            self.notify("no stick to show", severity="warning")
+        else:
+            self.push_screen(SpaceScreen(self.backend, card.stick))
 
     def action_act(self, name: str) -> None:
         self.start_action(Action(name))

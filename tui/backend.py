@@ -47,6 +47,7 @@ class Action(Enum):
     COPY_HOME = "copy-home"
     REFRESH = "refresh"
     ROLLBACK = "rollback"
+    COMPACT = "compact"
 
     @property
     def label(self) -> str:
@@ -61,6 +62,7 @@ ACTION_LABELS = {
     Action.COPY_HOME: "Copy home.img to another stick",
     Action.REFRESH: "Refresh the image (fold the overlay in)",
     Action.ROLLBACK: "Roll back to the previous image",
+    Action.COMPACT: "Compact overlay (give back reclaimable chunks)",
 }
 
 #: Actions that take a size (grow by).
@@ -192,6 +194,10 @@ class Backend(Protocol):
 
     def watch(self, callback: StickEvent) -> Callable[[], None] | None:
         """Start reporting sticks plugged in and removed; returns a stop function."""
+        ...
+
+    def space(self, stick: Stick) -> dict[str, Any]:
+        """`liveos-overlay du --json` of the stick (the monitor's summary when not root)."""
         ...
 
     def accepts_passphrase(self) -> bool:

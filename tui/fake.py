@@ -42,6 +42,8 @@ class FixtureStick:
     status: dict[str, Any] | None = None
     error: LiveOSError | None = None
     details: Details = field(default_factory=Details)
+    #: `liveos-overlay du --json` of the stick (the Space screen), if the fixture has one
+    space: dict[str, Any] | None = None
 
 
 def load_fixture(path: Path) -> FixtureStick:
@@ -57,6 +59,7 @@ def load_fixture(path: Path) -> FixtureStick:
         details=Details(
             d.get("dm_table"), dict(d.get("boot_args") or {}), tuple(d.get("boot_files") or ())
         ),
+        space=doc.get("space"),
     )
 
 
@@ -150,6 +153,7 @@ class FixtureBackend:
             Action.COPY_HOME: f"copy home.img to {params.dest.title if params.dest else '?'}",
             Action.REFRESH: "build a new squashfs.img, switch to it with a fresh overlay",
             Action.ROLLBACK: "switch back to the previous image and its overlay",
+            Action.COMPACT: "write the overlay anew without its reclaimable chunks",
         }[action]
         plan.add(f"check that {stick.title} is not in use", first)
         plan.add(what, last)
@@ -165,6 +169,12 @@ class FixtureBackend:
 
     def execute(self, prepared: Prepared, progress: Progress) -> None:
         prepared.plan.execute(progress)
+
+    def space(self, stick: Stick) -> dict[str, Any]:
+        doc = self.sticks[stick.key].space
+        if doc is None:
+            raise LiveOSError(f"{stick.title}: no du summary in the fixture")
+        return doc
 
     def accepts_passphrase(self) -> bool:
         return self.passphrase_ok

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from liveos_tools.errors import LiveOSError, ToolError
 from liveos_tools.media import (
@@ -51,6 +52,7 @@ TASKS: dict[Action, tuple[str, str]] = {
     Action.COPY_HOME: ("liveos_tools.tasks.home", "plan_copy"),
     Action.REFRESH: ("liveos_tools.tasks.refresh", "plan_refresh"),
     Action.ROLLBACK: ("liveos_tools.tasks.refresh", "plan_rollback"),
+    Action.COMPACT: ("liveos_tools.tasks.compact", "plan_compact"),
 }
 
 def running_live_system() -> bool:
@@ -75,7 +77,7 @@ def command_for(stick: Stick, action: Action, params: ActionParams) -> list[str]
         return ["repair", *target, "--yes"]
     if action is Action.GROW:
         return ["grow", *target, *by, "--yes"]
-    if action in (Action.RESET, Action.REFRESH, Action.ROLLBACK):
+    if action in (Action.RESET, Action.REFRESH, Action.ROLLBACK, Action.COMPACT):
         return [action.value, *target, "--yes"]
     live = [stick.target or str(LIVE_ROOT)]
     if action is Action.GROW_HOME:
@@ -194,6 +196,26 @@ class RealBackend:
             boot = boot_args_on_stick(medium.root) if medium.root else ({}, ())
             return Details(_dm_table(medium), *boot)
 
+    def space(self, stick: Stick) -> dict[str, Any]:
+        from liveos_tools.tasks import du
+
+        if stick.target is None and not self.is_root:
+            summary = self._published_doc().get("du")
+            if not isinstance(summary, dict):
+                raise LiveOSError(
+                    "the monitor has not published a du summary yet",
+                    "it does so every 10 minutes; or run liveos-tui as root",
+                )
+            if "error" in summary:
+                raise LiveOSError(str(summary["error"]), summary.get("hint"))
+            return summary
+        return du.du_medium(stick.target).to_json(depth=4, top=50)
+
+    def _published_doc(self) -> dict[str, Any]:
+        from liveos_tools.tasks import monitor
+
+        return monitor.read_published(self.status_file or monitor.STATUS_PATH)
+
     # --- acting ---
 
     def prepare(self, stick: Stick, action: Action, params: ActionParams) -> Prepared:
@@ -233,7 +255,7 @@ class RealBackend:
         medium = stack.enter_context(open_medium(stick.target, writable=writable))
         if action is Action.GROW:
             return fn(medium, by_bytes=params.by_bytes), medium
-        if action in (Action.REPAIR, Action.RESET, Action.REFRESH, Action.ROLLBACK):
+        if action in (Action.REPAIR, Action.RESET, Action.REFRESH, Action.ROLLBACK, Action.COMPACT):
             return fn(medium), medium
         if medium.home_path is None:
             raise ActionUnavailable(
