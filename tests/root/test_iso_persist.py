@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from liveos_tools.tools import mtools
-from liveos_tools.writer import fatwrite, parted
+from liveos_tools.tools import mtools, parted
+from liveos_tools.writer import fatwrite
 from tests.fixtures import isobuild
 from tests.root.test_iso_write import CLI, blkid_at, write
 
