@@ -23,6 +23,29 @@ def find_paths(image: str | Path, paths: tuple[str, ...]) -> set[str]:
     return parse_listing(out) & set(paths)
 
 
+def parse_lls_size(text: str, path: str) -> int | None:
+    """A file's size from `unsquashfs -lls` output (`-rw-r--r-- root/root 123 ... /PATH`)."""
+    for line in text.splitlines():
+        if line.rstrip().endswith("/" + path.strip("/")):
+            parts = line.split()
+            if len(parts) >= 3 and parts[2].isdigit():
+                return int(parts[2])
+    return None
+
+
+def file_size(image: str | Path, path: str, *, offset: int = 0) -> int | None:
+    """The size of `path` inside a squashfs at `offset` of `image` (None: not there)."""
+    res = run(["unsquashfs", "-no-progress", "-o", str(offset), "-lls", "-d", "", str(image),
+               path], check=False)  # fmt: skip
+    return parse_lls_size(res.stdout, path)
+
+
+def extract(image: str | Path, path: str, dest: str | Path, *, offset: int = 0) -> Path:
+    """Unpack `path` from a squashfs at `offset` of `image` under `dest`; its host path."""
+    run(["unsquashfs", "-no-progress", "-o", str(offset), "-d", str(dest), str(image), path])
+    return Path(dest) / path.strip("/")
+
+
 # -- the superblock (squashfs-tools squashfs_fs.h: struct squashfs_super_block) --------------
 
 SQUASHFS_MAGIC = b"hsqs"
