@@ -16,6 +16,8 @@ def make_ext(
     label: str | None = None,
     uuid: str | None = None,
     populate: str | Path | None = None,
+    blocksize: int | None = None,
+    size: int | None = None,
 ) -> None:
     """Make an ext filesystem on a device or an image file (from the tree `populate`).
 
@@ -32,7 +34,11 @@ def make_ext(
         argv += ["-U", uuid]
     if populate is not None:
         argv += ["-d", str(populate)]
-    run([*argv, str(target)])
+    if blocksize:
+        argv += ["-b", str(blocksize)]
+    # size (bytes): a new image file of that size is made; None: the whole target
+    tail = [str(size // (blocksize or 1024))] if size else []
+    run([*argv, str(target), *tail])
 
 
 def make_swap(target: str | Path, *, label: str | None = None) -> None:

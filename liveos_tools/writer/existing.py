@@ -15,34 +15,30 @@ from liveos_tools.writer.options import StickFs, WriteOptions
 from liveos_tools.writer.source import Source, SourceFile
 
 
+def _ext_where(fs: StickFs) -> str:
+    return f"{fs.device}?offset={fs.offset}" if fs.offset else fs.device
+
+
 def fs_has(fs: StickFs, rel: str) -> bool:
     """Does the (unmounted) filesystem hold `rel`? mtools for FAT, debugfs for ext*."""
-    from liveos_tools.run import run
-    from liveos_tools.tools import mtools
+    from liveos_tools.tools import debugfs, mtools
 
     if fs.fstype == "vfat":
         return mtools.exists(fs.device, fs.offset, rel)
-    where = f"{fs.device}?offset={fs.offset}" if fs.offset else fs.device
-    res = run(["debugfs", "-R", f"stat /{rel.strip('/')}", where], check=False)
-    return res.returncode == 0 and "Inode:" in res.stdout
+    return debugfs.stat(_ext_where(fs), rel) is not None
 
 
 def ext_pieces(fs: StickFs, rel: str) -> tuple[int, list[tuple[int, int]]]:
     """(size, absolute byte ranges in file order) of a file on an unmounted ext*
     filesystem, from debugfs's `stat` and `blocks` (read-only, no journal replay)."""
-    import re
     import struct
 
-    from liveos_tools.run import run
+    from liveos_tools.tools import debugfs
 
-    where = f"{fs.device}?offset={fs.offset}" if fs.offset else fs.device
-    stat_out = run(["debugfs", "-R", f"stat /{rel.strip('/')}", where]).stdout
-    m = re.search(r"\bSize: (\d+)", stat_out)
-    if m is None:
+    size = debugfs.parse_stat_size(debugfs.stat(_ext_where(fs), rel) or "")
+    if size is None:
         raise TargetError(f"{rel}: debugfs shows no size for it")
-    size = int(m.group(1))
-    blocks = [int(b) for b in run(["debugfs", "-R", f"blocks /{rel.strip('/')}", where]
-                                  ).stdout.split()]  # fmt: skip
+    blocks = debugfs.blocks(_ext_where(fs), rel)
     with open(fs.device, "rb") as f:
         f.seek(fs.offset + 1024 + 24)
         bs = 1024 << struct.unpack("<I", f.read(4))[0]

@@ -66,18 +66,15 @@ def relabel(fs: StickFs, label: str) -> None:
     """fatlabel/e2label on a partition node; inside a disk image (an offset) mlabel, or
     e2label's `?offset=`. The label blkid then reads must be the one the overlay is named
     after, else dracut would not find the overlay: checked."""
-    from liveos_tools.run import run
-    from liveos_tools.tools import mtools
+    from liveos_tools.tools import blkid, e2label, fatlabel, mtools
 
     if fs.fstype == "vfat" and fs.offset:
         mtools.label(fs.device, fs.offset, label)
     elif fs.fstype == "vfat":
-        run(["fatlabel", fs.device, label])
+        fatlabel.set_label(fs.device, label)
     else:
-        run(["e2label", f"{fs.device}?offset={fs.offset}" if fs.offset else fs.device, label])
-    res = run(["blkid", "-p", "-O", str(fs.offset), "-o", "value", "-s", "LABEL", fs.device],
-              check=False)  # fmt: skip
-    got = res.stdout.strip()
+        e2label.set_label(fs.device, label, offset=fs.offset)
+    got = blkid.probe(fs.device, offset=fs.offset).get("LABEL", "")
     if got != label:
         raise TargetError(
             f"relabelling gave the label {got!r}, not {label!r}: the overlay would not be "
@@ -87,40 +84,28 @@ def relabel(fs: StickFs, label: str) -> None:
 
 
 def nested_rootfs_size(backing: str, offset: int) -> int | None:
-    from liveos_tools.run import run
+    from liveos_tools.tools import squashfs
 
-    out = run(["unsquashfs", "-no-progress", "-o", str(offset), "-lls", "-d", "", backing,
-               "LiveOS/rootfs.img"], check=False).stdout
-    for line in out.splitlines():
-        if line.rstrip().endswith("/LiveOS/rootfs.img"):
-            parts = line.split()
-            if len(parts) >= 3 and parts[2].isdigit():
-                return int(parts[2])
-    return None
+    return squashfs.file_size(backing, "LiveOS/rootfs.img", offset=offset)
 
 
 def extract_rootfs(backing: str, offset: int, scratch: Path) -> Path:
-    from liveos_tools.run import run
+    from liveos_tools.tools import squashfs
 
-    out = scratch / "unpacked"
-    run(["unsquashfs", "-no-progress", "-o", str(offset), "-d", str(out), backing,
-         "LiveOS/rootfs.img"])
-    return out / "LiveOS" / "rootfs.img"
+    return squashfs.extract(backing, "LiveOS/rootfs.img", scratch / "unpacked", offset=offset)
 
 
 def overlayfs_image(d: Dest, rel: str, size: int, scratch: Path, fstype: str = "ext4",
-                     blocksize: int | None = None) -> None:  # fmt: skip
+                    blocksize: int | None = None) -> None:  # fmt: skip
     """On vfat, OverlayFS persistence is a filesystem image (ext4 unless
     --overlay-size-mb N,FSTYPE,BLKSZ says otherwise) holding overlayfs/ and ovlwork/."""
-    from liveos_tools.run import run
+    from liveos_tools.tools import mkfs
 
     tree = scratch / "ovl-tree"
     (tree / "overlayfs").mkdir(parents=True, exist_ok=True)
     (tree / "ovlwork").mkdir(exist_ok=True)
     img = scratch / "ovl.img"
-    bs = ["-b", str(blocksize)] if blocksize else []
-    run([f"mkfs.{fstype}", "-q", "-F", "-E", "nodiscard", *bs, "-d", str(tree), str(img),
-         str(size // (blocksize or 1024))])
+    mkfs.make_ext(img, fstype=fstype, populate=tree, blocksize=blocksize, size=size)
     put_file(d, rel, img)
     img.unlink()
 
@@ -151,10 +136,10 @@ def make_home(d: Dest, home: HomeSpec, scratch: Path) -> None:
     p.execute()
     if home.blocksize and not home.encrypt:
         # home.plan_create has no block size: make the (still empty) filesystem again
-        from liveos_tools.run import run
+        from liveos_tools.tools import mkfs
 
-        run([f"mkfs.{home.fstype}", "-q", "-F", "-E", "nodiscard", "-L", home_lib.HOME_LABEL,
-             "-b", str(home.blocksize), str(where)])
+        mkfs.make_ext(where, fstype=home.fstype, label=home_lib.HOME_LABEL,
+                      blocksize=home.blocksize)
     if hp is None:
         d.remove(home.rel)
         put_file(d, home.rel, where)
