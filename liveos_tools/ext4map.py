@@ -216,7 +216,7 @@ def super_and_gdt_blocks(sb: Superblock, group: int) -> list[tuple[int, int]]:
 class Ext4Map:
     """The owners of every block, read once from a filesystem image."""
 
-    def __init__(self, pread: Pread, size_bytes: int | None = None) -> None:
+    def __init__(self, pread: Pread, size_bytes: int | None = None, *, inodes: bool = True) -> None:
         self._pread = pread
         self.sb = parse_superblock(pread(1024, 1024))
         sb = self.sb
@@ -235,7 +235,8 @@ class Ext4Map:
         self.file_blocks: dict[int, int] = {}
         self.nlinks: dict[int, int] = {}
         self._mark_group_metadata()
-        self._read_inodes()
+        if inodes:  # without: only the bitmaps and the group metadata (in_use() works)
+            self._read_inodes()
         self._paths: dict[int, str] | None = None
 
     # -- low level -------------------------------------------------------------------

@@ -28,6 +28,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
     p.add_argument("--depth", type=int, default=3, metavar="N", help="directory depth (3)")
     p.add_argument("--top", type=int, default=10, metavar="N", help="how many to list (10)")
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="compare every chunk with the base (reads the whole overlay; slower)",
+    )
     p.set_defaults(handler="liveos_tools.cli.space:run_du")
 
     p = sub.add_parser(
@@ -92,7 +97,9 @@ def run_du(args: argparse.Namespace) -> int:
 
     from liveos_tools.tasks import du
 
-    rep = du.du_medium(args.target, livedir=args.livedir, progress=_progress("reading"))
+    rep = du.du_medium(
+        args.target, livedir=args.livedir, progress=_progress("reading"), exact=args.exact
+    )
     du.check_sum(rep)
     if args.json:
         print(json.dumps(rep.to_json(depth=args.depth, top=args.top), indent=2))
