@@ -31,14 +31,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from liveos_tools.errors import CorruptError
 from liveos_tools.units import format_size
 from liveos_tools.writer.source import SourceFile
-
-if TYPE_CHECKING:
-    from liveos_tools.writer.dest import Dest
 
 SEGMENT = 16 << 20  # checksum unit and buffer size
 KICK = 64 << 20  # start write-back after this many bytes
@@ -423,20 +420,3 @@ def checksum_of(chunks: Iterable[bytes]) -> Checksum:
     for c in chunks:
         h.update(c)
     return h.result()
-
-
-def copy(sf: SourceFile, dest: Dest, rel: str, progress: Progress | None = None,
-         *, checksum: bool = True) -> Checksum | None:  # fmt: skip
-    """Copy one source file into dest; its checksum, if asked."""
-    return dest.write_file(rel, sf, progress, checksum=checksum)
-
-
-def verify(dest: Dest, rel: str, expected: Checksum, progress: Progress | None = None) -> None:
-    got = dest.checksum(rel, expected.size, progress)
-    where = expected.first_difference(got)
-    if where is not None:
-        raise CorruptError(
-            f"verification failed: {rel} on the stick differs from the source from byte "
-            f"{where} ({format_size(where)}) on",
-            "the stick may be failing or fake-sized; try another stick, or check with f3probe",
-        )
