@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from liveos_tools.errors import LiveOSError
+from liveos_tools.errors import CorruptError, LiveOSError
 from liveos_tools.tools import mtools
+from liveos_tools.units import format_size
 from liveos_tools.writer import copy as copy_mod
 from liveos_tools.writer import fatwrite
 from liveos_tools.writer.source import SourceFile
@@ -51,6 +52,19 @@ class Dest(Protocol):
     def host_path(self, rel: str) -> Path | None: ...
     def private(self, rel: str) -> None: ...
     def sync(self) -> None: ...
+
+
+def verify(dest: Dest, rel: str, expected: copy_mod.Checksum,
+           progress: copy_mod.Progress | None = None) -> None:  # fmt: skip
+    """Read `rel` back from the stick and compare it with the source's checksum."""
+    got = dest.checksum(rel, expected.size, progress)
+    where = expected.first_difference(got)
+    if where is not None:
+        raise CorruptError(
+            f"verification failed: {rel} on the stick differs from the source from byte "
+            f"{where} ({format_size(where)}) on",
+            "the stick may be failing or fake-sized; try another stick, or check with f3probe",
+        )
 
 
 def _fsync_path(path: str) -> None:

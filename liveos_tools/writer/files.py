@@ -159,7 +159,7 @@ def copy_home(d: Dest, rel: str, sf: SourceFile,
         home.plan_copy(Path(sf.backing), hp, delete_existing=True).execute()
         return
     d.remove(rel)
-    record(d, rel, copy.copy(sf, d, rel, checksum=verify_on))
+    record(d, rel, d.write_file(rel, sf, None, checksum=verify_on))
 
 
 def make_swap(d: Dest, rel: str, size: int, scratch: Path) -> None:

@@ -17,7 +17,7 @@ from liveos_tools.plan import ByteRange, Plan
 from liveos_tools.tools import mkfs, mkfs_fat
 from liveos_tools.units import format_size
 from liveos_tools.writer import bootcfg, checkstick, copy, files
-from liveos_tools.writer.dest import Dest, FatDest, MountedDest, mounted_range
+from liveos_tools.writer.dest import Dest, FatDest, MountedDest, mounted_range, verify
 from liveos_tools.writer.options import (
     RESET_BYTES,
     BootDisk,
@@ -111,7 +111,7 @@ class StickRun:
         spec, d = self.spec, self.dest
         for sf, rel in spec.boot.files:
             d.mkdir(str(Path(rel).parent))
-            self.record(d, rel, copy.copy(sf, d, rel, checksum=spec.verify))
+            self.record(d, rel, d.write_file(rel, sf, None, checksum=spec.verify))
         for mod in spec.boot.modules:
             d.write_bytes(f"{SYS_DIR}/{mod.name}", mod.read_bytes())
         esp = spec.parts.esp if spec.parts else None
@@ -121,7 +121,7 @@ class StickRun:
             fat.mkdir("EFI/BOOT")
             for sf in spec.boot.esp_files:
                 rel = "EFI/BOOT/" + Path(sf.path).name
-                self.record(fat, rel, copy.copy(sf, fat, rel, checksum=spec.verify))
+                self.record(fat, rel, fat.write_file(rel, sf, None, checksum=spec.verify))
             fat.write_bytes("EFI/BOOT/grub.cfg", spec.boot.grub_text.encode())
 
     def write_configs(self) -> None:
@@ -139,7 +139,7 @@ class StickRun:
         d.remove(ov.rel)
         if ov.action is OverlayAction.COPY:
             assert ov.source is not None
-            self.record(d, ov.rel, copy.copy(ov.source, d, ov.rel, checksum=self.spec.verify))
+            self.record(d, ov.rel, d.write_file(ov.rel, ov.source, None, checksum=self.spec.verify))
             d.private(ov.rel)
         elif ov.persistence is bootcfg.Persistence.OVERLAYFS and d.fstype != "vfat":
             d.mkdir(ov.rel)  # its mode becomes the live root's: not made private
@@ -190,7 +190,7 @@ class StickRun:
         def check(cd: Dest, rel: str, expected: copy.Checksum) -> None:
             prog = (copy.Progress(f"{self.spec.target.spec}: verify {rel}", expected.size)
                     if rel == image_rel else None)
-            copy.verify(cd, rel, expected, prog)
+            verify(cd, rel, expected, prog)
             if prog:
                 prog.finish()
 

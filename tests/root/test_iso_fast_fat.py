@@ -12,7 +12,7 @@ import pytest
 
 from liveos_tools.errors import CorruptError
 from liveos_tools.tools import mtools
-from liveos_tools.writer import copy, fatwrite
+from liveos_tools.writer import dest, fatwrite
 from liveos_tools.writer.dest import FatDest
 from liveos_tools.writer.source import SourceFile
 
@@ -63,7 +63,7 @@ def test_fast_files_are_clean_and_verified(tmp_path: Path, bits: int) -> None:
     ov = mtools_bytes(img, "LiveOS/overlay-T-1234")
     assert len(ov) == 20 * MIB + 1 and ov.count(0) == len(ov)
     assert got is not None
-    copy.verify(d, "LiveOS/squashfs.img", got)
+    dest.verify(d, "LiveOS/squashfs.img", got)
     # change one byte in the middle of the file's clusters: verification names where
     geo = mtools.read_geometry(img, 0)
     pieces = fatwrite.data_pieces(geo, 0, mtools.clusters(img, 0, "LiveOS/squashfs.img"),
@@ -77,7 +77,7 @@ def test_fast_files_are_clean_and_verified(tmp_path: Path, bits: int) -> None:
             break
         at -= length
     with pytest.raises(CorruptError, match=f"from byte {16 * MIB} "):
-        copy.verify(d, "LiveOS/squashfs.img", got)
+        dest.verify(d, "LiveOS/squashfs.img", got)
 
 
 def test_fat32_free_count_is_kept(tmp_path: Path) -> None:
