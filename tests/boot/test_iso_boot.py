@@ -14,6 +14,8 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -32,18 +34,37 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def boot(img: Path, console: Path) -> str:
+def boot(img: Path, console: Path, firmware: Sequence[str] = (),
+         timeout: float = BOOT_TIMEOUT) -> str:  # fmt: skip
+    """Boot the disk image through its own boot loader (SeaBIOS, or the `firmware` qemu
+    arguments: see uefi_firmware) and return what the serial console showed."""
     argv = [
         "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
         "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
-        "-serial", f"file:{console}",
+        "-serial", f"file:{console}", *firmware,
         "-drive", f"file={img},format=raw,if=virtio",
     ]  # fmt: skip
     # A hang ends at the timeout; the boot is judged by the markers below.
+    start = time.monotonic()
     with contextlib.suppress(subprocess.TimeoutExpired):
         subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                       timeout=BOOT_TIMEOUT, check=False)
+                       timeout=timeout, check=False)
+    print(f"boot {console.name}: {time.monotonic() - start:.0f} s")
     return console.read_text(errors="replace")
+
+
+#: Debian's ovmf package: the UEFI firmware, and the template of its variable store.
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
+
+
+def uefi_firmware(workdir: Path) -> list[str]:
+    """qemu arguments for OVMF, with a writable copy of its variables (a machine's NVRAM)."""
+    nvram = workdir / "OVMF_VARS.fd"
+    if not nvram.exists():
+        shutil.copyfile(OVMF_VARS, nvram)
+    return ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,file={nvram}"]  # fmt: skip
 
 
 def test_written_stick_boots_and_persists(tmp_path: Path) -> None:
