@@ -77,6 +77,12 @@ def test_du_then_compact_then_restore(stick: dict[str, Path]) -> None:
     reclaim = du1["reclaimable_bytes"]
     assert reclaim > 75 * 4096
 
+    res = _cli("economize", str(root), "--json")
+    assert res.returncode == 0, res.stderr
+    costs = {c["path"]: c["bytes"] for c in json.loads(res.stdout)["consumers"]}
+    assert costs["/home"] == (-(-40_000 // 4096) + -(-123_457 // 4096)) * 4096
+    assert costs["/var/log"] == 2 * 4096  # z.log, 8 KiB
+
     res = _cli("compact", str(root), "--dry-run")
     assert res.returncode == 0, res.stderr
     assert "gives back" in res.stderr and _sha(overlay) == before
