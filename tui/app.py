@@ -38,6 +38,7 @@ from .dialogs.confirm import ConfirmDialog
 from .dialogs.message import MessageDialog
 from .dialogs.params import ParamsDialog
 from .dialogs.progress import ProgressDialog
+from .dialogs.remix import RemixDialog
 from .screens.details import DetailsScreen
 from .screens.help import HelpScreen
 from .screens.space import SpaceScreen
@@ -66,6 +67,7 @@ class LiveOSApp(App[int]):
         Binding("c", "act('copy-home')", "Copy home"),
         Binding("f", "act('refresh')", "Refresh image", show=False),
         Binding("b", "act('rollback')", "Roll back", show=False),
+        Binding("i", "act('remix')", "Remix to ISO", show=False),
         Binding("s,f5", "rescan", "Scan", show=False),
         Binding("down,j", "move(1)", "Next", show=False),
         Binding("up,k", "move(-1)", "Previous", show=False),
@@ -278,6 +280,12 @@ class LiveOSApp(App[int]):
                 self._outcome("cancelled", "nothing was changed")
                 return
             params = chosen
+        if action is Action.REMIX:
+            remix = await self.push_screen_wait(RemixDialog(stick))
+            if remix is None:
+                self._outcome("cancelled", "nothing was changed")
+                return
+            params = remix
         prepared = await self._in_thread(lambda: self.backend.prepare(stick, action, params))
         if isinstance(prepared, LiveOSError):
             self.last_outcome = "unavailable"

@@ -48,6 +48,7 @@ class Action(Enum):
     REFRESH = "refresh"
     ROLLBACK = "rollback"
     COMPACT = "compact"
+    REMIX = "remix"
 
     @property
     def label(self) -> str:
@@ -63,6 +64,7 @@ ACTION_LABELS = {
     Action.REFRESH: "Refresh the image (fold the overlay in)",
     Action.ROLLBACK: "Roll back to the previous image",
     Action.COMPACT: "Compact overlay (give back reclaimable chunks)",
+    Action.REMIX: "Remix into a new ISO",
 }
 
 #: Actions that take a size (grow by).
@@ -108,6 +110,10 @@ class ActionParams:
     passphrase: Secret | None = None
     #: the card showed an encrypted home.img (so the backend can refuse before planning).
     home_encrypted: bool = False
+    #: remix: the new ISO's path, its label (None: the stick's), home.img into it.
+    output: str | None = None
+    label: str | None = None
+    clone: bool = False
 
 
 class ActionUnavailable(LiveOSError):

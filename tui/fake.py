@@ -154,6 +154,7 @@ class FixtureBackend:
             Action.REFRESH: "build a new squashfs.img, switch to it with a fresh overlay",
             Action.ROLLBACK: "switch back to the previous image and its overlay",
             Action.COMPACT: "write the overlay anew without its reclaimable chunks",
+            Action.REMIX: f"write a new ISO to {params.output}, private data left out",
         }[action]
         plan.add(f"check that {stick.title} is not in use", first)
         plan.add(what, last)

@@ -79,6 +79,10 @@ def command_for(stick: Stick, action: Action, params: ActionParams) -> list[str]
         return ["grow", *target, *by, "--yes"]
     if action in (Action.RESET, Action.REFRESH, Action.ROLLBACK, Action.COMPACT):
         return [action.value, *target, "--yes"]
+    if action is Action.REMIX:
+        label = ["--label", params.label] if params.label else []
+        clone = ["--clone"] if params.clone else []
+        return ["remix", *target, "-o", str(params.output), *label, *clone, "--yes"]
     live = [stick.target or str(LIVE_ROOT)]
     if action is Action.GROW_HOME:
         return ["home", "resize", *live, *by, "--yes"]
@@ -221,6 +225,10 @@ class RealBackend:
     def prepare(self, stick: Stick, action: Action, params: ActionParams) -> Prepared:
         if not self.is_root:
             return self._privileged(stick, action, params)
+        if action is Action.REMIX:  # only reads the stick: no writable reopening
+            from .remix import prepare_remix
+
+            return prepare_remix(stick, params)
         from liveos_tools.staged import REOPENED, Staged
 
         fn = load_task(action)
