@@ -64,6 +64,15 @@ class Names:
 
     livedir: str
     overlay: str
+    #: (slot value, kernel, initrd) for each slot booting its own kernel (after an
+    #: update): absolute paths on the stick. Empty: kernel lines are left alone.
+    kernels: tuple[tuple[str, str, str], ...] = ()
+
+    def kernel_of(self, slot: Slot) -> tuple[str, str] | None:
+        for value, kernel, initrd in self.kernels:
+            if value == slot.value:
+                return kernel, initrd
+        return None
 
     def squashimg(self, slot: Slot) -> str:
         return f"{slot.value}/squashfs.img" if slot.value else "squashfs.img"
@@ -126,17 +135,57 @@ def slot_args(words: list[str], slot: Slot, names: Names) -> list[str]:
 
 _APPEND = re.compile(r"^(\s*)(append|APPEND)(\s+)(.*)$")
 _LINUX = re.compile(r"^(\s*)(linux|linuxefi|linux16)(\s+)(\S+)(\s+)(.*)$")
+_SYS_KERNEL = re.compile(r"^(\s*)(kernel|KERNEL|linux|LINUX)(\s+)(\S+)(.*)$")
+_GRUB_INITRD = re.compile(r"^(\s*)(initrd|initrdefi|initrd16)(\s+)(\S+)(.*)$")
+
+
+def _with_initrd(words: list[str], initrd: str | None) -> list[str]:
+    if initrd is None:
+        return words
+    return [f"initrd={initrd}" if w.lower().startswith("initrd=") else w for w in words]
 
 
 def _point_line(line: str, kind: Kind, slot: Slot, names: Names) -> str:
+    k = names.kernel_of(slot)
     if kind is Kind.SYSLINUX and (m := _APPEND.match(line)) and "rd.live.overlay=" in line:
-        return m.group(1) + m.group(2) + m.group(3) + " ".join(
-            slot_args(m.group(4).split(), slot, names)
-        )
+        words = _with_initrd(slot_args(m.group(4).split(), slot, names), k[1] if k else None)
+        return m.group(1) + m.group(2) + m.group(3) + " ".join(words)
     if kind is Kind.GRUB and (m := _LINUX.match(line)) and "rd.live.overlay=" in line:
         args = " ".join(slot_args(m.group(6).split(), slot, names))
-        return m.group(1) + m.group(2) + m.group(3) + m.group(4) + m.group(5) + args
+        path = k[0] if k else m.group(4)
+        return m.group(1) + m.group(2) + m.group(3) + path + m.group(5) + args
+    if k and kind is Kind.SYSLINUX and (m := _SYS_KERNEL.match(line)):
+        return m.group(1) + m.group(2) + m.group(3) + k[0] + m.group(5)
+    if k and kind is Kind.GRUB and (m := _GRUB_INITRD.match(line)):
+        return m.group(1) + m.group(2) + m.group(3) + k[1] + m.group(5)
     return line
+
+
+def kernel_paths(config: Path, root: Path) -> tuple[str, str] | None:
+    """The kernel and initrd the config's first entry boots, as absolute paths on the
+    stick (syslinux takes paths relative to its config's directory)."""
+    text = strip_previous(config.read_text(errors="replace"))
+    kind = kind_of(config)
+    kernel = initrd = None
+    for line in text.splitlines():
+        if kind is Kind.SYSLINUX:
+            if kernel is None and (m := _SYS_KERNEL.match(line)):
+                kernel = m.group(4)
+            if initrd is None and (m := _APPEND.match(line)):
+                initrd = next((w[7:] for w in m.group(4).split()
+                               if w.lower().startswith("initrd=")), None)  # fmt: skip
+        else:
+            if kernel is None and (m := _LINUX.match(line)):
+                kernel = m.group(4)
+            if initrd is None and (m := _GRUB_INITRD.match(line)):
+                initrd = m.group(4)
+    if kernel is None or initrd is None:
+        return None
+    base = "/" + str(config.parent.relative_to(root)).strip("/.")
+    def absolute(p: str) -> str:
+        return p if p.startswith("/") else f"{base.rstrip('/')}/{p}"
+
+    return absolute(kernel), absolute(initrd)
 
 
 def strip_previous(text: str) -> str:

@@ -66,6 +66,10 @@ class Journal:
     started: str = ""
     #: the new image's size and where it came from, for status and the report.
     detail: str = ""
+    #: the stick's own kernel and initrd (absolute on the stick), when an update moves
+    #: kernels with the pairs: mid-switch the configs name other paths.
+    kernel: str = ""
+    initrd: str = ""
 
     def after(self, step: str) -> bool:
         return STEPS.index(self.step) >= STEPS.index(step)
@@ -86,23 +90,52 @@ class Pair:
         return sum(p.stat().st_size for p in self.files() if p.exists())
 
 
+KERNEL_NAMES = ("vmlinuz", "initrd.img")
+
+
 @dataclass(frozen=True)
 class StickFiles:
     """The LiveOS directory of a stick mounted read-write, and its boot configs."""
 
     root: Path  # the stick's top directory
-    names: Names
+    base_names: Names
+    #: the kernel and initrd the default names go with (absolute on the stick)
+    kernel: tuple[str, str] | None = None
 
     @property
     def ldir(self) -> Path:
-        return self.root / self.names.livedir
+        return self.root / self.base_names.livedir
+
+    def kernel_files(self, slot: Slot) -> tuple[Path, Path] | None:
+        if slot is Slot.CURRENT:
+            if self.kernel is None:
+                return None
+            return (self.root / self.kernel[0].lstrip("/"), self.root / self.kernel[1].lstrip("/"))
+        d = self.slot_dir(slot)
+        return (d / KERNEL_NAMES[0], d / KERNEL_NAMES[1])
+
+    def has_kernel(self, slot: Slot) -> bool:
+        files = self.kernel_files(slot)
+        return files is not None and any(p.exists() for p in files)
+
+    @property
+    def names(self) -> Names:
+        """The names with each slot's own kernel, as the files lie now."""
+        kernels = []
+        for slot in (Slot.NEXT, Slot.PREVIOUS):
+            if self.has_kernel(slot):
+                sub = f"/{self.base_names.livedir}/{slot.value}/"
+                kernels.append((slot.value, sub + KERNEL_NAMES[0], sub + KERNEL_NAMES[1]))
+        if kernels and self.kernel is not None:
+            kernels.append((Slot.CURRENT.value, *self.kernel))
+        return replace(self.base_names, kernels=tuple(kernels))
 
     def slot_dir(self, slot: Slot) -> Path:
         return self.ldir / slot.value if slot.value else self.ldir
 
     def pair(self, slot: Slot) -> Pair:
         d = self.slot_dir(slot)
-        return Pair(d / "squashfs.img", d / self.names.overlay)
+        return Pair(d / "squashfs.img", d / self.base_names.overlay)
 
     @property
     def journal_path(self) -> Path:
@@ -195,9 +228,20 @@ def move_pair_in(a: Pair, b: Pair, kill: Kill, point: str) -> None:
     move(a.base, b.base)
 
 
-def drop(pair: Pair) -> int:
+def move_kernel(stick: StickFiles, src: Slot, dst: Slot) -> None:
+    a, b = stick.kernel_files(src), stick.kernel_files(dst)
+    if a is None or b is None:
+        raise TargetError(
+            "the stick's kernel and initrd are not known: its boot config names none",
+            "the boot config was changed by hand; put the kernel line back",
+        )
+    for x, y in zip(a, b, strict=True):
+        move(x, y)
+
+
+def drop(pair: Pair, extra: tuple[Path, ...] = ()) -> int:
     freed = 0
-    for p in pair.files():
+    for p in (*pair.files(), *extra):
         if p.exists():
             freed += p.stat().st_size
             p.unlink()
@@ -247,7 +291,6 @@ def advance(
     return the bytes freed."""
     configs = stick.configs()
     cur, nxt, prev = stick.pair(Slot.CURRENT), stick.pair(Slot.NEXT), stick.pair(Slot.PREVIOUS)
-    names = stick.names
 
     def reach(step: str) -> None:
         nonlocal journal
@@ -265,23 +308,27 @@ def advance(
         if not journal.after("staged"):
             raise TargetError("the new image is not complete yet", "run refresh again")
         if not journal.after("boot-next"):
-            be.point_configs(configs, names, default=Slot.NEXT, previous=None)
+            be.point_configs(configs, stick.names, default=Slot.NEXT, previous=None)
             reach("boot-next")
         if not journal.after("moved-old"):
+            if stick.has_kernel(Slot.NEXT):  # an update: the old kernel goes with its pair
+                move_kernel(stick, Slot.CURRENT, Slot.PREVIOUS)
             move_pair(cur, prev, kill, "switch-moving-old")
             reach("moved-old")
         if not journal.after("boot-previous"):
-            be.point_configs(configs, names, default=Slot.PREVIOUS, previous=None)
+            be.point_configs(configs, stick.names, default=Slot.PREVIOUS, previous=None)
             reach("boot-previous")
         if not journal.after("moved-new"):
             move_pair_in(nxt, cur, kill, "switch-moving-new")
+            if stick.has_kernel(Slot.NEXT):
+                move_kernel(stick, Slot.NEXT, Slot.CURRENT)
             reach("moved-new")
         keep = journal.keep_previous
         if not journal.after("done"):
-            be.point_configs(configs, names, default=Slot.CURRENT, previous=Slot.PREVIOUS if keep
-                             else None)  # fmt: skip
+            after = Slot.PREVIOUS if keep else None
+            be.point_configs(configs, stick.names, default=Slot.CURRENT, previous=after)
             reach("done")
-        freed = 0 if keep else drop(prev)
+        freed = 0 if keep else drop(prev, stick.kernel_files(Slot.PREVIOUS) or ())
         if not keep:
             remove_dir_if_empty(stick.slot_dir(Slot.PREVIOUS))
         discard_next(stick)
@@ -304,13 +351,17 @@ class _Reached(Exception):
 def begin_rollback(stick: StickFiles, kill: Kill) -> Journal:
     """Stage the kept previous pair as NEXT, so the switch makes it current again."""
     journal = read_journal(stick.ldir) or new_journal(
-        "rollback", stick.names.overlay, keep_previous=True
+        "rollback", stick.base_names.overlay, keep_previous=True
     )
+    if stick.kernel is not None:
+        journal = replace(journal, kernel=stick.kernel[0], initrd=stick.kernel[1])
     write_journal(stick.ldir, journal)
     kill("rollback-journal")
     # No entry may name PREVIOUS while its files move.
     be.point_configs(stick.configs(), stick.names, default=Slot.CURRENT, previous=None)
     kill("rollback-entries")
+    if stick.has_kernel(Slot.PREVIOUS):
+        move_kernel(stick, Slot.PREVIOUS, Slot.NEXT)
     move_pair(stick.pair(Slot.PREVIOUS), stick.pair(Slot.NEXT), kill, "rollback-moving")
     journal = replace(journal, step="staged")
     write_journal(stick.ldir, journal)
@@ -320,7 +371,7 @@ def begin_rollback(stick: StickFiles, kill: Kill) -> Journal:
 
 def drop_previous(stick: StickFiles) -> int:
     be.point_configs(stick.configs(), stick.names, default=Slot.CURRENT, previous=None)
-    freed = drop(stick.pair(Slot.PREVIOUS))
+    freed = drop(stick.pair(Slot.PREVIOUS), stick.kernel_files(Slot.PREVIOUS) or ())
     remove_dir_if_empty(stick.slot_dir(Slot.PREVIOUS))
     return freed
 

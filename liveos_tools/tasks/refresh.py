@@ -109,7 +109,17 @@ def stick_files(medium: Medium) -> switch.StickFiles:
         raise TargetError(
             f"{medium.target} has no persistent overlay", "refresh needs a dm overlay file"
         )
-    return switch.StickFiles(medium.root, Names(medium.livedir, name))
+    kernel: tuple[str, str] | None = None
+    if journal is not None and journal.kernel:
+        kernel = (journal.kernel, journal.initrd)
+    else:
+        from liveos_tools.bootentries import find_configs, kernel_paths
+
+        for cfg in find_configs(medium.root):
+            kernel = kernel_paths(cfg, medium.root)
+            if kernel is not None:
+                break
+    return switch.StickFiles(medium.root, Names(medium.livedir, name), kernel)
 
 
 def _refuse_in_use(medium: Medium, stick: switch.StickFiles) -> None:
