@@ -15,16 +15,23 @@ from pathlib import Path
 
 from liveos_tools.cow import EXCEPTION, Geometry, header_bytes
 
+_FLUSH = 1 << 20
 
-def chunks_needed(geo: Geometry, exceptions: int) -> int:
-    """next_free after writing `exceptions` data chunks into an empty store."""
+
+def _end(geo: Geometry, exceptions: int) -> int:
+    """The chunk after the last data chunk of `exceptions` written into an empty store."""
     areas = max(1, -(-exceptions // geo.exceptions_per_area))
     last = exceptions - (areas - 1) * geo.exceptions_per_area
     return geo.area_chunk(areas - 1) + 1 + last
 
 
+def chunks_needed(geo: Geometry, exceptions: int) -> int:
+    """next_free as the kernel reports it after these exceptions (past a next area)."""
+    return geo.skip_metadata(_end(geo, exceptions))
+
+
 def fits(geo: Geometry, exceptions: int) -> bool:
-    return chunks_needed(geo, exceptions) <= geo.total_chunks
+    return _end(geo, exceptions) <= geo.total_chunks
 
 
 class StoreWriter:
@@ -39,6 +46,9 @@ class StoreWriter:
         self._next = 2  # the first data chunk, right after area 0
         self.count = 0
         self._last_old = -1
+        # data chunks are written in runs: within an area they are consecutive
+        self._buf = bytearray()
+        self._buf_chunk = 0
 
     def preallocate(self) -> None:
         """Reserve the whole file now, as the reference writer does: a sparse store
@@ -54,15 +64,28 @@ class StoreWriter:
         if self._next >= geo.total_chunks:
             raise ValueError("the store is full")
         self._last_old = old_chunk
-        os.pwrite(self._fd, data, self._next * geo.chunk_bytes)
+        if not self._buf:
+            self._buf_chunk = self._next
+        self._buf += data
+        if len(self._buf) >= _FLUSH:
+            self._flush()
         self._area.append((old_chunk, self._next))
         self.count += 1
         self._next += 1
         if len(self._area) == geo.exceptions_per_area:
+            self._flush()
             self._write_area()
             self._area_no += 1
             self._area = []
             self._next += 1  # skip the next area's own chunk
+
+    def _flush(self) -> None:
+        if self._buf:
+            view, off = memoryview(self._buf), self._buf_chunk * self.geo.chunk_bytes
+            while view:
+                done = os.pwrite(self._fd, view, off)
+                view, off = view[done:], off + done
+            self._buf = bytearray()
 
     def _write_area(self) -> None:
         geo = self.geo
@@ -73,6 +96,7 @@ class StoreWriter:
     def finish(self) -> None:
         """Write the last area (and the header last of all), then fsync."""
         geo = self.geo
+        self._flush()
         if geo.area_chunk(self._area_no) < geo.total_chunks:
             self._write_area()  # a partly filled area, or the zeroed area after a full one
         os.ftruncate(self._fd, geo.size_bytes)

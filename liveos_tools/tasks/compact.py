@@ -283,13 +283,16 @@ def _build(
                 raise bk.translate_oserror(exc, tmp, "nothing was changed") from None
             cb = geo.chunk_bytes
             olds = list(c.kept)
-            for i, old in enumerate(olds):
-                data = os.pread(src, cb, table[old] * cb)
-                if len(data) != cb:
-                    raise CorruptError(f"{overlay}: chunk {table[old]} is cut short")
-                w.add(old, data)
-                if prog and i % 4096 == 0:
-                    prog(i, len(olds))
+            done = 0
+            for run in _source_runs(olds, table):
+                data = os.pread(src, len(run) * cb, table[run[0]] * cb)
+                if len(data) != len(run) * cb:
+                    raise CorruptError(f"{overlay}: chunk {table[run[0]]} is cut short")
+                for k, old in enumerate(run):
+                    w.add(old, data[k * cb : (k + 1) * cb])
+                done += len(run)
+                if prog:
+                    prog(done, len(olds))
             bk.kill_point("compact-written")
             w.finish()
         _fsync_dir(overlay.parent)
@@ -331,6 +334,17 @@ def _verify(
     state["old_table"] = table_sha256(overlay)
     bk.kill_point("compact-verified")
     _write_record(record, {"new_table": state["new_table"], "old_table": state["old_table"]})
+
+
+def _source_runs(olds: list[int], table: dict[int, int], most: int = 256) -> list[list[int]]:
+    """Kept chunks in order, cut where their data is not consecutive in the old store."""
+    out: list[list[int]] = []
+    for c in olds:
+        if out and table[c] == table[out[-1][-1]] + 1 and len(out[-1]) < most:
+            out[-1].append(c)
+        else:
+            out.append([c])
+    return out
 
 
 def _runs(chunks: list[int], most: int = 256) -> list[list[int]]:
