@@ -32,7 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from liveos_tools.cow import SECTOR, CowStore
+from liveos_tools.cow import MAGIC, SECTOR, CowStore
 from liveos_tools.errors import CorruptError, LiveOSError, TargetError, UsageError
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class MergedView:
         self._cow_fd = -1
         with CowStore(store) as cow:
             header = cow.header
-            if header is not None and not header.is_new and header.magic and not header.valid:
+            if header is not None and header.magic == MAGIC and not header.valid:
                 raise CorruptError(
                     f"{store}: the overlay is marked invalid: the kernel refuses all I/O on it",
                     REPAIR_HINT,

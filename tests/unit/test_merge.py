@@ -315,10 +315,11 @@ def test_bad_magic_and_short_files_are_refused(tmp_path: Path) -> None:
     bad.write_bytes(b"NOPE" + bytes(8188))
     short = tmp_path / "short"
     short.write_bytes(b"SnA")
-    for cow in (bad, short):
+    for cow, problem in ((bad, "bad magic"), (short, "too short")):
         with pytest.raises(CorruptError) as exc:
             MergedView(base, cow)
         assert exc.value.code == 10
+        assert problem in exc.value.message
 
 
 def test_a_chunk_the_store_file_does_not_hold_is_corrupt(tmp_path: Path) -> None:
