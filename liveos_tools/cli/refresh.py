@@ -41,6 +41,24 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(handler="liveos_tools.cli.refresh:run_refresh")
 
     p = sub.add_parser(
+        "update",
+        help="move the stick to a new release's image and kernel, keeping home.img",
+        description="Copy a new release's squashfs.img, kernel and initrd (from its ISO or a "
+        "directory) onto the stick and switch to them with a fresh overlay; the old image, "
+        "its overlay (the changes made on it) and its kernel stay bootable as the previous "
+        "image until `rollback --drop-previous`. home.img and swap.img are kept.",
+    )
+    p.add_argument("--from", dest="source", required=True, metavar="SOURCE",
+                   help="the new release: an .iso or a directory holding LiveOS/")  # fmt: skip
+    _common(p)
+    p.add_argument(
+        "--no-keep-previous",
+        action="store_true",
+        help="delete the old release once the new one is in place",
+    )
+    p.set_defaults(handler="liveos_tools.cli.refresh:run_update")
+
+    p = sub.add_parser(
         "rollback",
         help="boot the previous image again (the current one becomes the previous)",
         description="Make the image kept by refresh the default again, with its own overlay; "
@@ -99,6 +117,23 @@ def run_refresh(args: argparse.Namespace) -> int:
     )
     if plan is not None:
         _say(f"refreshed: {plan.target} boots the new image with an empty overlay")
+    return 0
+
+
+def run_update(args: argparse.Namespace) -> int:
+    from liveos_tools.cli.maintain import _drive, _say
+    from liveos_tools.tasks import update
+
+    plan = _drive(
+        args,
+        lambda m: update.plan_update(
+            m, source=args.source, keep_previous=not args.no_keep_previous, meter=byte_meter
+        ),
+        ask=True,
+        question="Update the stick now?",
+    )
+    if plan is not None:
+        _say(f"updated: {plan.target} boots the new release with an empty overlay")
     return 0
 
 

@@ -482,8 +482,8 @@ def plan_rollback(medium: Medium, *, drop_previous: bool = False) -> Plan:
             lambda: setattr(plan, "freed", switch.drop_previous(stick)),
         )
         return plan
-    if journal is not None and journal.op == "refresh" and not journal.after("staged"):
-        plan = SwitchPlan("undo the interrupted refresh", medium.target)
+    if journal is not None and journal.op != "rollback" and not journal.after("staged"):
+        plan = SwitchPlan(f"undo the interrupted {journal.op}", medium.target)
         plan.notes.append("the old pair was never touched: only the unfinished new image goes")
 
         def undo() -> None:
@@ -495,9 +495,9 @@ def plan_rollback(medium: Medium, *, drop_previous: bool = False) -> Plan:
     plan = SwitchPlan("roll back to the previous image", medium.target)
     plan.interrupted = "the rollback stopped part-way; the stick boots the old or the new pair"
     plan.interrupted_hint = "run rollback again to finish it"
-    if journal is not None and journal.op == "refresh":
+    if journal is not None and journal.op != "rollback":
         plan.notes.append(
-            f"an interrupted refresh (at '{journal.step}') is finished first, keeping the old "
+            f"an interrupted {journal.op} (at '{journal.step}') is finished first, keeping the old "
             "pair; its new image is then the kept previous image"
         )
 

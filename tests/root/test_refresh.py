@@ -178,6 +178,8 @@ def build_stick_tree(work: Path, overlay_bytes: int = 16 * MiB) -> tuple[Path, P
     sh("mkfs.ext4", "-q", "-F", "-L", "HOME", live / "home.img")
     args = bootcfg.BootArgs(uuid=UUID, fstype="ext4")
     (tree / "syslinux").mkdir()
+    (tree / "syslinux" / "vmlinuz").write_bytes(b"old kernel\n" * 100)
+    (tree / "syslinux" / "initrd.img").write_bytes(b"old initrd\n" * 100)
     (tree / "syslinux" / "extlinux.conf").write_text(
         bootcfg.syslinux_cfg(args, title="Test Live")
     )
@@ -494,3 +496,62 @@ def test_the_running_live_system_and_fat_limit_are_refused(tmp_path: Path) -> No
         refresh.check_fat_limit(4 * 1024**3, "vfat", "squashfs.img")
     refresh.check_fat_limit(4 * 1024**3 - 1, "vfat", "squashfs.img")
     refresh.check_fat_limit(5 * 1024**3, "ext4", "squashfs.img")
+
+
+def test_update_from_a_grub_only_iso_then_rollback(tmp_path: Path) -> None:
+    from tests.fixtures import isobuild
+
+    kernel = tmp_path / "kernel-b"
+    kernel.write_bytes(b"new kernel\n" * 1000)
+    iso = isobuild.build_iso(tmp_path / "b.iso", "grub", kernel=kernel)
+    with mounted_stick(tmp_path) as stick:
+        live, boot = stick.ldir, stick.root / "syslinux"
+        old = {n: sha(p) for n, p in (("base", live / "squashfs.img"), ("overlay", live / OVERLAY),
+                                       ("kernel", boot / "vmlinuz"),
+                                       ("initrd", boot / "initrd.img"))}  # fmt: skip
+        home = sha(live / "home.img")
+        before = tree_hashes(stick.root)
+        # not a LiveOS, and a damaged squashfs: refused, nothing changed
+        notlive = tmp_path / "notlive"
+        notlive.mkdir()
+        assert_refused(cli("update", "--from", notlive, stick.root, "--yes"),
+                       ExitCode.BAD_TARGET, "no LiveOS/squashfs.img")  # fmt: skip
+        bad = tmp_path / "bad"
+        (bad / "LiveOS").mkdir(parents=True)
+        (bad / "LiveOS" / "squashfs.img").write_bytes(b"hsqs" + bytes(4000))
+        (bad / "isolinux").mkdir()
+        (bad / "isolinux" / "vmlinuz").write_bytes(b"k")
+        (bad / "isolinux" / "initrd.img").write_bytes(b"i")
+        assert_refused(cli("update", "--from", bad, stick.root, "--yes"),
+                       ExitCode.CORRUPT, "cannot be read")  # fmt: skip
+        assert tree_hashes(stick.root) == before
+
+        res = cli("update", "--from", iso.path, stick.root, "--yes",
+                  env={"LIVEOS_TEST_KILL_AT": "switch-moved-old"})  # fmt: skip
+        assert res.returncode == -9, res.stderr
+        assert switch.state_problem(stick.files) is None
+        res = cli("update", "--from", iso.path, stick.root, "--yes")
+        assert res.returncode == 0, res.stderr
+        assert sha(live / "squashfs.img") == iso.sha256["/LiveOS/squashfs.img"]
+        assert sha(boot / "vmlinuz") == iso.sha256["/images/pxeboot/vmlinuz"]
+        assert sha(boot / "initrd.img") == iso.sha256["/images/pxeboot/initrd.img"]
+        with open(live / OVERLAY, "rb") as f:
+            assert not any(f.read(64 * 1024))
+        prev = live / "previous"
+        assert {n: sha(prev / f) for n, f in (("base", "squashfs.img"), ("overlay", OVERLAY),
+                                                ("kernel", "vmlinuz"),
+                                                ("initrd", "initrd.img"))} == old  # fmt: skip
+        assert sha(live / "home.img") == home
+        with read_image(live / "squashfs.img", tmp_path / "b") as root:
+            assert (root / "etc/fixture-release").read_bytes() == b"liveos-tools fixture 1\n"
+        for text in stick.configs().values():
+            head, _, block = text.partition(be.BEGIN)
+            assert "/LiveOS/previous/vmlinuz" in block and "/LiveOS/previous/initrd.img" in block
+            assert "/syslinux/vmlinuz" in head and "/LiveOS/previous/" not in head
+        assert switch.state_problem(stick.files) is None
+
+        res = cli("rollback", stick.root, "--yes")
+        assert res.returncode == 0, res.stderr
+        assert sha(live / "squashfs.img") == old["base"] and sha(live / OVERLAY) == old["overlay"]
+        assert sha(boot / "vmlinuz") == old["kernel"] and sha(boot / "initrd.img") == old["initrd"]
+        assert sha(prev / "vmlinuz") == iso.sha256["/images/pxeboot/vmlinuz"]
