@@ -49,6 +49,7 @@ COMMAND_NAMES = {
     "economize": "liveos_tools.cli.space",
     "refresh": "liveos_tools.cli.refresh",
     "rollback": "liveos_tools.cli.refresh",
+    "update": "liveos_tools.cli.refresh",
 }
 
 
