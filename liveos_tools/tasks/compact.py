@@ -226,6 +226,8 @@ def plan_compact(medium: Medium, progress: Progress | None = None) -> Plan:
     )
     if not c.deleted and not c.unchanged:
         plan.notes.append("nothing to give back: the overlay stays as it is")
+        if tmp.exists():  # what an interrupted compact left: settle it
+            plan.add("finish the interrupted compact", lambda: _preflight(overlay))
         return plan
     need = geo.size_bytes
     free = _free_bytes(overlay.parent) + (tmp.stat().st_size if tmp.exists() else 0)
@@ -304,6 +306,23 @@ def _build(
 
 
 def _verify(
+    medium: Medium,
+    overlay: Path,
+    tmp: Path,
+    c: du.Classified,
+    state: dict[str, Any],
+    record: Path,
+) -> None:
+    try:
+        _compare_views(medium, overlay, tmp, c, state, record)
+    except BaseException:
+        # Ctrl-C or a failure before the record: the new store is not trusted, drop it
+        if not record.exists():
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _compare_views(
     medium: Medium,
     overlay: Path,
     tmp: Path,

@@ -131,3 +131,18 @@ def test_sigkill_leaves_old_or_new(stick: dict[str, Path], point: str) -> None:
     _same_as_changed(root / "LiveOS/rootfs.img", overlay, changed)
     names = {p.name for p in (root / "LiveOS").iterdir()}
     assert names == {OVERLAY, f"{OVERLAY}.before-compact", f".{OVERLAY}.compact.json", "rootfs.img"}
+
+
+@pytest.mark.parametrize("point", ["compact-written:INT", "compact-verified:INT"])
+def test_ctrl_c_leaves_the_old_store(stick: dict[str, Path], point: str) -> None:
+    root, overlay = stick["root"], stick["overlay"]
+    before = _sha(overlay)
+    res = _cli("compact", str(root), "--yes", env={"LIVEOS_TEST_KILL_AT": point})
+    assert res.returncode == 9, res.stderr
+    assert "Traceback" not in res.stderr
+    if point.startswith("compact-written"):  # before the record: nothing is left behind
+        assert _sha(overlay) == before
+        assert {p.name for p in (root / "LiveOS").iterdir()} == {OVERLAY, "rootfs.img"}
+    res = _cli("compact", str(root), "--yes")  # and the next run completes
+    assert res.returncode == 0, res.stderr
+    assert _sha(root / "LiveOS" / f"{OVERLAY}.before-compact") == before
