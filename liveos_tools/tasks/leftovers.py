@@ -11,8 +11,10 @@ so a journal that exists names an interrupted run.
 A later run matches a leftover only by recorded name AND backing file: a loop device
 whose backing file is the recorded one, a dm device whose every underlying device is a
 recorded loop or dm device of the same run, a mount of a recorded loop device at the
-recorded place. Anything else is someone else's and is never touched. Teardown order:
-mounts, dm devices top-down (newest first), then loop devices.
+recorded place. Anything else is someone else's and is never touched. Teardown is in
+reverse order of creation, which is top-down: a mount of a dm device before the device,
+dm devices before the loop devices under them, a loop device whose backing file lives in
+a mount before that mount, the mount before its own loop device.
 
 Kept light (no dataclasses, no json, no subprocess at import): `status` reads journals.
 """
@@ -61,6 +63,12 @@ class Journal(NamedTuple):
         return bool(self.owner) and self.owner == _owner(int(self.owner.split()[1]))
 
     @property
+    def this_boot(self) -> bool:
+        """Made since the last boot: before it, nothing it made can still exist, and a
+        device of the same name now is someone else's."""
+        return bool(self.owner) and self.owner.split()[0] == _boot_id()
+
+    @property
     def command(self) -> str:
         """What the user runs to clear the leftovers and finish."""
         where = f" {self.target}" if self.target else ""
@@ -85,14 +93,32 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "?"
+
+
 def _owner(pid: int) -> str:
     """This boot, the pid and its start time: the same only for the same live process."""
     try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, IndexError):
+    except OSError:
         return ""
-    return f"{boot} {pid} {stat.rpartition(')')[2].split()[19]}"
+    return f"{_boot_id()} {pid} {stat.rpartition(')')[2].split()[19]}"
+
+
+def _diskseq(device: str) -> str:
+    """The kernel's sequence number of the device's current use (a new one at each attach)."""
+    return _sys_text(_SYS / Path(device).name / "diskseq") or ""
+
+
+def attached(journal: Journal, device: str) -> Journal:
+    """Record which attach of `device` is ours (its diskseq), right after attaching: a
+    later attach of the same name, even to the same file, is then someone else's."""
+    seq = _diskseq(device)
+    return lease(journal, "loopseq", device, seq) if seq else journal
 
 
 def start(
@@ -176,7 +202,7 @@ def read(path: Path) -> Journal | None:
     leases: list[Lease] = []
     for line in lines:
         parts = line.split("\t")
-        if parts[0] in ("loop", "dm", "mount") and len(parts) == 3:
+        if parts[0] in ("loop", "dm", "mount", "loopseq") and len(parts) == 3:
             leases.append(Lease(parts[0], parts[1], parts[2]))
         elif len(parts) == 2:
             head[parts[0]] = parts[1]
@@ -264,17 +290,24 @@ def _mount_sources() -> dict[str, str]:
 
 def present(journal: Journal) -> list[Lease]:
     """The journal's leases that exist now AND match what was recorded (never a guess)."""
+    if not journal.this_boot:
+        return []
+    seqs = {x.name: x.file for x in journal.leases if x.kind == "loopseq"}
     loops = {
         lease.name
         for lease in journal.leases
-        if lease.kind == "loop" and _loop_matches(lease.name, lease.file)
+        if lease.kind == "loop"
+        and _loop_matches(lease.name, lease.file)
+        and seqs.get(lease.name, _diskseq(lease.name)) == _diskseq(lease.name)
     }
     dms = _dm_dirs()
     recorded_dm = {lease.name for lease in journal.leases if lease.kind == "dm"}
     ours_dm_dev = {dms[n].name for n in recorded_dm if n in dms}
     table = _mount_sources()
-    out = []
+    out: list[Lease] = []
     for lease in journal.leases:
+        if lease in out:
+            continue  # leased twice (an attach that lost a race, then won)
         if lease.kind == "loop" and lease.name in loops:
             out.append(lease)
         elif lease.kind == "dm" and lease.name in dms:
@@ -318,12 +351,9 @@ def clear(journal: Journal) -> list[str]:
     here = present(journal)
     done: list[str] = []
     failed: LiveOSError | None = None
-    order = (
-        [x for x in here if x.kind == "mount"]
-        + [x for x in reversed(here) if x.kind == "dm"]
-        + [x for x in reversed(here) if x.kind == "loop"]
-    )
-    for item in order:
+    # Newest first: each thing was made on top of what was made before it (dm devices on
+    # loop devices, a loop device on a file inside a mount, a mount on a loop device).
+    for item in reversed(here):
         try:
             if item.kind == "mount":
                 mount_tool.umount(item.name)
@@ -340,6 +370,7 @@ def clear(journal: Journal) -> list[str]:
         if item.kind == "mount":
             with contextlib.suppress(OSError):
                 os.rmdir(item.name)
+                os.rmdir(os.path.dirname(item.name))  # the run's scratch directory
     if failed is not None:
         raise failed
     return done

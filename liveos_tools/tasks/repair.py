@@ -185,6 +185,8 @@ class _Session:
             except ToolError:
                 if attempt == 4:
                     raise  # someone else took every device we picked
+        assert self.journal is not None
+        self.journal = lf.attached(self.journal, loop)
         self.stack.callback(losetup.detach, loop)
         return loop
 
@@ -670,15 +672,11 @@ def plan_repair(
 
 
 def _teardown_argv(here: list[lf.Lease]) -> list[str]:
+    """What lf.clear runs: newest first."""
+    cmd = {"mount": ["umount"], "dm": ["dmsetup", "remove"], "loop": ["losetup", "-d"]}
     argv: list[str] = []
-    for kind, cmd in (
-        ("mount", ["umount"]),
-        ("dm", ["dmsetup", "remove"]),
-        ("loop", ["losetup", "-d"]),
-    ):
-        names = [x.name for x in (here if kind == "mount" else reversed(here)) if x.kind == kind]
-        if names:
-            argv += [*(["&&"] if argv else []), *cmd, *names]
+    for item in reversed(here):
+        argv += [*(["&&"] if argv else []), *cmd[item.kind], item.name]
     return argv
 
 
@@ -705,7 +703,7 @@ def _plan_recovery(
         plan.notes.append(f"found {j.describe()}: {found}")
         if here:
             plan.add(
-                "clear what it left: mounts, dm devices (top first), loop devices",
+                "clear what it left, newest first (dm devices top-down, loop devices, mount)",
                 lambda j=j: _note_all(plan, lf.clear(j)),  # type: ignore[misc]
                 argv=_teardown_argv(here),
             )

@@ -41,6 +41,13 @@ def stick(tmp_path: Path) -> Stick:
     return s
 
 
+def dead(journal: lf.Journal) -> None:
+    """As if written by a process of this boot that no longer runs (this one goes on)."""
+    me = lf._owner(os.getpid())
+    gone = f"{me.split()[0]} 1 0"  # pid 1 runs, but did not start at tick 0
+    journal.path.write_text(journal.path.read_text().replace(me, gone))
+
+
 def killed_repair(stick: Stick, bkdir: Path) -> tuple[bk.Backup, lf.Journal, str]:
     """A backup, its journal and a leased loop device over the overlay, as a repair
     killed after attaching the overlay leaves them (its process is gone)."""
@@ -50,12 +57,11 @@ def killed_repair(stick: Stick, bkdir: Path) -> tuple[bk.Backup, lf.Journal, str
     journal = lf.start(
         bkdir, "repair", stick.overlay, "deadbeef", backup=backup.path, target=str(stick.root)
     )
-    # As if written by a process that no longer runs (this one goes on living).
-    text = journal.path.read_text().replace(lf._owner(os.getpid()), "0 1 0")
-    journal.path.write_text(text)
+    dead(journal)
     loop = losetup.find_free()
     journal = lf.lease(journal, "loop", loop, os.path.realpath(stick.overlay))
     losetup.attach(stick.overlay, device=loop)
+    journal = lf.attached(journal, loop)
     with open(stick.overlay, "r+b") as f:  # the half-done repair changed the header
         f.seek(4)
         f.write(b"\x01\0\0\0")
@@ -97,20 +103,31 @@ def test_a_loop_not_recorded_or_with_another_file_is_never_touched(
     bkdir = tmp_path / "bk"
     backup = bk.write_backup(stick.overlay, "repair", [(0, 4096)], bkdir, run_id="cafe0001")
     journal = lf.start(bkdir, "repair", stick.overlay, "cafe0001", backup=backup.path)
-    journal.path.write_text(journal.path.read_text().replace(lf._owner(os.getpid()), "0 1 0"))
+    dead(journal)
     with loop_attached(other) as loop:
         # The recorded name, but another backing file: someone else's device now.
         journal = lf.lease(journal, "loop", loop, os.path.realpath(stick.overlay))
         assert lf.present(journal) == []
         assert lf.clear(journal) == []
         assert losetup.find_by_file(other)[0].name == loop
-    with loop_attached(stick.overlay) as loop:
-        # The overlay, attached by someone else (not under a recorded name): refused as
-        # in use by another, with today's hint.
+    # Ours once (recorded, attached, its diskseq recorded), then released by someone...
+    mine = losetup.find_free()
+    journal = lf.lease(journal, "loop", mine, os.path.realpath(stick.overlay))
+    losetup.attach(stick.overlay, device=mine)
+    journal = lf.attached(journal, mine)
+    assert [x.name for x in lf.present(journal)] == [mine]
+    losetup.detach(mine)
+    # ...and the overlay attached again by someone else, under the same name: a new
+    # attach (another diskseq), so not ours. Refused as in use, with today's hint.
+    subprocess.run(["losetup", mine, str(stick.overlay)], check=True)
+    try:
+        assert lf.present(journal) == []
         res = cli("repair", stick.root, "--yes", "--backup-dir", bkdir)
-        assert_refused(res, ExitCode.IN_USE, f"attached to {loop}")
+        assert_refused(res, ExitCode.IN_USE, f"attached to {mine}")
         assert "shut down the live system" in res.stderr
-        assert losetup.find_by_file(stick.overlay)[0].name == loop
+        assert losetup.find_by_file(stick.overlay)[0].name == mine
+    finally:
+        losetup.detach(mine)
 
 
 def test_a_foreign_holder_is_named_by_its_process(stick: Stick, tmp_path: Path) -> None:
