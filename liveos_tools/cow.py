@@ -1,6 +1,6 @@
 """The device-mapper persistent snapshot store (the LiveOS "overlay" file), read offline.
 
-Layout (drivers/md/dm-snap-persistent.c; FACTS.md section 1): chunk 0 is the header
+Layout (drivers/md/dm-snap-persistent.c; docs/ARCHITECTURE.md F1): chunk 0 is the header
 `{le32 magic, valid, version, chunk_size}`; metadata area N sits at chunk
 `1 + (epa + 1) * N` and is followed by its `epa` data chunks, where
 `epa = chunk_bytes / 16` exceptions of `{le64 old_chunk, le64 new_chunk}` fit in one

@@ -1,4 +1,4 @@
-"""Write a device-mapper persistent snapshot store the kernel will load (FACTS.md section 1).
+"""Write a device-mapper persistent snapshot store the kernel will load (docs/ARCHITECTURE.md F1).
 
 The writer lays exceptions out the way the kernel would have if it had copied these
 chunks in this order: header in chunk 0, metadata area N at chunk 1 + (epa + 1) * N,

@@ -2,7 +2,7 @@
 
 A stick that one person used carries their machine identity, network passwords,
 logs, shell histories and account changes; an ISO made from it goes to a whole
-class. The default list below is editliveos's (FACTS.md section 5) plus what it
+class. The default list below is editliveos's (docs/ARCHITECTURE.md F5) plus what it
 misses: saved Wi-Fi/network secrets, SSH host keys, shell histories and private
 keys under /home, Bluetooth pairings, browser password stores.
 

@@ -8,7 +8,7 @@ from liveos_tools.errors import TargetError, ToolError
 from liveos_tools.run import run
 
 # ext4's `ro` still replays a dirty journal; `noload` does not. A stick pulled from a
-# running live system always has a dirty journal (FACTS.md section 2).
+# running live system always has a dirty journal (docs/ARCHITECTURE.md F2).
 _RO_OPTIONS = {"ext4": "ro,noload", "ext3": "ro,noload", "ext2": "ro"}
 
 

@@ -1,6 +1,6 @@
 """mtools: read and write FAT filesystems in userspace, inside an image or device at an offset.
 
-The host kernel may have no vfat at all (FACTS.md section 4), so every FAT
+The host kernel may have no vfat at all (docs/ARCHITECTURE.md F4), so every FAT
 operation of the writer goes through mtools on ``DEVICE@@OFFSET``. Reading a file
 back for verification does not go through mtools: ``mshowfat`` gives the file's
 cluster runs and the boot sector gives where clusters live, so the bytes are read

@@ -1,4 +1,4 @@
-"""Kernel arguments of the boot contract (FACTS.md section 2) and the boot loader configs.
+"""Kernel arguments of the boot contract (docs/ARCHITECTURE.md F2) and the boot loader configs.
 
 Pure functions: the plan prints exactly the text that will be written.
 

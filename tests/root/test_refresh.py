@@ -3,7 +3,7 @@ image (mksquashfs of an ext4 rootfs.img) and an overlay holding the learner's fi
 
 The host kernel has no device-mapper, so the overlay here is written offline, chunk
 by chunk, from the difference between the base and a copy changed with debugfs (the
-store format of FACTS.md section 1). The guest tests (tests/guest/test_refresh_kill.py)
+store format of docs/ARCHITECTURE.md F1). The guest tests (tests/guest/test_refresh_kill.py)
 do the same against the kernel's own snapshot.
 """
 

@@ -134,6 +134,6 @@ def test_rules_from_options() -> None:
     # paths are inside the image: '..' cannot climb out of its root
     assert seclude.rules(keep=["../etc/x", "/a/../../b"])[1] == ["etc/x", "b"]
     patterns = {r.pattern for r in seclude.DEFAULT_RULES}
-    # what editliveos misses (FACTS.md section 5) is on the default list
+    # what editliveos misses (docs/ARCHITECTURE.md F5) is on the default list
     assert {"etc/NetworkManager/system-connections", "etc/ssh/ssh_host_*",
             "home/*/.bash_history"} <= patterns  # fmt: skip
