@@ -142,7 +142,10 @@ class BootSet:
 
     @property
     def efi(self) -> bool:
-        return self.efiboot is not None
+        """The ISO can boot by EFI: an efiboot.img to copy, or EFI loaders to make one of."""
+        return self.efiboot is not None or any(
+            f.path.lower().endswith(".efi") for f in self.efi_files
+        )
 
     def size(self) -> int:
         files = [self.kernel, self.initrd, *self.efi_files]
@@ -271,22 +274,44 @@ def stage(
         for sf in boot.efi_files:
             grafts.append(Graft(f"/EFI/BOOT/{Path(sf.path).name}", host_path(sf, files)))
         (efi_dir / "grub.cfg").write_text(grub_text)
+    cfg = workdir / "efiboot-grub.cfg"
+    cfg.write_text(grub_text)
+    img = root / EFIBOOT
     if boot.efiboot is not None:
-        img = root / EFIBOOT
         img.parent.mkdir(parents=True, exist_ok=True)
         copy_range(Path(boot.efiboot.backing), boot.efiboot.offset, boot.efiboot.size, img)
-        cfg = workdir / "efiboot-grub.cfg"
-        cfg.write_text(grub_text)
         # every grub.cfg in the FAT image: GRUB's prefix names its own directory
         for rel in mtools.listing(img, 0, "EFI"):
             if rel.lower().endswith("/grub.cfg"):
                 mtools.copy_in(img, 0, cfg, rel)
+        efi_image = EFIBOOT
+    elif boot.efi:
+        # A stick with EFI loaders but no efiboot.img (the reference writer leaves it out):
+        # El Torito's EFI entry needs a FAT image, so make one holding EFI/BOOT.
+        loaders = [(Path(sf.path).name, host_path(sf, files)) for sf in boot.efi_files]
+        make_efiboot(img, [*loaders, ("grub.cfg", cfg)])
         efi_image = EFIBOOT
     grafts.insert(0, Graft("/", root))
     grafts += list(extra)
     mbr = find_isolinux("isohdpfx.bin") if bios_image else None
     catalog = f"{ISOLINUX_DIR}/boot.cat" if bios_image else "images/boot.cat"
     return IsoLayout(label, args, tuple(grafts), ElTorito(bios_image, catalog, efi_image, mbr))
+
+
+def make_efiboot(dest: Path, files: Sequence[tuple[str, Path]]) -> None:
+    """A FAT image holding EFI/BOOT/<name> for each (name, host file)."""
+    from liveos_tools.tools import mkfs_fat, mtools
+
+    data = sum(p.stat().st_size for _, p in files)
+    # room for FAT tables, directories and cluster slack, in whole MiB
+    size = ((data * 11 // 10 + (2 << 20)) >> 20) << 20
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as f:
+        f.truncate(size)
+    mkfs_fat.make(dest, 0, size, label="EFIBOOT", volume_id="45464942", hidden_sectors=0)
+    mtools.mmd(dest, 0, "EFI/BOOT")
+    for name, host in files:
+        mtools.copy_in(dest, 0, host, f"EFI/BOOT/{name}")
 
 
 @contextmanager

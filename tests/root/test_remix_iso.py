@@ -149,3 +149,28 @@ def test_iso_from_a_base_iso_without_syslinux_boots_by_efi(tmp_path: Path) -> No
     iso.write_iso(iso.stage(tmp_path / "w", label="EFI", squashfs=sq, boot=boot), out)
     assert xorriso.el_torito(out) == [xorriso.BootEntry("UEFI", "/images/efiboot.img")]
     assert checkisomd5.check(out) == "PASS"
+
+
+def test_a_stick_without_efiboot_img_gets_one_made_of_its_efi_loaders(
+    tmp_path: Path, fixture_iso: Path
+) -> None:
+    tree = _stick_tree(tmp_path, fixture_iso)
+    (tree / "images" / "efiboot.img").unlink()  # as the reference writer leaves sticks
+    boot = iso.boot_set(read_directory(tree))
+    assert boot.efiboot is None and boot.efi
+    (tmp_path / "w").mkdir()
+    out = tmp_path / "made.iso"
+    layout = iso.stage(tmp_path / "w", label="MADE", squashfs=tree / "LiveOS" / "squashfs.img",
+                       boot=boot)  # fmt: skip
+    iso.write_iso(layout, out)
+    assert [e.platform for e in xorriso.el_torito(out)] == ["BIOS", "UEFI"]
+    efiboot = tmp_path / "efiboot.img"
+    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(out), "-extract",
+                    "/images/efiboot.img", str(efiboot)], check=True, capture_output=True)
+    loader = subprocess.run(["mtype", "-i", str(efiboot), "::EFI/BOOT/BOOTX64.EFI"],
+                            capture_output=True, check=True).stdout  # fmt: skip
+    assert loader == (tree / "EFI" / "BOOT" / "BOOTX64.EFI").read_bytes()
+    cfg = subprocess.run(["mtype", "-i", str(efiboot), "::EFI/BOOT/grub.cfg"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "search --no-floppy --set=root -l 'MADE'" in cfg
+    assert "root=live:CDLABEL=MADE rd.live.image" in cfg
