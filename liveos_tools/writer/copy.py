@@ -90,9 +90,10 @@ class Checksum:
 class SegmentHasher:
     """Incremental: feed bytes in order, get a Checksum."""
 
-    def __init__(self) -> None:
+    def __init__(self, algorithm: str = DEFAULT_ALGORITHM) -> None:
+        check_algorithm(algorithm)
         self.size = 0
-        self.algorithm = _algorithm
+        self.algorithm = algorithm
         self._seg = bytearray()
         self._digests: list[bytes] = []
 
@@ -162,26 +163,18 @@ class Board:
                 print("\r" + self.line() + "\033[K", file=self.stream, flush=True)
 
 
-_board: Board | None = None
-
-
-def set_board(board: Board | None) -> None:
-    """The run's overall progress (tasks.write sets it; None: per-target lines only)."""
-    global _board
-    _board = board
-
-
 class Progress:
     """One target's file: feeds the overall board; on a non-terminal (or without a
     board) prints its own line every 2 s and at the end."""
 
     def __init__(self, label: str, total: int, stream: TextIO | None = None,
-                 quiet: bool = False) -> None:  # fmt: skip
+                 quiet: bool = False, board: Board | None = None) -> None:  # fmt: skip
+        """`board`: the run's overall progress (None: per-target lines only)."""
         self.label = label
         self.total = max(total, 1)
         self.done = 0
         self.stream = stream or sys.stderr
-        self.board = _board
+        self.board = board
         self.quiet = quiet or (self.board is not None and self.board.tty)
         self.start = time.monotonic()
         self._last = self.start
@@ -253,18 +246,13 @@ def _pwrite_full(fd: int, view: memoryview, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-_algorithm = DEFAULT_ALGORITHM
-
-
-def set_algorithm(name: str) -> None:
-    global _algorithm
+def check_algorithm(name: str) -> None:
     if name not in ALGORITHMS:
-        raise ValueError(name)
-    _algorithm = name
+        raise ValueError(f"unknown checksum algorithm {name!r}")
 
 
-def _digest(view: memoryview | bytes | bytearray, algorithm: str | None = None) -> bytes:
-    name = algorithm or _algorithm
+def _digest(view: memoryview | bytes | bytearray, algorithm: str) -> bytes:
+    name = algorithm
     if name == "xxh3":
         import xxhash  # not on the fast path of `liveos-overlay status`
 
@@ -292,7 +280,8 @@ def _sendfile_piece(dst: int, src: int, src_off: int, dst_off: int, length: int,
 
 
 def transfer(sf: SourceFile, dst: int, pieces: list[Piece], *, checksum: bool,
-             progress: Progress | None = None) -> Checksum | None:  # fmt: skip
+             progress: Progress | None = None,
+             algorithm: str = DEFAULT_ALGORITHM) -> Checksum | None:  # fmt: skip
     """Write the source file's bytes into `pieces` of the open destination `dst`."""
     src = os.open(sf.backing, os.O_RDONLY)
     try:
@@ -313,7 +302,7 @@ def transfer(sf: SourceFile, dst: int, pieces: list[Piece], *, checksum: bool,
                     raise
                 if progress:  # start again with plain reads and writes
                     progress.update(-progress.done)
-        return _buffered(sf, src, dst, pieces, progress)
+        return _buffered(sf, src, dst, pieces, progress, algorithm)
     finally:
         os.close(src)
 
@@ -339,12 +328,12 @@ class Kicker:
         self.start = self.end
 
 
-def _ring_hash(segs: Iterable[list[Piece]], fill: Callable[[memoryview, list[Piece]], None]
-               ) -> tuple[bytes, ...]:  # fmt: skip
+def _ring_hash(segs: Iterable[list[Piece]], fill: Callable[[memoryview, list[Piece]], None],
+               algorithm: str) -> tuple[bytes, ...]:  # fmt: skip
     """For each segment: fill a ring buffer (fill(buf, seg)) and hash it in the pool,
     keeping RING buffers in flight. Digests in segment order."""
+    check_algorithm(algorithm)
     pool = _hash_pool()
-    algorithm = _algorithm
     ring = [memoryview(bytearray(SEGMENT)) for _ in range(RING)]
     pending: deque[Future[bytes]] = deque()
     digests: list[bytes] = []
@@ -359,7 +348,7 @@ def _ring_hash(segs: Iterable[list[Piece]], fill: Callable[[memoryview, list[Pie
 
 
 def _buffered(sf: SourceFile, src: int, dst: int, pieces: list[Piece],
-              progress: Progress | None) -> Checksum:  # fmt: skip
+              progress: Progress | None, algorithm: str) -> Checksum:  # fmt: skip
     pos = [sf.offset]
     kicker = Kicker(dst)
 
@@ -374,13 +363,14 @@ def _buffered(sf: SourceFile, src: int, dst: int, pieces: list[Piece],
         if progress:
             progress.update(len(buf))
 
-    digests = _ring_hash(segments(pieces, sf.size), fill)
+    digests = _ring_hash(segments(pieces, sf.size), fill, algorithm)
     kicker.flush()
-    return Checksum(sf.size, digests, algorithm=_algorithm)
+    return Checksum(sf.size, digests, algorithm=algorithm)
 
 
 def read_back(dst: int, pieces: list[Piece], size: int, what: str,
-              progress: Progress | None = None) -> Checksum:  # fmt: skip
+              progress: Progress | None = None,
+              algorithm: str = DEFAULT_ALGORITHM) -> Checksum:  # fmt: skip
     """Hash what the disk holds: drop the (clean, fsynced) range from the page cache
     first so the bytes come from the device, then read it in segments."""
     for off, length in pieces:
@@ -394,7 +384,8 @@ def read_back(dst: int, pieces: list[Piece], size: int, what: str,
         if progress:
             progress.update(at)
 
-    return Checksum(size, _ring_hash(segments(pieces, size), fill), algorithm=_algorithm)
+    return Checksum(size, _ring_hash(segments(pieces, size), fill, algorithm),
+                    algorithm=algorithm)
 
 
 def source_chunks(sf: SourceFile, hasher: SegmentHasher | None, progress: Progress | None
@@ -415,8 +406,8 @@ def source_chunks(sf: SourceFile, hasher: SegmentHasher | None, progress: Progre
             yield data
 
 
-def checksum_of(chunks: Iterable[bytes]) -> Checksum:
-    h = SegmentHasher()
+def checksum_of(chunks: Iterable[bytes], algorithm: str = DEFAULT_ALGORITHM) -> Checksum:
+    h = SegmentHasher(algorithm)
     for c in chunks:
         h.update(c)
     return h.result()
