@@ -241,6 +241,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
     o.reset_mbr, o.efi, o.noesp = args.reset_mbr, args.efi, args.noesp
     o.msdos_table = args.msdos_table
     o.noverify, o.skipcopy, o.force, o.label = args.noverify, args.skipcopy, args.force, args.label
+    o.verify_hash = args.verify_hash
     o.skipcompress = args.skipcompress
     if args.overlay_size_mb:
         o.overlay_size, o.overlay_fstype, o.overlay_blocksize = _size_spec(args.overlay_size_mb)
@@ -322,9 +323,6 @@ def run(args: argparse.Namespace) -> int:
                     yes=args.yes,
                     question=f"{'Format' if opts.format else 'Write'} {job.target.spec}?",
                 )
-        from liveos_tools.writer import copy
-
-        copy.set_algorithm(args.verify_hash)
         outcomes = write.write_all(prepared, parallel=not args.serial)
     if len(outcomes) > 1:
         print(write.summary_table(outcomes), file=sys.stderr)

@@ -14,6 +14,7 @@ from liveos_tools.units import format_size
 from liveos_tools.writer import layout as layout_mod
 from liveos_tools.writer import stick
 from liveos_tools.writer.source import Source, open_source
+from liveos_tools.writer.steps import StickRun
 from liveos_tools.writer.target import Target, TargetKind, check, resolve
 
 
@@ -22,6 +23,7 @@ class Job:
     target: Target
     plan: Plan
     result: stick.StickResult
+    run: StickRun  # what the plan's steps act on (the run's progress board is set on it)
 
 
 @dataclass
@@ -135,11 +137,11 @@ def prepare(source: str, targets: list[str], opts: stick.WriteOptions) -> Iterat
             check(tgt, force=opts.force)
             found = None if opts.format else _existing(tgt)
             desc = describe_table(tgt) if opts.format else []
-            plan, result = stick.plan_stick(src, lay, tgt, _copy_opts(opts),
+            plan, result, run = stick.plan_run(src, lay, tgt, _copy_opts(opts),
                                             existing_fs=found[0] if found else None,
                                             boot_disk=found[1] if found else None,
                                             table_desc=desc)
-            prepared.jobs.append(Job(tgt, plan, result))
+            prepared.jobs.append(Job(tgt, plan, result, run))
         yield prepared
 
 
@@ -195,7 +197,7 @@ def write_all(prepared: Prepared, *, parallel: bool = True) -> list[Outcome]:
     board = copy.Board()
     for j in jobs:
         board.add(j.result.copy_bytes)
-    copy.set_board(board)
+        j.run.board = board
     try:
         if len(jobs) == 1 or not parallel:
             return [_run_one(j) for j in jobs]
@@ -203,7 +205,6 @@ def write_all(prepared: Prepared, *, parallel: bool = True) -> list[Outcome]:
             return list(pool.map(_run_one, jobs))
     finally:
         board.finish()
-        copy.set_board(None)
 
 
 def summary_table(outcomes: list[Outcome]) -> str:

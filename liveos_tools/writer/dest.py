@@ -36,11 +36,11 @@ class Dest(Protocol):
 
     def mkdir(self, rel: str) -> None: ...
     def write_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
-                   checksum: bool) -> copy_mod.Checksum | None: ...
+                   checksum: str | None) -> copy_mod.Checksum | None: ...
     def begin_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
-                   checksum: bool) -> Callable[[], copy_mod.Checksum | None]: ...
-    def checksum(self, rel: str, size: int,
-                 progress: copy_mod.Progress | None = None) -> copy_mod.Checksum: ...
+                   checksum: str | None) -> Callable[[], copy_mod.Checksum | None]: ...
+    def checksum(self, rel: str, size: int, progress: copy_mod.Progress | None = None,
+                 algorithm: str = copy_mod.DEFAULT_ALGORITHM) -> copy_mod.Checksum: ...
     def zero_head(self, rel: str, length: int) -> None: ...
     def write_stream(self, rel: str, size: int, chunks: Iterable[bytes]) -> None: ...
     def write_zeros(self, rel: str, size: int) -> None: ...
@@ -57,7 +57,7 @@ class Dest(Protocol):
 def verify(dest: Dest, rel: str, expected: copy_mod.Checksum,
            progress: copy_mod.Progress | None = None) -> None:  # fmt: skip
     """Read `rel` back from the stick and compare it with the source's checksum."""
-    got = dest.checksum(rel, expected.size, progress)
+    got = dest.checksum(rel, expected.size, progress, expected.algorithm)
     where = expected.first_difference(got)
     if where is not None:
         raise CorruptError(
@@ -120,17 +120,17 @@ class FatDest:
         return fatwrite.grow_placeholder(self.device, self.offset, rel, 1, size)
 
     def write_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
-                   checksum: bool) -> copy_mod.Checksum | None:  # fmt: skip
+                   checksum: str | None) -> copy_mod.Checksum | None:  # fmt: skip
         return self.begin_file(rel, sf, progress, checksum=checksum)()
 
     def begin_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
-                   checksum: bool) -> Callable[[], copy_mod.Checksum | None]:  # fmt: skip
+                   checksum: str | None) -> Callable[[], copy_mod.Checksum | None]:  # fmt: skip
         """Create the file and allocate its clusters now; the returned function writes its
         data. It touches only those clusters, so it may run in a thread while mtools goes
         on changing the rest of the filesystem."""
         pieces = self._grow(rel, sf.size)
         if pieces is None:
-            hasher = copy_mod.SegmentHasher() if checksum else None
+            hasher = copy_mod.SegmentHasher(checksum) if checksum else None
             self.write_stream(rel, sf.size, copy_mod.source_chunks(sf, hasher, progress))
             done = hasher.result() if hasher else None
             return lambda: done
@@ -139,20 +139,22 @@ class FatDest:
             assert pieces is not None
             fd = os.open(self.device, os.O_WRONLY)
             try:
-                return copy_mod.transfer(sf, fd, pieces, checksum=checksum, progress=progress)
+                return copy_mod.transfer(sf, fd, pieces, checksum=checksum is not None,
+                                         progress=progress,
+                                         algorithm=checksum or copy_mod.DEFAULT_ALGORITHM)
             finally:
                 os.close(fd)
 
         return data
 
-    def checksum(self, rel: str, size: int,
-                 progress: copy_mod.Progress | None = None) -> copy_mod.Checksum:
+    def checksum(self, rel: str, size: int, progress: copy_mod.Progress | None = None,
+                 algorithm: str = copy_mod.DEFAULT_ALGORITHM) -> copy_mod.Checksum:
         geo = mtools.read_geometry(self.device, self.offset)
         runs = mtools.clusters(self.device, self.offset, rel)
         pieces = fatwrite.data_pieces(geo, self.offset, runs, size)
         fd = os.open(self.device, os.O_RDONLY)
         try:
-            return copy_mod.read_back(fd, pieces, size, rel, progress)
+            return copy_mod.read_back(fd, pieces, size, rel, progress, algorithm)
         finally:
             os.close(fd)
 
@@ -288,11 +290,11 @@ class MountedDest:
         self._p(rel).mkdir(parents=True, exist_ok=True)
 
     def write_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
-                   checksum: bool) -> copy_mod.Checksum | None:  # fmt: skip
+                   checksum: str | None) -> copy_mod.Checksum | None:  # fmt: skip
         return self.begin_file(rel, sf, progress, checksum=checksum)()
 
     def begin_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
-                   checksum: bool) -> Callable[[], copy_mod.Checksum | None]:  # fmt: skip
+                   checksum: str | None) -> Callable[[], copy_mod.Checksum | None]:  # fmt: skip
         fd = os.open(self._p(rel), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             if sf.size:
@@ -303,18 +305,19 @@ class MountedDest:
 
         def data() -> copy_mod.Checksum | None:
             try:
-                return copy_mod.transfer(sf, fd, [(0, sf.size)], checksum=checksum,
+                return copy_mod.transfer(sf, fd, [(0, sf.size)], checksum=checksum is not None,
+                                         algorithm=checksum or copy_mod.DEFAULT_ALGORITHM,
                                          progress=progress)
             finally:
                 os.close(fd)
 
         return data
 
-    def checksum(self, rel: str, size: int,
-                 progress: copy_mod.Progress | None = None) -> copy_mod.Checksum:
+    def checksum(self, rel: str, size: int, progress: copy_mod.Progress | None = None,
+                 algorithm: str = copy_mod.DEFAULT_ALGORITHM) -> copy_mod.Checksum:
         fd = os.open(self._p(rel), os.O_RDONLY)
         try:
-            return copy_mod.read_back(fd, [(0, size)], size, rel, progress)
+            return copy_mod.read_back(fd, [(0, size)], size, rel, progress, algorithm)
         finally:
             os.close(fd)
 

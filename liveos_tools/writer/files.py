@@ -114,7 +114,7 @@ def put_file(d: Dest, rel: str, host: Path) -> None:
     if isinstance(d, FatDest):
         d.remove(rel)
         d.write_file(rel, SourceFile(rel, host.stat().st_size, str(host), 0), None,
-                     checksum=False)
+                     checksum=None)
     else:
         hp = d.host_path(rel)
         assert hp is not None
@@ -149,7 +149,7 @@ def make_home(d: Dest, home: HomeSpec, scratch: Path) -> None:
 
 def copy_home(d: Dest, rel: str, sf: SourceFile,
                record: Callable[[Dest, str, copy.Checksum | None], None],
-               verify_on: bool) -> None:  # fmt: skip
+               checksum: str | None) -> None:  # fmt: skip
     """The home.img library copies into a mounted filesystem (temporary name, fsync,
     SHA-256, rename); on FAT the fast writer copies it and the final pass verifies it."""
     hp = d.host_path(rel)
@@ -159,7 +159,7 @@ def copy_home(d: Dest, rel: str, sf: SourceFile,
         home.plan_copy(Path(sf.backing), hp, delete_existing=True).execute()
         return
     d.remove(rel)
-    record(d, rel, d.write_file(rel, sf, None, checksum=verify_on))
+    record(d, rel, d.write_file(rel, sf, None, checksum=checksum))
 
 
 def make_swap(d: Dest, rel: str, size: int, scratch: Path) -> None:

@@ -31,6 +31,7 @@ class WriteOptions:
     msdos_table: bool = False  # --msdos-table: msdos even with --efi
     noesp: bool = False
     noverify: bool = False
+    verify_hash: str = "xxh3"  # the verification's checksum (copy.ALGORITHMS)
     skipcopy: bool = False
     force: bool = False
     label: str | None = None

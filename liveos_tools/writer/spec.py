@@ -78,6 +78,7 @@ class StickSpec:
     swap_size: int
     sizes: Sizes
     verify: bool
+    algorithm: str  # --verify-hash
     reset_mbr: bool
     fw_disk: str  # what the firmware reads: the whole disk or image
     part_start: int  # the LiveOS partition's first byte on fw_disk
@@ -87,6 +88,11 @@ class StickSpec:
     @property
     def fstype(self) -> str:
         return self.fs.fstype
+
+    @property
+    def checksum(self) -> str | None:
+        """The checksum algorithm of the copies, None without verification."""
+        return self.algorithm if self.verify else None
 
     @property
     def overlay_name(self) -> str | None:
@@ -291,7 +297,8 @@ def decide(src: Source, layout: Layout, target: Target, opts: WriteOptions, *,
         relabel_from=existing_fs.label if (
             existing_fs and not opts.format and fs.label != existing_fs.label) else None,
         image=image, boot=boot, overlay=overlay, home=home, swap_size=opts.swap_size,
-        sizes=sizes, verify=not opts.noverify, reset_mbr=opts.reset_mbr, fw_disk=fw_disk,
+        sizes=sizes, verify=not opts.noverify, algorithm=opts.verify_hash,
+        reset_mbr=opts.reset_mbr, fw_disk=fw_disk,
         part_start=part_start, notes=tuple(notes), destroys=tuple(destroys),
     )
 

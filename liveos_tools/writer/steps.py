@@ -47,6 +47,8 @@ class StickRun:
         self._image: Future[copy.Checksum | None] | None = None
         self._image_progress: copy.Progress | None = None
         self.checks: list[tuple[Dest, str, copy.Checksum]] = []
+        #: the run's overall progress (tasks.write sets it when several sticks are written)
+        self.board: copy.Board | None = None
 
     @property
     def dest(self) -> Dest:
@@ -93,8 +95,8 @@ class StickRun:
         if image.unpack:
             rootfs = files.extract_rootfs(sf.backing, sf.offset, self.scratch)
             sf = SourceFile(sf.path, rootfs.stat().st_size, str(rootfs), 0)
-        prog = copy.Progress(f"{self.spec.target.spec}: {image.rel}", sf.size)
-        data = d.begin_file(image.rel, sf, prog, checksum=self.spec.verify)
+        prog = copy.Progress(f"{self.spec.target.spec}: {image.rel}", sf.size, board=self.board)
+        data = d.begin_file(image.rel, sf, prog, checksum=self.spec.checksum)
         self._image_progress = prog
         self._image = self._pool.submit(data)
 
@@ -111,7 +113,7 @@ class StickRun:
         spec, d = self.spec, self.dest
         for sf, rel in spec.boot.files:
             d.mkdir(str(Path(rel).parent))
-            self.record(d, rel, d.write_file(rel, sf, None, checksum=spec.verify))
+            self.record(d, rel, d.write_file(rel, sf, None, checksum=spec.checksum))
         for mod in spec.boot.modules:
             d.write_bytes(f"{SYS_DIR}/{mod.name}", mod.read_bytes())
         esp = spec.parts.esp if spec.parts else None
@@ -121,7 +123,7 @@ class StickRun:
             fat.mkdir("EFI/BOOT")
             for sf in spec.boot.esp_files:
                 rel = "EFI/BOOT/" + Path(sf.path).name
-                self.record(fat, rel, fat.write_file(rel, sf, None, checksum=spec.verify))
+                self.record(fat, rel, fat.write_file(rel, sf, None, checksum=spec.checksum))
             fat.write_bytes("EFI/BOOT/grub.cfg", spec.boot.grub_text.encode())
 
     def write_configs(self) -> None:
@@ -139,7 +141,8 @@ class StickRun:
         d.remove(ov.rel)
         if ov.action is OverlayAction.COPY:
             assert ov.source is not None
-            self.record(d, ov.rel, d.write_file(ov.rel, ov.source, None, checksum=self.spec.verify))
+            self.record(d, ov.rel, d.write_file(ov.rel, ov.source, None,
+                                                checksum=self.spec.checksum))
             d.private(ov.rel)
         elif ov.persistence is bootcfg.Persistence.OVERLAYFS and d.fstype != "vfat":
             d.mkdir(ov.rel)  # its mode becomes the live root's: not made private
@@ -154,7 +157,7 @@ class StickRun:
         home, d = self.spec.home, self.dest
         if home.action is HomeAction.COPY:
             assert home.source is not None
-            files.copy_home(d, home.rel, home.source, self.record, self.spec.verify)
+            files.copy_home(d, home.rel, home.source, self.record, self.spec.checksum)
             d.private(home.rel)
         else:
             files.make_home(d, home, self.scratch)
@@ -188,8 +191,8 @@ class StickRun:
         image_rel = self.spec.image.rel if self.spec.image else None
 
         def check(cd: Dest, rel: str, expected: copy.Checksum) -> None:
-            prog = (copy.Progress(f"{self.spec.target.spec}: verify {rel}", expected.size)
-                    if rel == image_rel else None)
+            prog = (copy.Progress(f"{self.spec.target.spec}: verify {rel}", expected.size,
+                                  board=self.board) if rel == image_rel else None)
             verify(cd, rel, expected, prog)
             if prog:
                 prog.finish()
