@@ -17,9 +17,11 @@ def parse_listing(text: str) -> set[str]:
     return {line.strip().lstrip("/") for line in text.splitlines() if line.startswith("/")}
 
 
-def find_paths(image: str | Path, paths: tuple[str, ...]) -> set[str]:
-    """Which of `paths` exist inside the squashfs image (reads directory tables only)."""
-    out = run(["unsquashfs", "-no-progress", "-l", "-d", "", str(image), *paths]).stdout
+def find_paths(image: str | Path, paths: tuple[str, ...], *, offset: int = 0) -> set[str]:
+    """Which of `paths` exist inside the squashfs image (at `offset` bytes of it: inside
+    an ISO) (reads directory tables only)."""
+    at = ["-o", str(offset)] if offset else []
+    out = run(["unsquashfs", "-no-progress", *at, "-l", "-d", "", str(image), *paths]).stdout
     return parse_listing(out) & set(paths)
 
 
