@@ -135,9 +135,6 @@ def detect(src: Source, squash_holds_nested: bool | None = None) -> Layout:
 
 def squashfs_is_nested(backing: str, offset: int) -> bool:
     """Does the squashfs at `offset` of `backing` hold LiveOS/rootfs.img (or ext3fs.img)?"""
-    from liveos_tools.run import run
-    from liveos_tools.tools.squashfs import NESTED_NAMES, parse_listing
+    from liveos_tools.tools.squashfs import NESTED_NAMES, find_paths
 
-    out = run(["unsquashfs", "-no-progress", "-o", str(offset), "-l", "-d", "", backing,
-               *NESTED_NAMES]).stdout  # fmt: skip
-    return bool(parse_listing(out) & set(NESTED_NAMES))
+    return bool(find_paths(backing, NESTED_NAMES, offset=offset))
