@@ -138,6 +138,24 @@ def _include_files(medium: Medium, paths: Sequence[str]) -> list[Graft]:
     return grafts
 
 
+def leftovers(name: str, places: set[Path]) -> tuple[list[Path], list[Path]]:
+    """Work directories and partial ISOs a killed remix (SIGKILL, power loss) of the same
+    output left: (removable, still holding a mount). Ctrl-C and failures leave none."""
+    from liveos_tools import mounts
+
+    points = [m.mountpoint for m in mounts.mounts()]
+    free: list[Path] = []
+    busy: list[Path] = []
+    for place in sorted(places):
+        for p in sorted(place.glob(f".{name}.*")):
+            if p.is_dir() and p.name.startswith(f".{name}.remix-"):
+                inside = str(p.resolve()) + "/"
+                (busy if any(mp.startswith(inside) for mp in points) else free).append(p)
+            elif p.is_file() and p.name.endswith(".partial"):
+                free.append(p)
+    return free, busy
+
+
 def _tree_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -174,6 +192,8 @@ class Remix:
         self._check_space()
         self.work: Path | None = None
         self.partial: Path | None = None
+        self.stale, self.stale_mounted = leftovers(opts.output.name,
+                                                   {self.out_dir, self.work_parent})  # fmt: skip
 
     # -- checks -------------------------------------------------------------------------
 
@@ -270,6 +290,12 @@ class Remix:
         m, o = self.medium, self.opts
         plan = Plan("remix", m.target)
         b = self.boot
+        if self.stale:
+            plan.add("remove what an interrupted remix of the same name left: "
+                     + ", ".join(map(str, self.stale)), self._remove_stale)  # fmt: skip
+        for where in self.stale_mounted:
+            plan.notes.append(f"{where} is left from an interrupted remix and still has a "
+                              "mount in it: unmount it and remove it")  # fmt: skip
         assert m.overlay_path is not None
         plan.add(f"merge the base image and the overlay {m.livedir}/{m.overlay_path.name} "
                  "into a scratch "
@@ -326,6 +352,14 @@ class Remix:
         return lambda done, total: cb(stage, done, total)
 
     # -- the steps --------------------------------------------------------------------------
+
+    def _remove_stale(self) -> None:
+        for p in self.stale:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
 
     def _merge(self) -> None:
         from liveos_tools import merge, rebuild

@@ -167,11 +167,15 @@ def test_remix_a_stick_into_an_iso(tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "class.iso"
+    # what a SIGKILLed remix of the same name leaves: the next run clears it
+    (out_dir / ".class.iso.remix-dead" / "liveos-rebuild-x").mkdir(parents=True)
+    (out_dir / ".class.iso.k1ll3d.partial").write_bytes(b"half an ISO")
     res = remix(stick, "-o", out, "--json", "--keep", "/home/liveuser/.bash_history",
                 "--seclude", "/usr/share/class", "--include", "class-notes.txt")  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert isobuild.sha256_file(stick) == before  # the stick was only read
     assert _leftovers(out_dir) == [] and sorted(p.name for p in out_dir.iterdir()) == ["class.iso"]
+    assert "remove what an interrupted remix of the same name left" in res.stderr
     report = json.loads(res.stdout)
     assert report["label"] == LABEL and report["size_bytes"] == out.stat().st_size
     left = {x["path"]: x for x in report["left_out"]}
