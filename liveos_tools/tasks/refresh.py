@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from liveos_tools import switch
-from liveos_tools.bootentries import Names, Slot, fsync_dir
+from liveos_tools.bootentries import CONFIG_PATHS, Names, Slot, fsync_dir
 from liveos_tools.cow import RESET_BYTES, StoreState, read_store
 from liveos_tools.errors import (
     AbortedError,
@@ -120,6 +120,16 @@ def stick_files(medium: Medium) -> switch.StickFiles:
             if kernel is not None:
                 break
     return switch.StickFiles(medium.root, Names(medium.livedir, name), kernel)
+
+
+def require_configs(stick: switch.StickFiles) -> None:
+    if not stick.configs():
+        raise UsageError(
+            f"no boot config with rd.live.overlay= on {stick.root} "
+            f"(looked for {', '.join(CONFIG_PATHS[:5])}, ...)",
+            "the stick must boot through its own syslinux/extlinux or GRUB config, which "
+            "the switch rewrites; without one there is no safe way to switch images",
+        )
 
 
 def _refuse_in_use(medium: Medium, stick: switch.StickFiles) -> None:
@@ -229,6 +239,7 @@ def _plan_build(
     from liveos_tools.run import require
 
     cur = stick.pair(Slot.CURRENT)
+    require_configs(stick)
     if medium.overlay_kind is not OverlayKind.DM:
         raise UsageError(
             f"{medium.target} uses {medium.overlay_kind.value} persistence; refresh "

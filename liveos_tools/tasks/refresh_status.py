@@ -29,9 +29,11 @@ class RefreshState(NamedTuple):
                 "`rollback --drop-previous` frees it"
             )
         if self.interrupted_op is not None:
-            if self.interrupted_op == "refresh":
+            if self.interrupted_op in ("refresh", "update"):
+                again = "update --from <the same release>" if self.interrupted_op == "update" \
+                    else "refresh"
                 what = (
-                    f"run `liveos-overlay refresh {target}` to finish it or "
+                    f"run `liveos-overlay {again} {target}` to finish it or "
                     f"`liveos-overlay rollback {target}` to undo it"
                 )
             else:

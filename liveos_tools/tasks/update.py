@@ -31,6 +31,7 @@ from liveos_tools.tasks.refresh import (
     _refuse_in_use,
     check_fat_limit,
     make_fresh_overlay,
+    require_configs,
     stick_files,
 )
 from liveos_tools.units import format_size
@@ -102,6 +103,7 @@ def plan_update(
                 f"an interrupted {journal.op} is recorded in {stick.journal_path}",
                 f"run liveos-overlay {journal.op} to finish it first",
             )
+    require_configs(stick)
     if medium.overlay_kind is not OverlayKind.DM:
         raise UsageError(
             f"{medium.target} uses {medium.overlay_kind.value} persistence; update handles "

@@ -479,6 +479,13 @@ def test_dry_run_refusals_and_ctrl_c_leave_the_stick_byte_identical(tmp_path: Pa
         assert_refused(res, ExitCode.NO_SPACE, "not enough room on the stick")
         assert "--no-keep-previous" in res.stderr
         assert tree_hashes(stick.root) == full
+        # no boot config the switch could rewrite: refused
+        for cfg in stick.files.configs():
+            cfg.rename(cfg.with_suffix(".off"))
+        full = tree_hashes(stick.root)
+        res = cli("refresh", stick.root, "--yes", "--workdir", tmp_path)
+        assert_refused(res, ExitCode.USAGE, "no boot config with rd.live.overlay=")
+        assert tree_hashes(stick.root) == full
 
 
 def test_the_running_live_system_and_fat_limit_are_refused(tmp_path: Path) -> None:
