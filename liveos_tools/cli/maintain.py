@@ -99,12 +99,12 @@ def _drive(
     `before_asking` raises what stops the plan from running here (repair without
     device-mapper), so the user is not asked for nothing."""
     from liveos_tools.cli.common import confirm, show_plan
-    from liveos_tools.media import Source, open_medium
+    from liveos_tools.staged import Staged, medium_view
 
     target = target if target is not None else args.target
     livedir = livedir if livedir is not None else args.livedir
-    with open_medium(target, livedir=livedir) as medium:
-        plan = make(medium)
+    with Staged(medium_view(target, make, livedir=livedir)) as staged:
+        plan = staged.plan
         show_plan(plan)
         if args.dry_run:
             _say("dry run: nothing was changed")
@@ -113,13 +113,7 @@ def _drive(
             before_asking(plan)
         if ask or plan.destructive:
             confirm(plan, yes=args.yes, question=question)
-        if medium.source not in (Source.IMAGE, Source.DEVICE):
-            _execute(plan)
-            return plan
-    with open_medium(target, livedir=livedir, writable=True) as medium:
-        plan = make(medium)
-        _execute(plan)
-        return plan
+        return staged.carry_out(_execute)
 
 
 def _execute(plan: Plan) -> None:
