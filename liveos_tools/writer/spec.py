@@ -326,6 +326,14 @@ def _home(opts: WriteOptions, target: Target, ldir: str, pre_fs: StickFs | None,
         return HomeSpec(HomeAction.NONE, rel)
     if exists and not opts.delete_home:
         return HomeSpec(HomeAction.KEEP, rel)  # as the reference tool: kept unless asked
+    from liveos_tools.tasks import home as home_lib
+
+    # the home.img library's own minimum, refused now rather than after the copy
+    minimum = home_lib.MIN_LUKS if opts.encrypt_home else home_lib.MIN_PLAIN
+    if opts.home_size < minimum:
+        raise UsageError(f"--home-size-mb: a{' LUKS' if opts.encrypt_home else ''} home.img "
+                         f"of {format_size(opts.home_size)} is too small",
+                         f"give at least {minimum // MiB} MiB")
     if exists:
         destroys.append(f"{rel} on {target.spec} and every file in it (--delete-home: a new "
                         "one replaces it)")

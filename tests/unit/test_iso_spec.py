@@ -77,3 +77,12 @@ def test_a_flat_squashfs_takes_overlayfs_persistence(tmp_path: Path) -> None:
     s = spec.decide(_src(), flat, target, o)
     assert s.overlay.persistence is bootcfg.Persistence.OVERLAYFS
     assert any("flat" in n for n in s.notes)
+
+
+def test_a_home_img_below_the_library_minimum_is_refused_before_writing(tmp_path: Path) -> None:
+    from liveos_tools.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"home\.img of 8 MiB is too small"):
+        decide(tmp_path, 400 * MIB, fstype="ext4", home_size=8 * MIB, encrypt_home=False)
+    ok = decide(tmp_path, 400 * MIB, fstype="ext4", home_size=16 * MIB, encrypt_home=False)
+    assert ok.home.action is HomeAction.CREATE and ok.sizes.home == 16 * MIB
