@@ -64,7 +64,12 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("etc/machine-info", Action.REMOVE, "machine identity"),
     Rule("var/lib/dbus/machine-id", Action.REMOVE, "machine identity"),
     Rule("etc/ssh/ssh_host_*", Action.REMOVE, "SSH host keys: sshd-keygen makes new ones"),
-    Rule("var/lib/systemd", Action.EMPTY, "random-seed, credential.secret, timers, coredumps"),
+    # editliveos removes all of /var/lib/systemd; only what identifies the machine or
+    # records its use goes here (the rest is package state, e.g. deb-systemd-helper's)
+    Rule("var/lib/systemd/random-seed", Action.REMOVE, "machine identity (random seed)"),
+    Rule("var/lib/systemd/credential.secret", Action.REMOVE, "this machine's credential key"),
+    *(Rule(f"var/lib/systemd/{d}", Action.EMPTY, "this machine's history")
+      for d in ("coredump", "timers", "pstore", "backlight", "rfkill")),
     Rule("var/lib/random-seed", Action.REMOVE, "machine identity (random seed)"),
     Rule("etc/blkid", Action.EMPTY, "this machine's device cache"),
     Rule("etc/blkid.tab", Action.REMOVE, "this machine's device cache"),
