@@ -72,7 +72,7 @@ def test_written_stick_boots_and_persists(tmp_path: Path) -> None:
     iso = isobuild.build_iso(tmp_path / "live.iso", "classic", initramfs=initrd)
     img = tmp_path / "stick.img"
     res = subprocess.run(
-        [sys.executable, "-m", "liveos_tools.cli.iso_to_disk", "--format", "512M",
+        [sys.executable, "-m", "liveos_tools.cli.iso_to_disk", "--format", "512M,vfat",
          "--reset-mbr", "--overlay-size-mb", "64", "--timeout", "0", "--nomenu", "--yes",
          "--extra-kernel-args", "console=ttyS0 rd.emergency=poweroff rd.shell=0",
          str(iso.path), str(img)],
