@@ -8,7 +8,6 @@ chunks, as the kernel keeps after a rewrite with identical bytes.
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from liveos_tools.cow import read_store
 from liveos_tools.ext4map import Meta
 from liveos_tools.tasks import du
-from tests.support.space_images import build_scenario
+from tests.support.space_images import batched, build_scenario, debugfs
 
 BS = 4096
 
@@ -30,26 +29,15 @@ def scenario(tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, object
     return build_scenario(tmp_path, request.param)
 
 
-def _debugfs(image: Path, *requests: str) -> str:
-    out = subprocess.run(
-        ["debugfs", "-f", "-", str(image)],
-        input="\n".join(requests) + "\n",
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout
-
-
 def oracle(base: Path, changed: Path, chunks: dict[int, bytes], bs: int) -> dict[str, int]:
     """The du rule computed with debugfs (testb, icheck, ncheck) on the merged image."""
     cb = 4096
     span = {c: list(range(c * cb // bs, ((c + 1) * cb - 1) // bs + 1)) for c in chunks}
     blocks = sorted({b for bl in span.values() for b in bl})
-    text = _debugfs(changed, *(f"testb {b}" for b in blocks))
+    text = debugfs(changed, *(f"testb {b}" for b in blocks))
     used = {int(b) for b in re.findall(r"Block (\d+) marked in use", text)}
     used.add(0)  # the boot block / superblock: debugfs's testb refuses block 0
-    text = _debugfs(changed, "icheck " + " ".join(map(str, blocks)))
+    text = debugfs(changed, *batched("icheck", blocks))
     owners = {int(b): who for b, who in re.findall(r"^(\d+)\t(.*)$", text, re.M)}
     result = {"deleted": 0, "unchanged": 0, "other": 0}
     by_ino: dict[str, int] = {}
@@ -66,7 +54,7 @@ def oracle(base: Path, changed: Path, chunks: dict[int, bytes], bs: int) -> dict
             else:
                 result["other"] += 1
     names = {}
-    text = _debugfs(changed, "ncheck " + " ".join(by_ino))
+    text = debugfs(changed, *batched("ncheck", sorted(map(int, by_ino))))
     for ino, path in re.findall(r"^(\d+)\t(/.*)$", text, re.M):
         names.setdefault(ino, path)
     for ino, n in by_ino.items():

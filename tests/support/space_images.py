@@ -17,6 +17,26 @@ from liveos_tools.cow import Geometry
 from liveos_tools.cowwrite import write_store
 
 
+def debugfs(image: Path, *requests: str) -> str:
+    """debugfs's answers to several requests, one process (the test oracle of du)."""
+    out = subprocess.run(
+        ["debugfs", "-f", "-", str(image)],
+        input="\n".join(requests) + "\n",
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "DEBUGFS_PAGER": "__none__"},
+    )
+    return out.stdout
+
+
+def batched(command: str, items: list[int], size: int = 200) -> list[str]:
+    """`command a b c ...` split into lines debugfs accepts (its lines are limited)."""
+    return [
+        f"{command} " + " ".join(map(str, items[i : i + size])) for i in range(0, len(items), size)
+    ]
+
+
 def make_tree(root: Path, files: dict[str, int], seed: int = 1) -> dict[str, bytes]:
     """Files of the given sizes with random bytes; returns path -> content."""
     rnd = random.Random(seed)

@@ -17,7 +17,7 @@ import pytest
 
 from liveos_tools.errors import CorruptError
 from liveos_tools.ext4map import META_BY_CODE, Ext4Map, Meta, parse_superblock
-from tests.support.space_images import make_tree
+from tests.support.space_images import batched, debugfs, make_tree
 
 pytestmark = pytest.mark.skipif(shutil.which("debugfs") is None, reason="needs e2fsprogs")
 
@@ -40,20 +40,8 @@ LAYOUTS = {
 }
 
 
-def _debugfs(image: Path, *requests: str) -> str:
-    out = subprocess.run(
-        ["debugfs", "-f", "-", str(image)],
-        input="\n".join(requests) + "\n",
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "DEBUGFS_PAGER": "__none__"},
-    )
-    return out.stdout
-
-
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_owners_match_debugfs(tmp_path: Path, layout: str) -> None:
+def test_owners_matchdebugfs(tmp_path: Path, layout: str) -> None:
     tree = tmp_path / "tree"
     make_tree(tree, FILES)
     for i in range(300):  # a directory big enough for an htree index (dir_index)
@@ -73,16 +61,12 @@ def test_owners_match_debugfs(tmp_path: Path, layout: str) -> None:
         fs.paths()
     n = fs.sb.blocks_count
     first = fs.sb.first_data_block
-    text = _debugfs(image, f"testb {max(first, 1)} {n - max(first, 1)}")
+    text = debugfs(image, f"testb {max(first, 1)} {n - max(first, 1)}")
     used = {int(b) for b in re.findall(r"Block (\d+) marked in use", text)}
     for b in range(max(first, 1), n):
         assert fs.in_use(b) == (b in used), b
     blocks = sorted(used)
-    # debugfs reads command lines of limited length: 200 blocks a line
-    text = _debugfs(
-        image,
-        *("icheck " + " ".join(map(str, blocks[i : i + 200])) for i in range(0, len(blocks), 200)),
-    )
+    text = debugfs(image, *batched("icheck", blocks))
     owners = {int(b): who for b, who in re.findall(r"^(\d+)\t(.*)$", text, re.M)}
     for b in blocks:
         code, who = fs.owner[b], owners[b]
@@ -90,7 +74,7 @@ def test_owners_match_debugfs(tmp_path: Path, layout: str) -> None:
         if who == "<block not found>":
             assert meta in (Meta.SUPERBLOCK, Meta.BITMAPS, Meta.INODE_TABLES), (b, meta)
         elif meta is Meta.DIRECTORIES:
-            assert _debugfs(image, f"stat <{who}>").find("Type: directory") >= 0, (b, who)
+            assert debugfs(image, f"stat <{who}>").find("Type: directory") >= 0, (b, who)
         elif meta is Meta.JOURNAL:
             assert who == "8", b
         elif meta is Meta.SUPERBLOCK:
@@ -99,10 +83,7 @@ def test_owners_match_debugfs(tmp_path: Path, layout: str) -> None:
             assert str(code) == who, (b, code, who)
     paths = fs.paths()
     inos = sorted(paths)
-    text = _debugfs(
-        image,
-        *("ncheck " + " ".join(map(str, inos[i : i + 200])) for i in range(0, len(inos), 200)),
-    )
+    text = debugfs(image, *batched("ncheck", inos))
     names: dict[int, set[str]] = {}
     for ino, path in re.findall(r"^(\d+)\t(/.*)$", text, re.M):
         names.setdefault(int(ino), set()).add(path)
