@@ -337,3 +337,16 @@ def test_ctrl_c_leaves_no_partial_iso(tmp_path: Path) -> None:
     assert proc.returncode == 9, err
     assert "interrupted" in err and "no ISO was written" in err
     assert list(out_dir.iterdir()) == []
+
+
+def test_base_iso_gives_the_boot_files_and_the_label(tmp_path: Path) -> None:
+    stick = build_stick(tmp_path)
+    base = isobuild.build_iso(tmp_path / "original.iso", "classic")
+    out = tmp_path / "based.iso"
+    res = remix(stick, "-o", out, "--base-iso", base.path)
+    assert res.returncode == 0, res.stderr
+    assert "boot files from" in res.stderr and "original.iso" in res.stderr
+    assert "label 'LIVE_TEST'" in res.stdout  # the base ISO's 'LIVE TEST', spaces made '_'
+    kernel = _iso_extract(out, "/images/pxeboot/vmlinuz", tmp_path / "vmlinuz").read_bytes()
+    assert isobuild.sha256_file(tmp_path / "vmlinuz") == base.sha256["/isolinux/vmlinuz"]
+    assert kernel != b"kernel" * 100  # not the stick's
