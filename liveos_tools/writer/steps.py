@@ -295,9 +295,11 @@ def _plan_format(plan: Plan, r: StickRun) -> None:
     )
     if pp.esp is not None:
         esp = pp.esp
+        # FAT16 said outright: inside an image file of more than about 1.5 GiB, mkfs.fat picks
+        # FAT32 by the file's size and refuses 64 MiB as too small a FAT32 (W2).
         esp_argv = mkfs_fat.argv(esp.device, esp.offset, esp.length, label="EFI",
                                  volume_id=secrets.token_hex(4).upper(),
-                                 hidden_sectors=esp.start // 512)
+                                 hidden_sectors=esp.start // 512, fat_bits=16)
         plan.add(f"make vfat (label EFI) on the ESP, p{esp.number} {esp.where}{_through(esp)}",
                  lambda: mkfs_fat.run_argv(esp_argv), argv=esp_argv)
     live = pp.live

@@ -31,7 +31,8 @@ def test_transfer_into_scattered_pieces_and_read_back(tmp_path: Path, algorithm:
     src = tmp_path / "src.bin"
     src.write_bytes(b"HEAD" + data)  # the file starts 4 bytes into its backing
     sf = SourceFile("/x.img", len(data), str(src), 4)
-    # a fragmented destination, like clusters on a FAT
+    # a fragmented destination, like clusters on a FAT; the last piece is longer than
+    # what is left of the file, as a last cluster is
     pieces = [(5 * MIB, 2 * MIB), (1 * MIB, 3 * MIB), (10 * MIB, copy.SEGMENT)]
     dst = tmp_path / "dst.img"
     fd = os.open(dst, os.O_RDWR | os.O_CREAT, 0o600)
@@ -47,6 +48,7 @@ def test_transfer_into_scattered_pieces_and_read_back(tmp_path: Path, algorithm:
         got += out[off:off + min(length, left)]
         left -= min(length, left)
     assert got == data
+    assert len(out) == 10 * MIB + copy.SEGMENT - (copy.SEGMENT + 5 * MIB - len(data))
     assert back.algorithm == algorithm and back.size == len(data)
     assert len(back.digests) == 2  # one per 16 MiB segment
     if checksum:
