@@ -113,7 +113,7 @@ class BackupRecord:
     after_sha256: str | None = None
     #: sha256 of the header chunk and exception table before the change (table_digest).
     table_sha256: str | None = None
-    #: once finished: table_digest plus every chunk the undo store names (changed_digest).
+    #: once finished: the table and the root filesystem's superblock chunk (seal_digest).
     after_digest: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -309,8 +309,8 @@ def changed_since(backup: Backup, overlay: Path) -> str | None:
                     return f"bytes {r.offset}..{r.offset + r.length} changed since the {rec.op}"
         if rec.after_sha256 is not None and file_sha256(overlay) != rec.after_sha256:
             return f"its contents changed since the {rec.op}"
-        if rec.after_digest is not None and changed_digest(overlay, backup) != rec.after_digest:
-            return f"its exception table or the chunks the {rec.op} changed differ since"
+        if rec.after_digest is not None and seal_digest(overlay) != rec.after_digest:
+            return "its exception table or its root filesystem's superblock changed since"
     except OSError as exc:
         return f"it cannot be read: {exc.strerror}"
     return None
@@ -350,9 +350,15 @@ def table_digest(path: Path) -> str:
     (area by area from area 0, up to the first area that is not full). A file that is
     not a store (a new, all-zero one) is digested by its first 64 KiB: what a reset zeroes.
     Cost: one chunk per 256 data chunks, never the data."""
+    return _table(path)[0]
+
+
+def _table(path: Path) -> tuple[str, int | None, int]:
+    """(table_digest, the COW chunk holding the origin's superblock or None, chunk size)."""
     from liveos_tools.cow import MAGIC, RESET_BYTES
 
     h = hashlib.sha256()
+    first: int | None = None
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
@@ -361,9 +367,10 @@ def table_digest(path: Path) -> str:
         chunk = fields[3]
         if fields[0] != MAGIC or chunk <= 0 or chunk & (chunk - 1):
             h.update(os.pread(fd, RESET_BYTES, 0))
-            return h.hexdigest()
+            return h.hexdigest(), None, RESET_BYTES
         cb = chunk * 512
         epa = cb // 16
+        sb_chunk = 1024 // cb  # the ext superblock sits at byte 1024 of the origin
         h.update(os.pread(fd, cb, 0))
         area = 0
         while True:
@@ -372,44 +379,37 @@ def table_digest(path: Path) -> str:
                 break
             data = os.pread(fd, cb, offset)
             h.update(data)
+            if len(data) == cb:
+                pairs = memoryview(data).cast("Q")
+                olds, news = pairs[0::2].tolist(), pairs[1::2].tolist()
+                for i, old in enumerate(olds):
+                    if news[i] == 0:
+                        break
+                    if old == sb_chunk:
+                        first = news[i]  # the last entry for a chunk wins, as in the kernel
             # Entries fill in order: an area is full iff its last entry is in use.
             if len(data) < cb or data[-8:] == bytes(8):
                 break
             area += 1
     finally:
         os.close(fd)
-    return h.hexdigest()
+    return h.hexdigest(), first, cb
 
 
-def changed_digest(overlay: Path, backup: Backup) -> str:
-    """sha256 of the current bytes of what the operation changed: its saved regions and
-    every chunk its undo store holds a copy of. Every overlay chunk e2fsck's writes reached,
-    data or exception table, went through the undo snapshot, so it is listed there; a boot
-    after the repair rewrites at least the root filesystem's superblock, which e2fsck also
-    wrote, so it shows here without reading anything else."""
-    from liveos_tools.cow import CowStore
-
-    h = hashlib.sha256()
-    fd = os.open(overlay, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        for r in backup.record.regions:
-            h.update(os.pread(fd, r.length, r.offset))
-        undo = backup.undo_path
-        if undo is not None and undo.exists():
-            with CowStore(undo) as store:
-                chunk = store.geometry().chunk_bytes
-                chunks = sorted({old for old, _new in store.exceptions()})
-            # Runs of neighbouring chunks in one read each: e2fsck's writes cluster.
-            i = 0
-            while i < len(chunks):
-                j = i + 1
-                while j < len(chunks) and chunks[j] == chunks[j - 1] + 1 and j - i < 256:
-                    j += 1
-                h.update(chunks[i].to_bytes(8, "little") + (j - i).to_bytes(8, "little"))
-                h.update(os.pread(fd, (j - i) * chunk, chunks[i] * chunk))
-                i = j
-    finally:
-        os.close(fd)
+def seal_digest(overlay: Path) -> str:
+    """What a later restore checks to know the overlay is still as the operation left it:
+    the exception table's digest and the chunk holding the root filesystem's superblock
+    (byte 1024 of the origin). Whatever boots from the overlay after that writes one or the other:
+    a new chunk changes the table, and ext4 rewrites its superblock at every read-write
+    mount. Reads one chunk per 256, never the data."""
+    digest, first, cb = _table(overlay)
+    h = hashlib.sha256(digest.encode())
+    if first is not None:
+        fd = os.open(overlay, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            h.update(os.pread(fd, cb, first * cb))
+        finally:
+            os.close(fd)
     return h.hexdigest()
 
 

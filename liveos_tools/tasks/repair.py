@@ -351,7 +351,7 @@ class _Session:
                 self.backup = bk.seal(
                     self.backup,
                     size=self.overlay.stat().st_size,
-                    digest=bk.changed_digest(self.overlay, self.backup),
+                    digest=bk.seal_digest(self.overlay),
                 )
             except (LiveOSError, OSError) as err:
                 self.fsck_results.append(f"warning: {err}")
@@ -957,7 +957,7 @@ def _restore(
     for j in journals:
         lf.finish(j)  # the interrupted run is undone
     if pre:
-        bk.seal(pre[0], size=rec.size_bytes, digest=bk.changed_digest(path, pre[0]))
+        bk.seal(pre[0], size=rec.size_bytes, digest=bk.seal_digest(path))
         plan.notes.append(
             f"what the restore overwrote is kept in {pre[0].path} "
             "(liveos-overlay repair --restore puts it back)"
