@@ -1,6 +1,6 @@
 """Assemble a bootable hybrid LiveOS ISO around a squashfs.img, with xorriso.
 
-Boot paths (FACTS.md section 2, the CD form of the boot contract):
+Boot paths (docs/ARCHITECTURE.md F2, the CD form of the boot contract):
 
 * BIOS: El Torito through isolinux, when the source boots by syslinux/isolinux. The
   isolinux.bin and its modules come from this machine (Debian: isolinux,

@@ -106,8 +106,8 @@ def persistence_of(opts: WriteOptions, layout: Layout, notes: list[str],
     if p is None:
         p = bootcfg.Persistence.DM if opts.overlay_size or keep else bootcfg.Persistence.NONE
     if p is bootcfg.Persistence.DM and not layout.nested and not opts.skipcompress:
-        notes.append("the squashfs is flat: using OverlayFS persistence (FACTS: flat images "
-                     "cannot take a device-mapper overlay)")
+        notes.append("the squashfs is flat: using OverlayFS persistence (dracut cannot put "
+                     "a device-mapper overlay on a flat image)")
         p = bootcfg.Persistence.OVERLAYFS
     return p
 
