@@ -16,7 +16,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from liveos_tools import switch
 from liveos_tools.cow import MAGIC
 from liveos_tools.errors import ExitCode
 from liveos_tools.writer import bootcfg
+from tests.root.test_maintain_refusals import cli
 
 MiB = 1024 * 1024
 LABEL = "LIVE"
@@ -47,17 +47,6 @@ def sh(*argv: str | Path, **kw: object) -> str:
     return subprocess.run(
         [str(a) for a in argv], check=True, capture_output=True, text=True, **kw  # type: ignore[call-overload]
     ).stdout
-
-
-def cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "liveos_tools.cli.main", *map(str, args)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-        timeout=900,
-    )
 
 
 def sha(path: Path) -> str:
