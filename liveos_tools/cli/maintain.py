@@ -214,7 +214,7 @@ def run_grow(args: argparse.Namespace) -> int:
         ),
         ask=False,
     )
-    if plan is not None:
+    if plan is not None and plan.steps:
         _say(f"grown: {plan.target}")
     return 0
 

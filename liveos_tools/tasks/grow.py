@@ -108,6 +108,8 @@ def target_size(old: int, chunk: int, *, to_bytes: int | None, by_bytes: int | N
             "smaller overlay, back up your files, reset it, and make a new one",
         )
     new = wanted // chunk * chunk
+    if to_bytes is not None and new == old:
+        return old  # already there (a re-run after a grow that was stopped): nothing to do
     if new <= old:
         raise UsageError(
             f"the overlay is already {format_size(old)}; that adds less than one chunk "
@@ -226,6 +228,10 @@ def plan_grow(
     bk.refuse_leftovers(path, "grown")
     facts = check_grow(path, medium, to_bytes=to_bytes, by_bytes=by_bytes)
     origin = bk.Origin.of(medium, path)
+    if facts.delta == 0:
+        done = bk.SafePlan("grow overlay", origin.describe(path), overlay=path)
+        done.notes.append(f"{path.name} is already {format_size(facts.new_size)}: nothing to do")
+        return done
     plan = bk.SafePlan(
         "grow overlay",
         origin.describe(path),

@@ -163,9 +163,13 @@ def ensure_not_in_use(path: Path, *, allow_own: bool = False) -> list[str]:
 
 
 def leftover_steps(plan: Plan, path: Path, names: list[str]) -> None:
-    """The first step of a plan on a file a killed home command left opened."""
+    """The first step of a plan on a file a killed home command left opened (or whose
+    journal survived a reboot: then there is nothing to close, only a journal to drop)."""
+    from liveos_tools.tasks import leftovers as lf
+
     if names:
         plan.notes.append(f"{path.name} is still opened by an interrupted run: {', '.join(names)}")
+    if names or lf.find(path, [path.parent]):
         plan.add(
             f"close what the interrupted run left on {path.name}",
             lambda: _say_all(plan, clear_leftovers(path)),

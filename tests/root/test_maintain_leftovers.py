@@ -149,3 +149,32 @@ def test_a_foreign_holder_is_named_by_its_process(stick: Stick, tmp_path: Path) 
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("command", ["grow", "reset"])
+def test_grow_and_reset_killed_at_every_step_finish_on_the_next_run(
+    stick: Stick, tmp_path: Path, command: str
+) -> None:
+    """They make no loop or dm device of their own (a directory stick): killed at every
+    announced step, the same command again finishes, and the overlay is what it must be."""
+    from tests.guest.test_leftovers_repair import run_killed
+
+    original = stick.overlay.read_bytes()
+    extra = ["--to", "16M"] if command == "grow" else []
+    args = [command, str(stick.root), "--yes", "--backup-dir", str(tmp_path / "bk"), *extra]
+    plan = cli(*args, "--dry-run")
+    steps = len([line for line in plan.stderr.splitlines() if line[:4].strip().endswith(".")])
+    assert steps >= 3, plan.stderr
+    for k in range(1, steps + 1):
+        stick.overlay.write_bytes(original)
+        rc, err = run_killed(args, k)
+        assert rc in (-9, 0), (k, rc, err)
+        res = cli(*args)
+        assert res.returncode == 0, (k, res.stderr)
+        now = stick.overlay.read_bytes()
+        if command == "grow":
+            assert len(now) == 16 * 1024**2 and now[: len(original)] == original, k
+            assert not any(now[len(original) :]), k
+        else:
+            assert not any(now[: 64 * 1024]) and now[64 * 1024 :] == original[64 * 1024 :], k
+        assert not losetup.find_by_file(stick.overlay)
