@@ -14,7 +14,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,19 +22,14 @@ import pytest
 
 from liveos_tools.cow import MAGIC, RESET_BYTES, StoreState, read_store
 from liveos_tools.errors import ExitCode
+from tests.support.shell import MiB, sh
+from tests.support.shell import cli_process as cli
 
-MiB = 1024 * 1024
 LABEL = "LIVE"
 UUID = "1234-ABCD"
 OVERLAY = f"overlay-{LABEL}-{UUID}"
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-
-
-def sh(*argv: str | Path) -> str:
-    return subprocess.run(
-        [str(a) for a in argv], check=True, capture_output=True, text=True
-    ).stdout.strip()
 
 
 @dataclass(frozen=True)
@@ -101,17 +95,6 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return out
 
 
-def cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "liveos_tools.cli.main", *map(str, args)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
-
-
 def assert_refused(res: subprocess.CompletedProcess[str], code: ExitCode, words: str) -> None:
     assert res.returncode == code, (res.returncode, res.stderr)
     lines = res.stderr.strip().splitlines()
@@ -122,7 +105,7 @@ def assert_refused(res: subprocess.CompletedProcess[str], code: ExitCode, words:
 
 @contextlib.contextmanager
 def loop_attached(path: Path) -> Iterator[str]:
-    loop = sh("losetup", "--find", "--show", path)
+    loop = sh("losetup", "--find", "--show", path).strip()
     try:
         yield loop
     finally:
