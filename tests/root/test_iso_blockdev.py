@@ -367,3 +367,35 @@ def test_source_md5_is_checked_before_writing(iso: isobuild.FixtureIso, tmp_path
         skipped = run(*CLI, "--format", "ext4", "--yes", "--noverify", str(bad), loop)
         assert skipped.returncode == 0, skipped.stderr
         assert "implanted md5" not in skipped.stderr
+
+
+def test_an_existing_ext4_partition_node(iso: isobuild.FixtureIso, tmp_path: Path) -> None:
+    """No --format: /dev/loopNp1 with a user's ext4 (label with a space). extlinux is
+    installed through the node itself, so the boot sector knows the partition's start."""
+    img = tmp_path / "disk.img"
+    with open(img, "wb") as f:
+        f.truncate(DISK)
+    assert run("parted", "-s", str(img), "mklabel", "msdos", "mkpart", "primary", "ext4",
+               "1MiB", "100%").returncode == 0
+    with loop_disk(img) as loop:
+        part = losetup.wait_for_partitions(loop)[0]
+        assert run("mkfs.ext4", "-q", "-L", "MY STICK", part).returncode == 0
+        res = write_stick(iso, part)
+        assert res.returncode == 0, res.stderr
+        uuid = written_uuid(res.stdout)
+        found = run("blkid", "-p", "-o", "export", part).stdout.splitlines()
+        assert "LABEL=MY_STICK" in found and f"UUID={uuid}" in found, found
+    with open(img, "rb") as f:
+        f.seek(MIB)
+        vbr = f.read(512)
+    assert struct.unpack_from("<I", vbr, 0x1C)[0] == 2048
+    where = f"{img}?offset={MIB}"
+    assert "Mode:  0600" in run("debugfs", "-R",
+                                f"stat /LiveOS/overlay-MY_STICK-{uuid}", where).stdout
+
+
+def test_copy_does_not_import_dest() -> None:
+    """writer/copy.py <-> writer/dest.py was an import cycle."""
+    code = ("import sys, liveos_tools.writer.copy; "
+            "print('liveos_tools.writer.dest' in sys.modules)")
+    assert run(sys.executable, "-c", code).stdout.strip() == "False"
