@@ -380,13 +380,14 @@ def _table(path: Path) -> tuple[str, int | None, int]:
             data = os.pread(fd, cb, offset)
             h.update(data)
             if len(data) == cb:
+                # List operations, not a Python loop per entry: 256 entries per area.
                 pairs = memoryview(data).cast("Q")
                 olds, news = pairs[0::2].tolist(), pairs[1::2].tolist()
-                for i, old in enumerate(olds):
-                    if news[i] == 0:
-                        break
-                    if old == sb_chunk:
-                        first = news[i]  # the last entry for a chunk wins, as in the kernel
+                if 0 in news:
+                    olds = olds[: news.index(0)]  # the table ends at the first unused entry
+                if sb_chunk in olds:
+                    # The last entry for a chunk wins, as in the kernel.
+                    first = news[len(olds) - 1 - olds[::-1].index(sb_chunk)]
             # Entries fill in order: an area is full iff its last entry is in use.
             if len(data) < cb or data[-8:] == bytes(8):
                 break
