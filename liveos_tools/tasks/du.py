@@ -402,7 +402,17 @@ def _du_live(live_dm: str, progress: Progress | None, exact: bool) -> DuReport:
         raise TargetError(f"{live_dm} is not a device-mapper snapshot")
 
     def node(ref: str) -> str:
-        return ref if ref.startswith("/") else f"/dev/block/{ref}"
+        if ref.startswith("/") or os.path.exists(f"/dev/block/{ref}"):
+            return ref if ref.startswith("/") else f"/dev/block/{ref}"
+        # no udev (a rescue shell, the test guest): the kernel's name for major:minor
+        try:
+            with open(f"/sys/dev/block/{ref}/uevent") as f:
+                names = [x[8:].strip() for x in f if x.startswith("DEVNAME=")]
+        except OSError:
+            names = []
+        if not names:
+            raise TargetError(f"no device node for {ref} (from the {live_dm} table)")
+        return f"/dev/{names[0]}"
 
     device = f"/dev/mapper/{live_dm}"
     if not os.path.exists(device):

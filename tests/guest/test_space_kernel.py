@@ -142,3 +142,30 @@ def test_learner_removes_an_activity_and_compacts(tmp_path: Path) -> None:
     res = cli("compact", stick.root, "--restore", "--yes")
     assert res.returncode == 0, res.stderr
     assert read_store(stick.overlay, full=True).exceptions == before.exceptions
+
+
+def test_du_of_the_running_system_reads_the_kernels_view(tmp_path: Path) -> None:
+    """A snapshot named live-rw, mounted and written: `du` with no TARGET reads it as the
+    running live system (the device itself, the table from the store's loop device)."""
+    stick = build_stick(tmp_path, overlay_bytes=16 * MiB, rootfs_bytes=64 * MiB)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    sizes = {"home/liveuser/a.bin": 90_000, "var/log/messages": 12_345}
+    with snapshot("live-rw", stick.rootfs, stick.overlay) as snap:
+        subprocess.run(["mount", "-t", "ext4", snap.node, str(mnt)], check=True)
+        try:
+            for rel, n in sizes.items():
+                _write(mnt / rel, os.urandom(n))
+            os.sync()
+            res = cli("du", "--json")
+            kernel_chunks = _data_chunks(snap.status_params())
+        finally:
+            _umount(mnt)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads(res.stdout)
+    assert rep["target"] == "live"
+    assert rep["data_bytes"] == kernel_chunks * BS
+    files = {f["path"]: f["bytes"] for f in rep["top_files"]}
+    for rel, n in sizes.items():
+        assert files[f"/{rel}"] == _blocks(n) * BS, rel
+    assert rep["fs_clean"] is False  # mounted: the warning says so
