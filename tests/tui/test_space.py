@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +95,22 @@ async def test_space_screen_says_when_there_is_no_summary() -> None:
         await settle(app, pilot)
         await settle(app, pilot)
         assert "du: " in screen_text(app) and "no du summary" in screen_text(app)
+
+
+def test_real_backend_serves_the_monitors_summary_to_a_learner(tmp_path: Path) -> None:
+    from liveos_tools_tui.backend import Stick, StickOrigin
+    from liveos_tools_tui.real import RealBackend
+
+    from liveos_tools.errors import LiveOSError
+
+    status = tmp_path / "status.json"
+    live = Stick("live", None, "this system", StickOrigin.LIVE)
+    backend = RealBackend(scan=False, live=True, status_file=status, is_root=False)
+    status.write_text(json.dumps({"published_at": 1.0, "du": {**DOC, "taken_at": 1.0}}))
+    assert backend.space(live)["reclaimable_bytes"] == 200 * MiB
+    status.write_text(json.dumps({"published_at": 1.0, "du": None}))
+    with pytest.raises(LiveOSError, match="not published a du summary yet"):
+        backend.space(live)
+    status.write_text(json.dumps({"published_at": 1.0, "du": {"error": "boom", "hint": "h"}}))
+    with pytest.raises(LiveOSError, match="boom"):
+        backend.space(live)
