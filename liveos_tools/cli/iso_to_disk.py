@@ -190,7 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy the source's overlay (SOURCE live or a stick)",
     )
     g.add_argument("--home-size-mb", metavar="N[,FS[,BLKSZ]]", help="make home.img of N MiB")
-    g.add_argument("--copy-home", action="store_true", help="copy the source's home.img")
+    g.add_argument(
+        "--copy-home",
+        action="store_true",
+        help="copy the source's LiveOS/home.img as it is (verified, mode 0600): a stick's, "
+        "or the one an ISO made by `liveos-overlay remix --clone` carries; a LUKS one keeps "
+        "its passphrase on every stick",
+    )
     g.add_argument("--delete-home", action="store_true", help="replace an existing home.img")
     g.add_argument("--crypted-home", action="store_true", help="LUKS home.img (the default)")
     g.add_argument("--unencrypted-home", action="store_true", help="plain ext4 home.img")

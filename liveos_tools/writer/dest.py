@@ -67,7 +67,7 @@ def verify(dest: Dest, rel: str, expected: copy_mod.Checksum,
         )
 
 
-def _fsync_path(path: str) -> None:
+def fsync_path(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -269,7 +269,7 @@ class FatDest:
         """FAT has no permissions: anyone who can mount the stick can read it."""
 
     def sync(self) -> None:
-        _fsync_path(self.device)
+        fsync_path(self.device)
 
 
 class MountedDest:

@@ -7,7 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from liveos_tools.errors import TargetError, UsageError
+from liveos_tools.errors import CorruptError, TargetError, UsageError
+from liveos_tools.media import HomeKind
 from liveos_tools.writer import copy
 from liveos_tools.writer.dest import FatDest
 from liveos_tools.writer.layout import Layout
@@ -103,15 +104,57 @@ def source_overlay(src: Source, layout: Layout) -> SourceFile:
 
 
 def source_home(src: Source, layout: Layout) -> SourceFile:
-    _stick_source(src, "--copy-home")
+    """The source's home.img: a stick's, or the one `liveos-overlay remix --clone` put
+    into an ISO (LiveOS/home.img), as livecd-iso-to-disk takes either."""
     sf = src.get(f"/{layout.livedir}/home.img")
     if sf is None:
         raise TargetError(f"--copy-home: {src.origin} has no /{layout.livedir}/home.img",
-                          "drop --copy-home, or make a new one with --home-size-mb N")
-    from liveos_tools.tasks import home
+                          "drop --copy-home, or make a new one with --home-size-mb N (an ISO "
+                          "carries one when made by `liveos-overlay remix --clone`)")
+    if sf.size == 0:
+        raise CorruptError(f"--copy-home: {src.origin}'s /{layout.livedir}/home.img is empty",
+                           "drop --copy-home, or make a new one with --home-size-mb N")
+    if not packed(src, sf):
+        # A stick's home.img may be open (mounted, dm-crypt); inside an ISO it is read-only.
+        from liveos_tools.tasks import home
 
-    home.ensure_not_in_use(Path(sf.backing))
+        home.ensure_not_in_use(Path(sf.backing))
     return sf
+
+
+def packed(src: Source, sf: SourceFile) -> bool:
+    """Is the file a byte range of the source itself (an ISO image or device), rather
+    than a file of its own in a mounted filesystem?"""
+    return sf.backing == src.origin
+
+
+def home_kind(sf: SourceFile) -> HomeKind:
+    """LUKS or PLAIN (a filesystem), read from the source's bytes; a home.img that is
+    neither is refused (exit 10) before anything is written."""
+    from liveos_tools.media import HEAD_BYTES, kind_of_head
+
+    try:
+        with open(sf.backing, "rb") as f:
+            f.seek(sf.offset)
+            head = f.read(min(HEAD_BYTES, sf.size))
+    except OSError as exc:
+        raise TargetError(f"--copy-home: cannot read {sf.path} of {sf.backing}: "
+                          f"{exc.strerror}") from None
+    kind = kind_of_head(head)
+    if kind is HomeKind.UNKNOWN:
+        # not ext: another filesystem the reference tool can make (btrfs, xfs)?
+        from liveos_tools.tools import blkid
+
+        found = blkid.probe(sf.backing, offset=sf.offset or None)
+        if found.get("TYPE") == "crypto_LUKS":
+            return HomeKind.LUKS
+        if found.get("USAGE") == "filesystem":
+            return HomeKind.PLAIN
+        raise CorruptError(
+            f"--copy-home: the source's {sf.path} is neither a LUKS container nor a filesystem",
+            "is the source damaged? drop --copy-home, or make a new one with --home-size-mb N",
+        )
+    return kind
 
 
 def check_same_base(src: Source, layout: Layout, opts: WriteOptions,
@@ -157,3 +200,21 @@ def check_same_base(src: Source, layout: Layout, opts: WriteOptions,
         )
     return (f"--copy-overlay: the stick's {rel} has the same checksum as the "
             f"source's {layout.image}")
+
+
+def home_notes(src: Source, layout: Layout, copy_home: SourceFile | None) -> list[str]:
+    """What the plan says about the source's home.img: that a LUKS one keeps its
+    passphrase in every copy, or that an ISO carries one not asked for."""
+    if copy_home is None:
+        sf = src.get(f"/{layout.livedir}/home.img")
+        if sf is not None and packed(src, sf):
+            # livecd-iso-to-disk copies it unasked (and asks later to delete the stick's);
+            # here nothing goes on the stick that was not asked for
+            return [f"{src.origin} carries /{layout.livedir}/home.img (an ISO made by "
+                    "`liveos-overlay remix --clone`): add --copy-home to put it on the stick"]
+        return []
+    if home_kind(copy_home) is HomeKind.LUKS:
+        return [f"--copy-home: {copy_home.path} is encrypted (LUKS) and is copied as it is: "
+                "every stick made from this source opens with the same passphrase, and all "
+                "share one master key (`cryptsetup luksChangeKey` changes only the passphrase)"]
+    return []

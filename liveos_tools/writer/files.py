@@ -10,7 +10,7 @@ from pathlib import Path
 
 from liveos_tools.errors import TargetError
 from liveos_tools.writer import copy
-from liveos_tools.writer.dest import Dest, FatDest
+from liveos_tools.writer.dest import Dest, FatDest, fsync_path
 from liveos_tools.writer.options import HomeSpec, StickFs
 from liveos_tools.writer.source import SourceFile
 
@@ -149,17 +149,32 @@ def make_home(d: Dest, home: HomeSpec, scratch: Path) -> None:
 
 def copy_home(d: Dest, rel: str, sf: SourceFile,
                record: Callable[[Dest, str, copy.Checksum | None], None],
-               checksum: str | None) -> None:  # fmt: skip
-    """The home.img library copies into a mounted filesystem (temporary name, fsync,
-    SHA-256, rename); on FAT the fast writer copies it and the final pass verifies it."""
-    hp = d.host_path(rel)
-    if hp is not None:
-        from liveos_tools.tasks import home
+               checksum: str | None,
+               progress: copy.Progress | None = None) -> None:  # fmt: skip
+    """Copy the source's home.img (a stick's file, or a byte range of an ISO) with the
+    run's checksum, which the final pass verifies.
 
-        home.plan_copy(Path(sf.backing), hp, delete_existing=True).execute()
-        return
+    On a mounted filesystem it is written under a temporary name made 0600 before the
+    first byte, fsynced, then renamed: an interrupted copy never leaves a truncated
+    home.img that the live system would mount. The old one is removed first (the space
+    check counts it freed before the new one is written)."""
     d.remove(rel)
-    record(d, rel, d.write_file(rel, sf, None, checksum=checksum))
+    hp = d.host_path(rel)
+    if hp is None:  # FAT has no modes
+        record(d, rel, d.write_file(rel, sf, progress, checksum=checksum))
+        return
+    from liveos_tools.tasks.home import partial_name
+
+    tmp = partial_name(hp)
+    tmp.unlink(missing_ok=True)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    os.chmod(tmp, 0o600)  # whatever the umask
+    tmp_rel = str(Path(rel).parent / tmp.name)
+    written = d.write_file(tmp_rel, sf, progress, checksum=checksum)
+    fsync_path(str(tmp))
+    os.rename(tmp, hp)
+    fsync_path(str(hp.parent))
+    record(d, rel, written)
 
 
 def make_swap(d: Dest, rel: str, size: int, scratch: Path) -> None:

@@ -16,7 +16,13 @@ from pathlib import Path
 from liveos_tools.errors import TargetError, UsageError
 from liveos_tools.units import MiB, format_size
 from liveos_tools.writer import bootcfg
-from liveos_tools.writer.existing import check_same_base, fs_has, source_home, source_overlay
+from liveos_tools.writer.existing import (
+    check_same_base,
+    fs_has,
+    home_notes,
+    source_home,
+    source_overlay,
+)
 from liveos_tools.writer.layout import Layout
 from liveos_tools.writer.options import (
     FSTYPES,
@@ -165,6 +171,7 @@ def decide(src: Source, layout: Layout, target: Target, opts: WriteOptions, *,
     if copy_ov is not None:
         notes.append(check_same_base(src, layout, opts, pre_fs))
     copy_home = source_home(src, layout) if opts.copy_home else None
+    notes.extend(home_notes(src, layout, copy_home))
     if opts.reset_overlay and copy_ov is None and not opts.overlay_size and existing_ov is None:
         raise UsageError(
             f"--reset-overlay: {target.spec} has no overlay of its own to reset",

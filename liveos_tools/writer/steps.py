@@ -157,7 +157,10 @@ class StickRun:
         home, d = self.spec.home, self.dest
         if home.action is HomeAction.COPY:
             assert home.source is not None
-            files.copy_home(d, home.rel, home.source, self.record, self.spec.checksum)
+            prog = copy.Progress(f"{self.spec.target.spec}: {home.rel}", home.source.size,
+                                 board=self.board)
+            files.copy_home(d, home.rel, home.source, self.record, self.spec.checksum, prog)
+            prog.finish()
             d.private(home.rel)
         else:
             files.make_home(d, home, self.scratch)
@@ -245,8 +248,10 @@ def build(spec: StickSpec) -> tuple[Plan, StickResult, StickRun]:
         _plan_boot_disk(plan, spec.boot_disk, spec)
     plan.add(f"open the {fs.fstype} filesystem" + (
         " (through mtools)" if fs.fstype == "vfat" else " (mounted)"), r.open)
+    if spec.home.action is HomeAction.COPY:
+        r.result.copy_bytes += spec.home.size  # its progress feeds the run's board too
     if spec.image is not None:
-        r.result.copy_bytes = spec.image.size * (2 if spec.verify else 1)  # written, read back
+        r.result.copy_bytes += spec.image.size * (2 if spec.verify else 1)  # written, read back
         plan.add(f"copy {spec.image.source.path} to {spec.image.rel} "
                  f"({format_size(spec.image.size)}), with progress (its data is written while "
                  "the next steps run)", r.start_image)
@@ -334,8 +339,10 @@ def _plan_persistence(plan: Plan, r: StickRun) -> None:
         plan.add(f"create the overlay {ov.rel} ({what})", r.overlay)
     if home.action is HomeAction.COPY:
         assert home.source is not None
-        plan.add(f"copy {home.source.path} ({format_size(home.size)}) to {home.rel}, "
-                 "verified", r.home)
+        where = f" of {home.source.backing}" if home.source.offset else ""
+        plan.add(f"copy {home.source.path}{where} ({format_size(home.size)}) to {home.rel} "
+                 f"as it is{', mode 0600' if spec.fstype != 'vfat' else ''}"
+                 + (f", verified ({spec.checksum})" if spec.checksum else ""), r.home)
     elif home.action is HomeAction.KEEP:
         plan.notes.append(f"{home.rel} exists and is kept (--delete-home replaces it)")
     elif home.action in (HomeAction.CREATE, HomeAction.REPLACE):
