@@ -1,9 +1,12 @@
 """`liveos-iso-to-disk --copy-home` from an ISO made by `liveos-overlay remix --clone`
 (issue 11, item 3): the ISO's LiveOS/home.img goes onto the stick byte for byte, mode
 0600, verified; on an image file and on a partition-scanned loop device (ext4: the host
-has no vfat). Read back from outside the writer (debugfs, a read-only loop mount).
-Then the refusals: no home.img in the ISO (exit 4), too little space (exit 6), a home.img
-already on the stick (kept unless --delete-home, which is asked) -- each writes nothing.
+has no vfat), read back from outside the writer (debugfs, a read-only loop mount); from
+the ISO on a block device to a FAT stick (read back with mcopy); from the ISO unpacked
+into a directory. Then the refusals, each writing nothing: no home.img in the ISO (exit
+4), too little space (exit 6), a home.img already on the stick (kept unless
+--delete-home, which is asked: exit 2 / 9), a home.img that is neither LUKS nor a
+filesystem (exit 10).
 
 The ISOs are real `remix --clone` outputs of the remix tests' fixture stick."""
 
@@ -142,7 +145,20 @@ def test_clone_iso_to_an_image_file(isos: Isos, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "LiveOS/home.img on" in res.stderr and "every file in it" in res.stderr
     assert sha(img) == before
-    res = write("--copy-home", "--delete-home", "--yes", isos.luks, img)
+
+    # replaced from the directory the LUKS ISO was unpacked into (SOURCE a directory)
+    unpacked = tmp_path / "unpacked"
+    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(isos.luks), "-extract", "/",
+                    str(unpacked)], check=True, capture_output=True)  # fmt: skip
+    home = unpacked / "LiveOS" / "home.img"
+    home.chmod(0o644)
+    home.write_bytes(b"\x00" * 4096 + os.urandom(MiB))  # neither LUKS nor a filesystem
+    res = write("--copy-home", "--delete-home", "--yes", unpacked, img)
+    assert res.returncode == 10, res.stderr
+    assert res.stderr.count("error:") == 1 and "neither a LUKS container nor" in res.stderr
+    assert sha(img) == before
+    home.write_bytes(LUKS_HOME)
+    res = write("--copy-home", "--delete-home", "--yes", unpacked, img)
     assert res.returncode == 0, res.stderr
     assert "same passphrase" in res.stderr
     data, mode = stick_home(where, tmp_path / "dump")
@@ -216,34 +232,19 @@ def test_too_little_space_for_the_home_img(isos: Isos, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
 
 
-def test_iso_on_a_device_and_an_unpacked_directory(isos: Isos, tmp_path: Path) -> None:
-    """SOURCE as a block device holding the ISO (a burnt DVD, a `dd`'d stick) and as a
-    directory the ISO was unpacked into."""
+def test_iso_on_a_device_to_a_fat_stick(isos: Isos, tmp_path: Path) -> None:
+    """SOURCE as a block device holding the ISO (a burnt DVD, a `dd`'d stick), written to
+    a FAT stick (mtools: no kernel vfat needed)."""
     src = subprocess.run(["losetup", "-f", "--show", "-r", str(isos.plain)],
                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     img = tmp_path / "stick.img"
     try:
-        res = write("--format", "256M,ext4", "--copy-home", "--yes", src, img)
+        res = write("--format", "256M,vfat", "--copy-home", "--yes", src, img)
     finally:
         subprocess.run(["losetup", "-d", src], check=True)
     assert res.returncode == 0, res.stderr
-    data, mode = stick_home(f"{img}?offset={part1(img)}", tmp_path / "dump")
-    assert data == isos.plain_home and mode == "0600"
-
-    unpacked = tmp_path / "unpacked"
-    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(isos.luks), "-extract", "/",
-                    str(unpacked)], check=True, capture_output=True)  # fmt: skip
-    home = unpacked / "LiveOS" / "home.img"
-    home.chmod(0o644)
-    # neither LUKS nor a filesystem: refused before anything is written, exit 10
-    home.write_bytes(b"\x00" * 4096 + os.urandom(MiB))
-    new = tmp_path / "new.img"
-    res = write("--format", "256M,ext4", "--copy-home", "--yes", unpacked, new)
-    assert res.returncode == 10, res.stderr
-    assert res.stderr.count("error:") == 1 and "neither a LUKS container nor" in res.stderr
-    assert not new.exists()
-    home.write_bytes(LUKS_HOME)
-    res = write("--format", "256M,ext4", "--copy-home", "--noverify", "--yes", unpacked, new)
-    assert res.returncode == 0, res.stderr
-    data, mode = stick_home(f"{new}?offset={part1(new)}", tmp_path / "dump")
-    assert data == LUKS_HOME and mode == "0600"
+    got = tmp_path / "fat-home.img"
+    subprocess.run(["mcopy", "-n", "-i", f"{img}@@{part1(img)}", "::/LiveOS/home.img",
+                    str(got)], check=True)  # fmt: skip
+    assert got.read_bytes() == isos.plain_home
+    got.unlink()
