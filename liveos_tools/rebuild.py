@@ -175,24 +175,48 @@ def make_squashfs(
             if done is not None:
                 report(min(done, total), total)
 
-    # A hard link in a staging tree beside the image: same filesystem, no copy.
-    stage = Path(tempfile.mkdtemp(prefix=".liveos-squash-", dir=image.parent))
-    try:
-        (stage / "LiveOS").mkdir()
-        os.link(image, stage / "LiveOS" / "rootfs.img")
-        mksquashfs.make(
-            stage, dest, compressor=compressor, block_size=block_size, while_running=watch
-        )
-        _fsync(dest)
-        _fsync(dest.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            dest.unlink()
-        raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        source = _tree_of(image, dest, stack)
+        try:
+            mksquashfs.make(
+                source, dest, compressor=compressor, block_size=block_size, while_running=watch
+            )
+            _fsync(dest)
+            _fsync(dest.parent)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                dest.unlink()
+            raise
     if progress is not None:
         progress(total, total)
+
+
+def _tree_of(image: Path, dest: Path, stack: contextlib.ExitStack) -> Path:
+    """A directory holding exactly LiveOS/rootfs.img = image, for mksquashfs.
+
+    scratch_image() already made one. Otherwise a staging tree beside the image gets a
+    hard link to it (same filesystem, no copy), removed when the stack closes.
+    """
+    tree = image.parent.parent
+    if (
+        image.name == "rootfs.img"
+        and image.parent.name == "LiveOS"
+        and os.listdir(tree) == ["LiveOS"]
+        and os.listdir(image.parent) == ["rootfs.img"]
+        and not dest.resolve().is_relative_to(tree.resolve())
+    ):
+        return tree
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".liveos-squash-", dir=image.parent))
+        stack.callback(shutil.rmtree, stage, ignore_errors=True)
+        (stage / "LiveOS").mkdir()
+        os.link(image, stage / "LiveOS" / "rootfs.img")
+    except OSError as exc:
+        raise TargetError(
+            f"cannot stage {image} for mksquashfs: {exc.strerror}",
+            "use a work directory on a filesystem with hard links (ext4, xfs, tmpfs)",
+        ) from None
+    return stage
 
 
 def _fsync(path: Path) -> None:
