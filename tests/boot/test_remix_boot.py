@@ -61,6 +61,17 @@ bb=/bin/busybox
 psk={_PSK_SH}
 key={_KEY_SH}
 $bb mount -t proc proc /proc
+# home.img on the medium (the stick, or the CD with --clone): write ($1) or read a file in it
+home() {{
+    img=/run/initramfs/live/LiveOS/home.img
+    [ -f $img ] || {{ echo REMIX-HOME-NONE; return; }}
+    $bb mkdir -p /mnt/home
+    if [ -n "$1" ]; then opts=loop; else opts=loop,ro; fi
+    $bb mount -t ext4 -o $opts $img /mnt/home || {{ echo REMIX-HOME-UNMOUNTABLE; return; }}
+    if [ -n "$1" ]; then echo "$1" > /mnt/home/plan.txt; fi
+    echo "REMIX-HOME $($bb cat /mnt/home/plan.txt)"
+    $bb umount /mnt/home
+}}
 $bb mount -t sysfs sysfs /sys
 echo "REMIX-ROOT-UP $($bb cat /proc/cmdline)"
 if [ -f /var/remix-marker ]; then
@@ -70,6 +81,7 @@ if [ -f /var/remix-marker ]; then
     done
     if $bb grep -rqs "$psk" /etc /root /home /var; then echo REMIX-PSK-FOUND; fi
     echo "REMIX-LESSON $($bb cat /usr/share/class/lesson.txt)"
+    home
     echo REMIX-REPORT-DONE
 else
     echo "customised on boot 1" > /var/remix-marker
@@ -82,6 +94,7 @@ else
     echo "$key-rsa" > /etc/ssh/ssh_host_rsa_key
     echo "mysql -p $psk" > /root/.bash_history
     echo "nmcli dev wifi connect School password $psk" > /home/liveuser/.bash_history
+    home "teacher's lesson plan"
     $bb sync
     echo REMIX-PLANTED
 fi
@@ -146,6 +159,7 @@ def _assert_remixed_root(console: str, where: str) -> None:
     assert "REMIX-REPORT-DONE" in console, f"{where}: " + console[-3000:]
     assert "REMIX-MARKER customised on boot 1" in console, where
     assert "REMIX-LESSON lesson one" in console, where
+    assert "REMIX-HOME teacher's lesson plan" in console, where  # home.img went along
     for secret in SECRETS:
         assert f"REMIX-SECRET-ABSENT {secret}" in console, (where, secret)
     assert "REMIX-PSK-FOUND" not in console, where
@@ -159,17 +173,19 @@ def test_remix_boots_as_cd_and_from_a_stick_without_the_secrets(
     initrd = cd_initramfs(monkeypatch)
     src = source_iso(tmp_path, initrd)
     stick = tmp_path / "stick.img"
-    res = iso_to_disk("--format", "300M,ext4", src, stick)
+    res = iso_to_disk("--format", "400M,ext4", "--home-size-mb", "16", "--unencrypted-home",
+                      src, stick)
     assert res.returncode == 0, res.stderr
 
     first = boot(tmp_path / "console1.txt", "-drive", f"file={stick},format=raw,if=virtio")
     assert "REMIX-PLANTED" in first, first[-3000:]
+    assert "REMIX-HOME teacher's lesson plan" in first, first[-3000:]
 
     before = isobuild.sha256_file(stick)
     out = tmp_path / "remix.iso"
     res = subprocess.run(
         [sys.executable, "-m", "liveos_tools.cli.main", "remix", str(stick), "-o", str(out),
-         "--label", LABEL, "--json"],
+         "--label", LABEL, "--clone", "--json"],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -197,7 +213,7 @@ def test_remix_boots_as_cd_and_from_a_stick_without_the_secrets(
     assert "rd.live.overlay" not in cd.split("REMIX-ROOT-UP", 1)[1].splitlines()[0]
 
     stick2 = tmp_path / "stick2.img"
-    res = iso_to_disk("--format", "300M,ext4", out, stick2)
+    res = iso_to_disk("--format", "400M,ext4", "--copy-home", out, stick2)
     assert res.returncode == 0, res.stderr
     status = subprocess.run([sys.executable, "-m", "liveos_tools.cli.main", "status", "--json",
                              str(stick2)], capture_output=True, text=True)  # fmt: skip
