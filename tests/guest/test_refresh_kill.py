@@ -144,12 +144,12 @@ def test_vfat_stick_sigkill_at_every_switch_and_rollback_step(tmp_path: Path) ->
     import liveos_tools.tasks.refresh  # noqa: F401  (imported once, before the forks)
 
     base = tmp_path / "base-rootfs.img"
-    make_rootfs(base, BASE_FILES)
-    cow = make_file(tmp_path / "cow", 16 * MiB)
+    make_rootfs(base, BASE_FILES, size=16 * MiB)
+    cow = make_file(tmp_path / "cow", 8 * MiB)
     write_through_kernel(base, cow, LEARNER, tmp_path / "m")
     want = {**BASE_FILES, **LEARNER}
 
-    img = make_file(tmp_path / "stick.img", 160 * MiB)
+    img = make_file(tmp_path / "stick.img", 96 * MiB)
     sh("mkfs.fat", "-F", "32", "-n", LABEL, "-i", VOLID.replace("-", ""), img)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
