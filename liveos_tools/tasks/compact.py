@@ -41,7 +41,6 @@ from liveos_tools.cowwrite import StoreWriter, chunks_needed
 from liveos_tools.errors import (
     CorruptError,
     InUseError,
-    LiveOSError,
     NoSpaceError,
     TargetError,
     UsageError,
@@ -384,7 +383,7 @@ def _in_use(fs: Ext4Map, chunk: int, cb: int) -> bool:
 
 def _fail(tmp: Path, why: str) -> None:
     tmp.unlink(missing_ok=True)
-    raise LiveOSError(
+    raise CorruptError(
         f"verification failed: {why}; the new store was deleted, the old one is untouched",
         "please report this with `liveos-overlay du --json` output",
     )
@@ -424,7 +423,7 @@ def plan_restore(medium: Medium, *, force: bool = False) -> Plan:
             rec.get("new_mtime_ns") not in (None, overlay.stat().st_mtime_ns)
         )
         if used and not force:
-            raise InUseError(
+            raise CorruptError(
                 f"{overlay.name} was written to since compact: restoring the old store "
                 "loses those changes",
                 "add --force to restore anyway",

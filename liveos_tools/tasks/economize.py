@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from liveos_tools.errors import InUseError, TargetError, UsageError
+from liveos_tools.errors import TargetError, UsageError
 from liveos_tools.plan import ByteRange, Plan
 
 MARKER = "# installed by liveos-overlay economize; remove with: liveos-overlay economize --undo"
@@ -254,7 +254,7 @@ def _require_live(args: argparse.Namespace) -> None:
             "boot the stick and run it there (or give --root DIR for a tree standing in for /)",
         )
     if os.geteuid() != 0:
-        raise InUseError("--apply and --undo write under /etc: run as root", "use sudo")
+        raise TargetError("--apply and --undo write under /etc: run as root", "use sudo")
     if not Path("/run/initramfs/live").exists() and not Path("/dev/mapper/live-rw").exists():
         raise TargetError(
             "this is not a running live system (no /run/initramfs/live, no live-rw)",
