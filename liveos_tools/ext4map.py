@@ -4,7 +4,7 @@
 view (base + overlay) that is not a file, and fast: 100k files in seconds. debugfs needs a
 file (a scratch copy of the whole merged image first) and its `icheck` compares every block
 of every inode with every block asked about (quadratic); the `ext4` PyPI package walks
-100k files in about 25 s and pins its dependencies. docs/parts/space.md has the figures.
+100k files in about 27 s and pins its dependencies. docs/ARCHITECTURE.md has the figures.
 So this module reads just the structures that say who owns a block: superblock, group
 descriptors, block and inode bitmaps, the used part of the inode tables, extent trees or
 block maps, and directory entries. Tests check it against debugfs on real images.
