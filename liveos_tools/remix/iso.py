@@ -341,6 +341,8 @@ def write_iso(layout: IsoLayout, dest: Path, *, progress: ProgressFn | None = No
     from liveos_tools.tools import implantisomd5, xorriso
 
     total = layout.size_estimate()
+    if progress is not None:
+        progress(0, total)  # the rate counts from here, also when xorriso is quick
     with watch_growth(dest, total, progress):
         xorriso.mkisofs(dest, layout.label, layout.grafts, layout.boot, timeout=None)
     implantisomd5.implant(dest)
