@@ -73,6 +73,7 @@ def check(
     fix: bool = False,
     force: bool = True,
     discard: bool = False,
+    optimize_dirs: bool = False,
 ) -> FsckResult:
     """Check `target`: read-only (`-n`) by default; preen (`-p`, safe fixes only) with
     repair=True; fix everything it can (`-y`) with fix=True.
@@ -88,5 +89,8 @@ def check(
         argv.append("-f")
     if discard:
         argv += ["-E", "discard"]
+    if optimize_dirs:
+        # -D rewrites every directory: names of deleted files leave the blocks' slack
+        argv.append("-D")
     result = run([*argv, str(target)], check=False)
     return FsckResult(result.returncode, (result.stdout + result.stderr).strip())
