@@ -21,7 +21,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from liveos_tools.errors import AbortedError, InUseError, NoSpaceError, TargetError, UsageError
+from liveos_tools.errors import (
+    AbortedError,
+    CorruptError,
+    InUseError,
+    NoSpaceError,
+    TargetError,
+    UsageError,
+)
 from liveos_tools.media import HomeKind, ImageLayout, Medium, OverlayKind
 from liveos_tools.plan import Plan
 from liveos_tools.remix import iso, seclude
@@ -31,9 +38,11 @@ from liveos_tools.units import MiB, format_size
 #: progress(stage, done_bytes, total_bytes)
 StageProgress = Callable[[str, int, int], None]
 
-REQUIRED_TOOLS = ("xorriso", "implantisomd5", "mksquashfs", "e2fsck", "losetup", "mount")
+REQUIRED_TOOLS = ("xorriso", "implantisomd5", "mksquashfs", "e2fsck", "tune2fs", "losetup",
+                  "mount")  # fmt: skip
 #: Room kept free beyond the estimates (filesystem metadata, estimates that run short).
 SLACK = 64 * MiB
+REPAIR_HINT = "run `liveos-overlay repair` on the stick first; nothing was written"
 #: Used for an uncompressed (--skipcompress) stick, which has no squashfs to copy from.
 DEFAULT_COMPRESSOR = "xz"
 
@@ -310,8 +319,10 @@ class Remix:
                      "network secrets, logs, histories, root's home, caches, liveuser's "
                      "password)" + (f", keeping {', '.join(o.keep)}" if o.keep else ""),
                      self._seclude)  # fmt: skip
-        plan.add("zero the free blocks of the merged root (deleted data is not shipped)",
-                 self._zero)  # fmt: skip
+        plan.add("rewrite the root's directories (e2fsck -D) and drop its journal: both keep "
+                 "names and metadata of what was deleted", self._scrub)  # fmt: skip
+        plan.add("zero the free blocks of the merged root (deleted data is not shipped), "
+                 "then give it a new, empty journal", self._zero)  # fmt: skip
         plan.add(f"make squashfs.img ({self._compressor()}) holding LiveOS/rootfs.img",
                  self._squash)  # fmt: skip
         boots = ["BIOS (isolinux)" if b.bios else None, "EFI (images/efiboot.img)" if b.efi
@@ -383,10 +394,22 @@ class Remix:
             self.result.left_out = seclude.apply(root, self.rules, self.keep,
                                                  base_root=base_root)  # fmt: skip
 
+    def _scrub(self) -> None:
+        from liveos_tools.tools import e2fsck, tune2fs
+
+        res = e2fsck.check(self.scratch, repair=True, optimize_dirs=True)
+        if not res.clean:
+            raise CorruptError(
+                f"e2fsck -D on the merged root failed ({res.describe()})", REPAIR_HINT
+            )
+        tune2fs.remove_journal(self.scratch)
+
     def _zero(self) -> None:
         from liveos_tools import rebuild
+        from liveos_tools.tools import tune2fs
 
         rebuild.zero_free_blocks(self.scratch)
+        tune2fs.add_journal(self.scratch)
 
     def _squash(self) -> None:
         from liveos_tools import rebuild

@@ -209,6 +209,12 @@ def test_remix_a_stick_into_an_iso(tmp_path: Path) -> None:
     raw = rootfs.read_bytes()
     for secret in (PSK, "host-key-9931", "root-token-5521", DELETED, "$6$teacher", "$6$rootpw"):
         assert secret.encode() not in raw, secret  # not in a file, not in a free block
+    # nor their names: not in directory blocks' slack, not in the old journal's copies
+    for name in ("School.nmconnection", "ssh_host_rsa_key", ".profile"):
+        assert name.encode() not in raw, name
+    features = subprocess.run(["dumpe2fs", "-h", str(rootfs)], capture_output=True,
+                              text=True).stdout  # fmt: skip
+    assert "has_journal" in features  # a new, empty one
     fsck = subprocess.run(["e2fsck", "-fn", str(rootfs)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout
 
