@@ -112,12 +112,12 @@ def scatter_writes(snap: Snap, rng: random.Random, count: int, *, size: int) -> 
         os.close(fd)
 
 
-def sequential_chunks(snap: Snap, chunks: Iterable[int]) -> int:
-    """Whole-chunk writes; stops at the first I/O error (overflow). Returns how many got in."""
+def sequential_chunks(snap: Snap, chunks: Iterable[int], *, sync: bool = False) -> int:
+    """Whole-chunk writes. With sync (O_SYNC) an overflow shows as EIO on the write
+    itself, and the writes stop there. Returns how many got in."""
     cb = snap.chunk * 512
     done = 0
-    # O_SYNC: an overflow shows as EIO on the write itself, not later at writeback.
-    fd = os.open(snap.node, os.O_WRONLY | os.O_SYNC)
+    fd = os.open(snap.node, os.O_WRONLY | (os.O_SYNC if sync else 0))
     try:
         for c in chunks:
             try:
@@ -125,13 +125,15 @@ def sequential_chunks(snap: Snap, chunks: Iterable[int]) -> int:
             except OSError:
                 break
             done += 1
+        if not sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     return done
 
 
 # Several areas at chunk 8 here; the kernel-written fixtures below add 16 and 32.
-@pytest.mark.parametrize(("chunk", "writes"), [(8, 500), (16, 300), (32, 200)])
+@pytest.mark.parametrize(("chunk", "writes"), [(8, 500), (32, 200)])
 def test_several_areas_and_partial_last_chunk(tmp_path: Path, chunk: int, writes: int) -> None:
     cb = chunk * 512
     # Not a whole number of chunks: the last chunk of the device is partial.
@@ -184,9 +186,9 @@ def test_reset_then_reused_with_stale_areas(tmp_path: Path) -> None:
 
 def test_full_overflowed_po_store(tmp_path: Path) -> None:
     size = 8 * MiB
-    _, base, cow = base_and_cow(tmp_path, 13, size, 2 * MiB)
+    _, base, cow = base_and_cow(tmp_path, 13, size, MiB)
     with snapshot(_name(), base, cow) as snap:
-        got = sequential_chunks(snap, range(0, 2048, 3))
+        got = sequential_chunks(snap, range(0, 2048, 3), sync=True)
         assert 0 < got < 1000
         assert snap.status_params() == "Overflow"
         live = kernel_sha(snap)  # PO refuses writes only: reads go on
@@ -218,7 +220,7 @@ def test_duplicate_old_chunks_read_as_the_kernel_resolves_them(tmp_path: Path) -
 
 
 def test_ext4_written_through_a_dracut_like_live_rw(tmp_path: Path) -> None:
-    base = make_file(tmp_path / "rootfs.img", 64 * MiB)
+    base = make_file(tmp_path / "rootfs.img", 32 * MiB)
     tree = tmp_path / "tree"
     (tree / "etc").mkdir(parents=True)
     (tree / "etc" / "os-release").write_text("NAME=base\n")
@@ -243,7 +245,9 @@ def test_ext4_written_through_a_dracut_like_live_rw(tmp_path: Path) -> None:
     assert image_sha(base, cow, tmp_path) == live
 
 
-FIXTURES = ["used-c8", "used-c16", "used-c32", "reopened-c8", "overflow-PO", "reset-reused"]
+# Each activation costs several tool runs, slow under TCG: the fixtures that add to the
+# scenarios above (used-c8's shape is covered by the chunk-8 test).
+FIXTURES = ["used-c16", "used-c32", "reopened-c8", "overflow-PO", "reset-reused"]
 
 
 def test_kernel_written_fixture_stores(tmp_path: Path) -> None:
