@@ -12,7 +12,7 @@ the whole disk): here the kernel's partition table on the loop device is the one
 * msdos + vfat: SeaBIOS -> mbr.bin -> syslinux on p1 (boot 1); OVMF -> the GRUB EFI loader
   on the same FAT partition -> its EFI/BOOT/grub.cfg (insmod part_msdos, fat) (boot 2).
 * msdos + ext4: SeaBIOS -> mbr.bin -> extlinux (boot 1); OVMF -> GRUB on the ESP next
-  to the ext4 partition -> ext4 (boot 2; SeaBIOS again if the writer made no ESP).
+  to the ext4 partition -> ext4 (boot 2).
 * --efi (GPT + ESP) + ext4: OVMF -> GRUB on the ESP -> the ext4 partition, twice.
 
 Which loader ran is told by BOOT_IMAGE: syslinux passes `vmlinuz`, GRUB `/syslinux/vmlinuz`.
@@ -134,46 +134,25 @@ def overlay_use(img: Path, uuid: str, label: str, fstype: str, workdir: Path) ->
     return read_store(out).sectors_allocated * 512
 
 
-def test_msdos_vfat_stick_written_to_a_device_boots_bios_then_uefi(
-    iso: isobuild.FixtureIso, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize(("opts", "fstype", "firmwares"), [
+    # SeaBIOS -> mbr.bin -> syslinux on p1; then OVMF -> GRUB on the same FAT p1
+    (("--format", ",vfat"), "vfat", ("bios", "uefi")),
+    # SeaBIOS -> mbr.bin -> extlinux; then OVMF -> GRUB on the ESP -> ext4 on msdos
+    (("--format", ",ext4"), "ext4", ("bios", "uefi")),
+    # OVMF -> GRUB on the ESP -> ext4 on GPT, twice
+    (("--efi", "--format", ",ext4"), "ext4", ("uefi", "uefi")),
+], ids=["msdos-vfat", "msdos-ext4-esp", "gpt-esp-ext4"])  # fmt: skip
+def test_stick_written_to_a_device_boots_and_persists(
+    iso: isobuild.FixtureIso, tmp_path: Path, opts: tuple[str, ...], fstype: str,
+    firmwares: tuple[str, ...],
+) -> None:  # fmt: skip
     img = tmp_path / "disk.img"
-    uuid, label = write_to_device(iso, img, 1024 * MIB, "--format", ",vfat")
-    first = boot(img, tmp_path / "bios1.txt", timeout=TIMEOUT)
-    assert_boot(first, 1, uuid, "vfat", "syslinux")
-    # the same stick under UEFI: the GRUB on p1 reads the grub.cfg we wrote there
-    second = boot(img, tmp_path / "uefi2.txt", uefi_firmware(tmp_path), timeout=TIMEOUT)
-    assert_boot(second, 2, uuid, "vfat", "grub")
+    uuid, label = write_to_device(iso, img, 1024 * MIB, *opts)
+    if fstype != "vfat":
+        assert has_esp(img)  # the only way UEFI firmware reaches an ext4 stick
+    for n, firmware in enumerate(firmwares, 1):
+        qemu_fw = uefi_firmware(tmp_path) if firmware == "uefi" else []
+        console = boot(img, tmp_path / f"{firmware}{n}.txt", qemu_fw, timeout=TIMEOUT)
+        assert_boot(console, n, uuid, fstype, "grub" if firmware == "uefi" else "syslinux")
     # boot 1 wrote 4 MiB of random data through live-rw into the overlay on the stick
-    assert 4 * MIB < overlay_use(img, uuid, label, "vfat", tmp_path) < 64 * MIB
-
-
-def test_msdos_ext4_stick_written_to_a_device_boots_and_persists(
-    iso: isobuild.FixtureIso, tmp_path: Path
-) -> None:
-    img = tmp_path / "disk.img"
-    uuid, label = write_to_device(iso, img, 1024 * MIB, "--format", ",ext4")
-    first = boot(img, tmp_path / "bios1.txt", timeout=TIMEOUT)
-    assert_boot(first, 1, uuid, "ext4", "syslinux")  # extlinux: the same BOOT_IMAGE
-    if has_esp(img):  # boot 2 under UEFI: GRUB on the ESP reads ext4 on an msdos table
-        second = boot(img, tmp_path / "uefi2.txt", uefi_firmware(tmp_path), timeout=TIMEOUT)
-        assert_boot(second, 2, uuid, "ext4", "grub")
-    else:
-        print("no ESP next to the ext4 partition: its UEFI boot is not proven")
-        second = boot(img, tmp_path / "bios2.txt", timeout=TIMEOUT)
-        assert_boot(second, 2, uuid, "ext4", "syslinux")
-    assert 4 * MIB < overlay_use(img, uuid, label, "ext4", tmp_path) < 64 * MIB
-
-
-def test_efi_gpt_stick_written_to_a_device_boots_under_uefi_and_persists(
-    iso: isobuild.FixtureIso, tmp_path: Path
-) -> None:
-    img = tmp_path / "disk.img"
-    uuid, label = write_to_device(iso, img, 1024 * MIB, "--efi", "--format", ",ext4")
-    assert has_esp(img)
-    nvram = uefi_firmware(tmp_path)
-    first = boot(img, tmp_path / "uefi1.txt", nvram, timeout=TIMEOUT)
-    assert_boot(first, 1, uuid, "ext4", "grub")
-    second = boot(img, tmp_path / "uefi2.txt", nvram, timeout=TIMEOUT)
-    assert_boot(second, 2, uuid, "ext4", "grub")
-    assert 4 * MIB < overlay_use(img, uuid, label, "ext4", tmp_path) < 64 * MIB
+    assert 4 * MIB < overlay_use(img, uuid, label, fstype, tmp_path) < 64 * MIB
