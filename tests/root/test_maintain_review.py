@@ -78,7 +78,7 @@ def path_without(tmp_path: Path, hidden: str) -> str:
 def test_without_losetup_reset_and_grow_refuse(stick: Stick, tmp_path: Path) -> None:
     env = {"PATH": path_without(tmp_path, "losetup")}
     before = tree_hashes(stick.root)
-    loop = sh("losetup", "--find", "--show", stick.overlay)
+    loop = sh("losetup", "--find", "--show", stick.overlay).strip()
     try:
         for args in (["reset", "--yes"], ["grow", "--by", "1M", "--yes"], ["repair", "--yes"]):
             res = cli(*args, stick.root, "--backup-dir", tmp_path / "bk", env=env)
