@@ -27,6 +27,7 @@ from liveos_tools.media import (
     Source,
     Volume,
 )
+from liveos_tools.tasks import refresh_status
 from liveos_tools.tasks.status import (
     HomeStatus,
     Level,
@@ -279,6 +280,7 @@ def report_from_json(doc: dict[str, Any]) -> StatusReport:
             stick_total_bytes=m.get("total_bytes"),
             level=Level(doc["level"]),
             warnings=tuple(doc.get("warnings") or ()),
+            refresh=refresh_status.from_json(doc.get("refresh")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise TargetError(

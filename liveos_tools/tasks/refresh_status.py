@@ -52,6 +52,14 @@ class RefreshState(NamedTuple):
         }
 
 
+def from_json(doc: dict[str, Any] | None) -> RefreshState:
+    """The inverse of RefreshState.to_json (a monitor's published status)."""
+    doc = doc or {}
+    return RefreshState(
+        doc.get("previous_bytes"), doc.get("interrupted"), doc.get("interrupted_step")
+    )
+
+
 def read_state(medium: Medium) -> RefreshState:
     ldir = medium.livedir_path
     if ldir is None:

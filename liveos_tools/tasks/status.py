@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from liveos_tools.cow import SECTOR, read_store
 from liveos_tools.errors import ExitCode, LiveOSError
 from liveos_tools.media import HomeKind, ImageLayout, Medium, OverlayKind, Source
+from liveos_tools.tasks.refresh_status import RefreshState, read_state
 from liveos_tools.units import format_size
 from liveos_tools.which import which
 
@@ -89,6 +90,8 @@ class StatusReport(NamedTuple):
     stick_total_bytes: int | None
     level: Level
     warnings: tuple[str, ...]
+    #: a kept previous image, an interrupted refresh/rollback (read when the status is taken)
+    refresh: RefreshState = RefreshState(None, None, None)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -315,6 +318,7 @@ def build_status(medium: Medium, *, full: bool = False) -> StatusReport:
         stick_total_bytes=total,
         level=level,
         warnings=tuple(_warnings(medium, overlay, level)),
+        refresh=read_state(medium),
     )
 
 
@@ -369,16 +373,10 @@ def to_json(report: StatusReport) -> dict[str, Any]:
             "path": str(m.swap_path) if m.swap_path else None,
             "size_bytes": report.swap_bytes,
         },
-        "refresh": _refresh_json(m),
+        "refresh": report.refresh.to_json(),
         "warnings": list(report.warnings),
         "exit_code": int(report.exit_code),
     }
-
-
-def _refresh_json(medium: Medium) -> dict[str, Any]:
-    from liveos_tools.tasks.refresh_status import read_state
-
-    return read_state(medium).to_json()
 
 
 def usage_bar(fraction: float, width: int = 30) -> str:
@@ -437,9 +435,7 @@ def render_text(report: StatusReport, *, damage_as_error: bool = False) -> str:
         lines.append(
             f"Stick    {_mib(report.stick_free_bytes)} free of {_mib(report.stick_total_bytes)}"
         )
-    from liveos_tools.tasks.refresh_status import read_state
-
-    lines.extend(read_state(m).lines(m.target))
+    lines.extend(report.refresh.lines(m.target))
     lines.append(f"Health   {report.level.value}")
     damage = f"the overlay is damaged: {o.problem}" if damage_as_error and o.problem else None
     lines.extend(f"warning: {w}" for w in report.warnings if w != damage)
