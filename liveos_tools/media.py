@@ -35,6 +35,10 @@ LUKS_MAGIC = b"LUKS\xba\xbe"  # LUKS1 and LUKS2 both start so
 HEAD_BYTES = EXT_MAGIC_OFFSET + 2
 
 
+#: Mount points this process makes for a moment (read-only, writable).
+TEMP_MOUNT_PREFIXES = ("liveos-ro-", "liveos-rw-")
+
+
 class Source(Enum):
     LIVE = "live"
     DIRECTORY = "directory"
@@ -112,9 +116,14 @@ class Medium(NamedTuple):
 
     def shown_path(self, path: str | Path) -> str:
         """A path on the medium as the user can name it: TARGET:/LiveOS/... for a stick
-        image or device, whose mount point is this process's, for a moment."""
+        image or device mounted by this process for a moment; a mount the user made
+        (say /media/SOAS) stays as it is, since the user knows it."""
         text = str(path)
-        if self.source in (Source.DEVICE, Source.IMAGE) and self.root is not None:
+        if (
+            self.source in (Source.DEVICE, Source.IMAGE)
+            and self.root is not None
+            and self.root.name.startswith(TEMP_MOUNT_PREFIXES)
+        ):
             root = str(self.root)
             if text == root or text.startswith(root + "/"):
                 return f"{self.target}:{text[len(root) :] or '/'}"
@@ -412,7 +421,7 @@ def _mounted_root(
 
     from liveos_tools.tools import mount as mount_tool
 
-    where = Path(tempfile.mkdtemp(prefix="liveos-rw-" if writable else "liveos-ro-"))
+    where = Path(tempfile.mkdtemp(prefix=TEMP_MOUNT_PREFIXES[1 if writable else 0]))
     stack.callback(os.rmdir, where)
     mount_tool.mount(device, where, fstype=fstype, options="rw" if writable else None)
     stack.callback(mount_tool.umount, where)

@@ -33,6 +33,10 @@ def test_a_directory_keeps_its_own_paths() -> None:
     medium = report.medium._replace(source=Source.DIRECTORY, root=Path("/media/me/STICK"))
     path = "/media/me/STICK/LiveOS/overlay-x"
     assert medium.shown_path(path) == path
-    assert medium._replace(source=Source.DEVICE, target="/dev/sdb").shown_path(
-        "/media/me/STICK"
-    ) == "/dev/sdb:/"
+    # A device the user mounted keeps that mount's path: the user knows it.
+    device = medium._replace(source=Source.DEVICE, target="/dev/sdb")
+    assert device.shown_path(path) == path
+    # A device this process mounted for a moment is named by the device.
+    temp = device._replace(root=Path("/tmp/liveos-ro-x1y2"))
+    assert temp.shown_path("/tmp/liveos-ro-x1y2/LiveOS/overlay-x") == "/dev/sdb:/LiveOS/overlay-x"
+    assert temp.shown_path("/tmp/liveos-ro-x1y2") == "/dev/sdb:/"
