@@ -201,6 +201,7 @@ class Remix:
         self._check_space()
         self.work: Path | None = None
         self.partial: Path | None = None
+        self.had_journal = False
         self.stale, self.stale_mounted = leftovers(opts.output.name,
                                                    {self.out_dir, self.work_parent})  # fmt: skip
 
@@ -402,14 +403,15 @@ class Remix:
             raise CorruptError(
                 f"e2fsck -D on the merged root failed ({res.describe()})", REPAIR_HINT
             )
-        tune2fs.remove_journal(self.scratch)
+        self.had_journal = tune2fs.remove_journal(self.scratch)
 
     def _zero(self) -> None:
         from liveos_tools import rebuild
         from liveos_tools.tools import tune2fs
 
         rebuild.zero_free_blocks(self.scratch)
-        tune2fs.add_journal(self.scratch)
+        if self.had_journal:  # an ext2 root stays ext2
+            tune2fs.add_journal(self.scratch)
 
     def _squash(self) -> None:
         from liveos_tools import rebuild

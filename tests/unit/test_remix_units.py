@@ -137,3 +137,17 @@ def test_rules_from_options() -> None:
     # what editliveos misses (docs/ARCHITECTURE.md F5) is on the default list
     assert {"etc/NetworkManager/system-connections", "etc/ssh/ssh_host_*",
             "home/*/.bash_history"} <= patterns  # fmt: skip
+
+
+def test_tune2fs_features_parser() -> None:
+    from liveos_tools.tools import tune2fs
+
+    text = (
+        "Filesystem volume name:   Anaconda\n"
+        "Filesystem features:      has_journal ext_attr resize_inode dir_index filetype extent\n"
+        "Filesystem flags:         signed_directory_hash\n"
+    )
+    assert tune2fs.parse_features(text) == {"has_journal", "ext_attr", "resize_inode",
+                                            "dir_index", "filetype", "extent"}  # fmt: skip
+    assert tune2fs.parse_features("Filesystem features:      (none)\n") == {"(none)"}
+    assert tune2fs.parse_features("") == set()
