@@ -57,8 +57,10 @@ SUFFIX = ".lobak"
 UNDO_SUFFIX = ".undo"
 DEFAULT_DIR = Path("/var/lib/liveos-tools/backups")
 ENV_DIR = "LIVEOS_BACKUP_DIR"
-#: Test hook: SIGKILL this process at the named checkpoint (see kill_point).
-ENV_KILL_AT = "LIVEOS_TEST_KILL_AT"
+#: Crash-safety tests arm this inside the process under test (tests/support/killable.py).
+#: It is deliberately not read from the environment: no variable a user or a typo can
+#: set makes a shipped command kill itself.
+KILL_AT: str | None = None
 _BLOCK = 1024 * 1024
 RAM_FILESYSTEMS = ("tmpfs", "ramfs")
 
@@ -66,10 +68,10 @@ RAM_FILESYSTEMS = ("tmpfs", "ramfs")
 def kill_point(name: str) -> None:
     """Crash-safety tests kill the command at named points of its write order.
 
-    LIVEOS_TEST_KILL_AT=<point> sends SIGKILL (a power cut); <point>:INT sends SIGINT
-    (Ctrl-C), which the command must answer by tearing down and restoring.
+    KILL_AT=<point> sends SIGKILL (a power cut); <point>:INT sends SIGINT (Ctrl-C),
+    which the command must answer by tearing down and restoring.
     """
-    want = os.environ.get(ENV_KILL_AT)
+    want = KILL_AT
     if want == name:
         os.kill(os.getpid(), signal.SIGKILL)
     elif want == f"{name}:INT":

@@ -32,6 +32,7 @@ from tests.root.test_refresh import (
     sha,
     squash,
 )
+from tests.support import killable
 from tests.support.kernel_snap import make_file, snapshot
 
 pytestmark = pytest.mark.guest
@@ -57,6 +58,7 @@ def cli(*args: str | Path, env: dict[str, str] | None = None) -> Ran:
             code = 70
             try:
                 os.environ.update(env or {})
+                killable.arm((env or {}).get(killable.ENV))
                 os.dup2(err.fileno(), 2)
                 os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
                 code = main([str(a) for a in args])

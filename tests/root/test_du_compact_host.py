@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import pytest
 from liveos_tools.cow import StoreState, read_store
 from liveos_tools.ext4map import Ext4Map
 from liveos_tools.merge import MergedView
+from tests.support import killable
 from tests.support.space_images import build_scenario
 
 OVERLAY = "overlay-STICK-1234"
@@ -28,10 +28,10 @@ OVERLAY = "overlay-STICK-1234"
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "liveos_tools.cli.main", *args],
+        [*killable.argv_prefix(env), *args],
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env=killable.child_env(env),
         timeout=300,
     )
 

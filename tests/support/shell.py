@@ -6,9 +6,7 @@ tools), never through liveos_tools.run: the library is what is under test.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from liveos_tools.units import MiB as MiB
@@ -35,12 +33,14 @@ def cli_process(
 ) -> subprocess.CompletedProcess[str]:
     """liveos-overlay as its own process, as a user runs it: no stdin, `env` added to
     this environment."""
+    from tests.support import killable
+
     return subprocess.run(
-        [sys.executable, "-m", "liveos_tools.cli.main", *map(str, args)],
+        [*killable.argv_prefix(env), *map(str, args)],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
+        env=killable.child_env(env),
         timeout=timeout,
         check=False,
     )
