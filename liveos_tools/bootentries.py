@@ -4,7 +4,7 @@
 A stick's boot configs (syslinux.cfg / extlinux.conf for BIOS, grub.cfg for EFI)
 boot `LiveOS/squashfs.img` with the overlay dracut finds by its default name. During
 a refresh the entries are pointed at other files with dracut's own arguments
-(docs/ARCHITECTURE.md F5; dmsquash-live-root.sh in dracut 059):
+(docs/ARCHITECTURE.md F2; dmsquash-live-root.sh in dracut 059):
 
     rd.live.dir=LiveOS rd.live.squashimg=previous/squashfs.img
     rd.live.overlay=UUID=<uuid>:/LiveOS/previous/overlay-<LABEL>-<UUID>

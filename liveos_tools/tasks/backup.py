@@ -791,6 +791,30 @@ def refuse_readonly(path: Path) -> None:
         )
 
 
+def refuse_unreadable_image(medium: Medium, doing: str) -> None:
+    """A squashfs.img whose layout could not be read is told apart from an unsupported
+    layout: a missing unsquashfs is exit 7, a damaged image exit 10, before anything
+    is written."""
+    from liveos_tools.media import ImageLayout
+    from liveos_tools.run import require
+
+    if medium.image_layout is not ImageLayout.UNKNOWN or medium.squashfs_path is None:
+        return
+    require("unsquashfs")
+    from liveos_tools.tools import squashfs
+
+    try:
+        squashfs.find_paths(medium.squashfs_path, squashfs.NESTED_NAMES)
+    except LiveOSError as err:
+        raise CorruptError(
+            f"the live image {medium.squashfs_path} cannot be read ({err.message}): "
+            f"{doing} needs it as the base of the overlay",
+            "nothing was changed; the stick's squashfs.img is damaged: copy the overlay "
+            "off the stick, put a good squashfs.img of the same release back, then run "
+            "this again",
+        ) from None
+
+
 def preflight(path: Path, doing: str) -> None:
     """Right before the first write: still not in use, still writable."""
     refuse_in_use(path, doing)

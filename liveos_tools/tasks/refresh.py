@@ -246,6 +246,7 @@ def _plan_build(
             "handles device-mapper overlays only (so far)",
             "copy your files out, then rewrite the stick with liveos-iso-to-disk",
         )
+    bk.refuse_unreadable_image(medium, "refresh")
     if medium.image_layout is not ImageLayout.NESTED or medium.squashfs_path is None:
         raise UsageError(
             f"the live image on {medium.target} has the {medium.image_layout.value} layout; "

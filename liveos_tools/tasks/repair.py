@@ -454,19 +454,7 @@ def _check_base(medium: Medium) -> None:
             "point at the stick (its mount point, device or image), not the overlay alone",
         )
     layout = medium.image_layout
-    if layout is ImageLayout.UNKNOWN and medium.squashfs_path is not None:
-        require("unsquashfs")
-        from liveos_tools.tools import squashfs
-
-        try:
-            squashfs.find_paths(medium.squashfs_path, squashfs.NESTED_NAMES)
-        except LiveOSError as err:
-            raise CorruptError(
-                f"the live image {medium.squashfs_path} cannot be read ({err.message}): "
-                "repair needs it as the base of the overlay",
-                "nothing was changed; the stick's squashfs.img is damaged: copy the overlay "
-                "off the stick, put a good squashfs.img of the same release back, then repair",
-            ) from None
+    bk.refuse_unreadable_image(medium, "repair")
     if layout not in (ImageLayout.NESTED, ImageLayout.UNCOMPRESSED) or medium.rootfs_path is None:
         raise UsageError(
             f"the live image on {medium.target} has the {layout.value} layout, "

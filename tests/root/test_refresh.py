@@ -458,6 +458,18 @@ def test_dry_run_refusals_and_ctrl_c_leave_the_stick_byte_identical(tmp_path: Pa
         with open(ov, "r+b") as f:
             f.write(good)
         assert tree_hashes(stick.root) == before
+        # a damaged squashfs.img: exit 10, told apart from an unsupported layout
+        img = stick.ldir / "squashfs.img"
+        whole = img.read_bytes()
+        img.write_bytes(whole[:96] + b"\xff" * (len(whole) - 96))  # all but the superblock
+        try:
+            damaged = tree_hashes(stick.root)
+            res = cli("refresh", stick.root, "--yes", "--workdir", tmp_path)
+            assert_refused(res, ExitCode.CORRUPT, "cannot be read")
+            assert tree_hashes(stick.root) == damaged
+        finally:
+            img.write_bytes(whole)
+        assert tree_hashes(stick.root) == before
         # no room on the stick for the new image and a fresh overlay beside the old pair
         filler = stick.root / "filler"
         free = os.statvfs(stick.root).f_bavail * os.statvfs(stick.root).f_frsize
