@@ -36,7 +36,7 @@ def free_bytes(path: Path) -> int:
 def scratch_image(
     view: MergedView, workdir: Path, *, progress: Progress | None = None, name: str = "rootfs.img"
 ) -> Path:
-    """The merged image as workdir/liveos-rebuild-XXXX/LiveOS/<name> (sparse, fsynced).
+    """The merged image as workdir/liveos-rebuild-XXXX/LiveOS/<name> (sparse).
 
     NoSpaceError (exit 6, with the sizes) before anything is written if workdir has
     not room for it. remove_scratch() removes it with its directory.
@@ -60,7 +60,8 @@ def scratch_image(
     image = run_dir / "LiveOS" / name
     try:
         image.parent.mkdir()
-        view.write_image(image, progress=progress)
+        # Not fsynced: a scratch copy is rebuilt after a crash, never trusted.
+        view.write_image(image, progress=progress, fsync=False)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
