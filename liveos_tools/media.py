@@ -22,6 +22,7 @@ from liveos_tools.errors import InUseError, LiveOSError, TargetError
 from liveos_tools.which import which
 
 if TYPE_CHECKING:
+    from liveos_tools.tasks.leftovers import Recorder
     from liveos_tools.tools.losetup import LoopDevice
 
 LIVE_ROOT = Path("/run/initramfs/live")
@@ -398,7 +399,12 @@ def _need_root(what: str) -> None:
 
 
 def _mounted_root(
-    stack: contextlib.ExitStack, device: str, fstype: str | None, *, writable: bool = False
+    stack: contextlib.ExitStack,
+    device: str,
+    fstype: str | None,
+    *,
+    writable: bool = False,
+    rec: Recorder | None = None,
 ) -> Path:
     """Where the device's filesystem is mounted; mount it (read-only unless `writable`) if not.
 
@@ -423,6 +429,8 @@ def _mounted_root(
 
     where = Path(tempfile.mkdtemp(prefix=TEMP_MOUNT_PREFIXES[1 if writable else 0]))
     stack.callback(os.rmdir, where)
+    if rec is not None:
+        rec.mounting(device, where)  # before it exists: a kill leaves it findable
     mount_tool.mount(device, where, fstype=fstype, options="rw" if writable else None)
     stack.callback(mount_tool.umount, where)
     return where
@@ -436,6 +444,7 @@ def _from_device(
     target: str,
     livedir: str,
     writable: bool = False,
+    rec: Recorder | None = None,
 ) -> Medium:
     _need_root(f"the device {device}")
     from liveos_tools.tools import blkid, losetup
@@ -449,7 +458,7 @@ def _from_device(
         if info.get("USAGE") != "filesystem" or fstype in (None, "squashfs", "iso9660"):
             continue
         seen.append(f"{dev} ({fstype})")
-        root = _mounted_root(stack, dev, fstype, writable=writable)
+        root = _mounted_root(stack, dev, fstype, writable=writable, rec=rec)
         if _has_livedir(root, livedir):
             volume = Volume(dev, info.get("LABEL"), info.get("UUID"), fstype)
             medium = inspect_root(
@@ -472,8 +481,14 @@ def _from_image(
     stack: contextlib.ExitStack, path: Path, *, livedir: str, writable: bool = False
 ) -> Medium:
     _need_root(f"the disk image {path}")
+    from liveos_tools.tasks import leftovers as lf
     from liveos_tools.tools import losetup
 
+    # A writing command's attach is recorded beside the image (and cleared by the next
+    # one, killed or not by a reboot); a read-only look's only in /run.
+    rec = _recorder(stack, path, path.parent if writable else lf.MEDIA, str(path))
+    if writable:
+        _tell(lf.clear_medium(path))
     attached = losetup.find_by_file(path)
     if attached:
         # Never a second loop device over the same image: two kernels' views of one
@@ -485,13 +500,33 @@ def _from_image(
                 "or point at its mounted directory instead",
             )
         return _from_device(
-            stack, attached[0].name, source=Source.IMAGE, target=str(path), livedir=livedir
-        )
-    loop = losetup.attach(path, readonly=not writable, partscan=True)
+            stack, attached[0].name, source=Source.IMAGE, target=str(path), livedir=livedir,
+            rec=rec,
+        )  # fmt: skip
+    loop = rec.attach(path, readonly=not writable)
     stack.callback(losetup.detach, loop)
     return _from_device(
-        stack, loop, source=Source.IMAGE, target=str(path), livedir=livedir, writable=writable
-    )
+        stack, loop, source=Source.IMAGE, target=str(path), livedir=livedir, writable=writable,
+        rec=rec,
+    )  # fmt: skip
+
+
+def _recorder(stack: contextlib.ExitStack, subject: Path, directory: Path, target: str) -> Recorder:
+    """The journal of what this open attaches and mounts; forgotten on release (run
+    last: after the unmount and the detach), unless something it names is still there."""
+    from liveos_tools.tasks import leftovers as lf
+
+    rec = lf.Recorder(directory, subject, target)
+    stack.callback(rec.close)
+    return rec
+
+
+def _tell(lines: list[str]) -> None:
+    """What was cleared on opening (diagnostics go to stderr, as a plan's notes do)."""
+    import sys
+
+    for line in lines:
+        print(f"note: {line}", file=sys.stderr, flush=True)
 
 
 def _describe_users(devices: list[str]) -> str:
@@ -584,6 +619,11 @@ def open_medium(
         if stat.S_ISDIR(st.st_mode):
             yield _from_directory(path, ldir)
         elif stat.S_ISBLK(st.st_mode):
+            from liveos_tools.tasks import leftovers as lf
+
+            rec = _recorder(stack, path, lf.MEDIA, target)
+            if writable:
+                _tell(lf.clear_medium(path))
             yield _from_device(
                 stack,
                 str(path),
@@ -591,6 +631,7 @@ def open_medium(
                 target=target,
                 livedir=ldir,
                 writable=writable,
+                rec=rec,
             )
         elif stat.S_ISREG(st.st_mode):
             if st.st_size == 0:

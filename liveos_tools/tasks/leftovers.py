@@ -28,6 +28,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 RUNS = Path("/run/liveos-tools/runs")
+#: Journals of what media.open_medium attaches and mounts where nothing survives a reboot
+#: (a block device's mounts, read-only looks at an image): tmpfs, as the devices are.
+MEDIA = RUNS.parent / "media"
+#: The op of a medium's own journal (its loop device and mount, not a task's work).
+OPEN = "open"
 SUFFIX = ".run"
 _SYS = Path("/sys/block")
 
@@ -110,8 +115,18 @@ def _owner(pid: int) -> str:
 
 
 def _diskseq(device: str) -> str:
-    """The kernel's sequence number of the device's current use (a new one at each attach)."""
-    return _sys_text(_SYS / Path(device).name / "diskseq") or ""
+    """The kernel's sequence number of the device's current use (a new one at each attach);
+    a partition's is its disk's."""
+    return _sys_text(_SYS / Path(whole(device)).name / "diskseq") or ""
+
+
+def whole(device: str) -> str:
+    """/dev/loop3 for /dev/loop3p1 (sysfs: a partition's directory is inside its disk's)."""
+    node = Path("/sys/class/block") / Path(device).name
+    if (node / "partition").exists():
+        with contextlib.suppress(OSError):
+            return f"/dev/{node.resolve().parent.name}"
+    return device
 
 
 def attached(journal: Journal, device: str) -> Journal:
@@ -133,10 +148,10 @@ def start(
     """Create the journal (durable) and its /run pointer; nothing is leased yet."""
     name = (backup.name if backup else f".{subject.name}.{op}.{run_id}") + SUFFIX
     path = directory / name
-    import datetime as _dt
+    import time  # not datetime: status's look at an image starts a journal too
 
     st = os.stat(subject)
-    started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     head = {
         "op": op,
         "subject": str(subject.resolve()),
@@ -300,6 +315,7 @@ def present(journal: Journal) -> list[Lease]:
         and _loop_matches(lease.name, lease.file)
         and seqs.get(lease.name, _diskseq(lease.name)) == _diskseq(lease.name)
     }
+    recorded_loops = {lease.name for lease in journal.leases if lease.kind == "loop"}
     dms = _dm_dirs()
     recorded_dm = {lease.name for lease in journal.leases if lease.kind == "dm"}
     ours_dm_dev = {dms[n].name for n in recorded_dm if n in dms}
@@ -322,8 +338,16 @@ def present(journal: Journal) -> list[Lease]:
                 for s in slaves
             ):
                 out.append(lease)
-        elif lease.kind == "mount" and table.get(lease.name) == lease.file and lease.file in loops:
-            out.append(lease)
+        elif lease.kind == "mount" and table.get(lease.name) == lease.file:
+            # Of a recorded loop device (or a partition of one), or of a device whose
+            # current use (diskseq) was recorded before mounting it.
+            disk = whole(lease.file)
+            if (
+                lease.file in loops
+                or disk in loops
+                or (disk not in recorded_loops and seqs.get(disk) == _diskseq(disk) != "")
+            ):
+                out.append(lease)
     return out
 
 
@@ -370,7 +394,8 @@ def clear(journal: Journal) -> list[str]:
         if item.kind == "mount":
             with contextlib.suppress(OSError):
                 os.rmdir(item.name)
-                os.rmdir(os.path.dirname(item.name))  # the run's scratch directory
+                if Path(item.name).parent.name.startswith("liveos-"):
+                    os.rmdir(os.path.dirname(item.name))  # the run's scratch directory
     if failed is not None:
         raise failed
     return done
@@ -415,4 +440,105 @@ def status_lines(files: Iterable[Path], dirs: Iterable[Path]) -> list[str]:
                     f"{j.describe()} did not finish (restarted since): finish it with: "
                     f"{j.command}{undo}"
                 )
+    return out
+
+
+# --- the medium's own loop device and mount (media.open_medium) ------------------------------
+
+
+class Recorder:
+    """The journal of one open_medium: started at its first lease (a look that creates
+    nothing writes nothing), forgotten by close() once nothing it names is left."""
+
+    def __init__(self, directory: Path, subject: Path, target: str) -> None:
+        self.directory = directory
+        self.subject = subject
+        self.target = target
+        self.journal: Journal | None = None
+
+    def lease(self, kind: str, name: str, file: str = "") -> None:
+        if self.journal is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            run_id = os.urandom(4).hex()  # as backup.new_run_id, without its imports
+            self.journal = start(self.directory, OPEN, self.subject, run_id, target=self.target)
+        self.journal = lease(self.journal, kind, name, file)
+
+    def attach(self, path: Path, *, readonly: bool) -> str:
+        """Attach `path` (partitions scanned) at a loop device named and recorded first."""
+        from liveos_tools.errors import ToolError
+        from liveos_tools.tools import losetup
+
+        for attempt in range(5):
+            loop = losetup.find_free()
+            self.lease("loop", loop, os.path.realpath(path))
+            try:
+                losetup.attach(path, readonly=readonly, partscan=True, device=loop)
+                break
+            except ToolError:
+                if attempt == 4:
+                    raise  # someone else took every device we picked
+        assert self.journal is not None
+        self.journal = attached(self.journal, loop)
+        return loop
+
+    def mounting(self, device: str, where: Path) -> None:
+        """Record a mount of `device` at `where` before it is made (and, for a device
+        that is no loop of ours, which use of it: its disk's diskseq)."""
+        disk = whole(device)
+        mine = self.journal is not None and any(
+            x.name == disk for x in self.journal.leases if x.kind in ("loop", "loopseq")
+        )
+        if not mine and _diskseq(disk):
+            self.lease("loopseq", disk, _diskseq(disk))
+        self.lease("mount", str(where), device)
+
+    def close(self) -> None:
+        if self.journal is not None and not present(self.journal):
+            finish(self.journal)
+            self.journal = None
+
+
+def medium_dirs(subject: Path) -> list[Path]:
+    """Where a medium's journals may be: beside an image file, and in MEDIA."""
+    return [subject.parent, MEDIA] if subject.parent != Path("/dev") else [MEDIA]
+
+
+def clear_medium(subject: Path) -> list[str]:
+    """Tear down what killed runs' open_medium left on `subject` (an image file or a
+    device): only what their journals name, by name, backing file and diskseq; first what
+    other killed runs left inside its mount (repair's loop devices on the overlay, a
+    LUKS home), whose journals stay for their own command to finish. Says what it did."""
+    said: list[str] = []
+    try:
+        st = os.stat(subject)
+    except OSError:
+        return said
+    for j in find(subject, medium_dirs(subject), ops=(OPEN,)):
+        if j.this_boot and j.ino != st.st_ino:
+            continue
+        here = present(j)
+        if not here:
+            finish(j)  # restarted since, or nothing was created yet: only a record left
+            continue
+        said.append(
+            f"found what an interrupted run left on {subject.name} "
+            f"(started {j.started}): {', '.join(x.describe() for x in here)}"
+        )
+        for mount in (x.name for x in here if x.kind == "mount"):
+            for inner in _inside(mount, j.path):
+                said += clear(inner)
+        said += clear(j)
+        finish(j)
+    return said
+
+
+def _inside(mount: str, skip: Path) -> list[Journal]:
+    """Other interrupted runs whose present loop or dm devices are over files in `mount`."""
+    out = []
+    for path in set(_indexed()):
+        j = read(path)
+        if j is None or j.path == skip or j.running:
+            continue
+        if any(x.file.startswith(mount + "/") for x in present(j) if x.kind in ("loop", "dm")):
+            out.append(j)
     return out
