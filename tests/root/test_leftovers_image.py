@@ -243,3 +243,41 @@ def test_home_create_on_an_image_killed_once_mounted(img: Path) -> None:
     assert_cleared_and_done(img, cli(*args))
     with open_medium(str(img)) as medium:
         assert medium.home_path is not None and medium.home_path.stat().st_size == 16 * MiB
+
+
+def test_what_another_killed_run_left_inside_the_mount_is_cleared_first(
+    img: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A killed repair's loop device over the overlay *inside* the leftover mount holds
+    it busy. grow refuses, naming the interrupted repair (leftovers.md); the writable open
+    repair does on the same image detaches that loop device first (its journal stays, for
+    repair to finish), then the mount and the image's loop device."""
+    args = grow_args(img, tmp_path / "bk")
+    rc, err = run_killed(args, 1)
+    assert rc == -9, err
+    (where,) = mounts_of(img)
+    (overlay,) = Path(where, "LiveOS").glob("overlay-*")
+    bkdir = tmp_path / "repair-bk"
+    bkdir.mkdir()
+    inner = lf.start(bkdir, "repair", overlay, "feedc0de", target=str(img))
+    me = lf._owner(os.getpid())
+    inner.path.write_text(inner.path.read_text().replace(me, f"{me.split()[0]} 1 0"))
+    loop = losetup.find_free()
+    inner = lf.lease(inner, "loop", loop, os.path.realpath(overlay))
+    losetup.attach(overlay, device=loop)
+    inner = lf.attached(inner, loop)
+    try:
+        res = cli(*args)
+        assert_refused(res, ExitCode.IN_USE, "interrupted repair")
+        assert mounts_of(img) == [where] and any(d.name == loop for d in losetup.list_devices())
+        capfd.readouterr()
+        with open_medium(str(img), writable=True) as medium:
+            assert medium.root is not None and str(medium.root) != where
+            said = capfd.readouterr().err
+            assert f"note: detached {loop}" in said and f"note: unmounted {where}" in said
+            assert not any(d.name == loop and d.back_file for d in losetup.list_devices())
+        assert loops_of(img) == [] and mounts_of(img) == [] and journals(img) == []
+        assert inner.path.exists()  # repair's own record, for repair to finish
+    finally:
+        if any(d.name == loop and d.back_file for d in losetup.list_devices()):
+            subprocess.run(["losetup", "-d", loop], check=False)
