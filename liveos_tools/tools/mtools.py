@@ -32,6 +32,11 @@ def mmd(device: str | Path, offset: int, path: str) -> None:
             run(["mmd", "-i", drive(device, offset), f"::/{sub}"])
 
 
+def make_dirs(device: str | Path, offset: int, paths: list[str]) -> None:
+    """Make new directories in one mmd run (parents listed before their children)."""
+    run(["mmd", "-i", drive(device, offset), *[f"::/{p.strip('/')}" for p in paths]])
+
+
 def exists(device: str | Path, offset: int, path: str) -> bool:
     res = run(["mdir", "-b", "-a", "-i", drive(device, offset), f"::/{path.strip('/')}"],
               check=False)  # fmt: skip
@@ -52,6 +57,12 @@ def copy_in(device: str | Path, offset: int, source: str | Path, dest: str) -> N
     """Copy a host file (or a FIFO, read to its end) to `dest`, replacing what is there."""
     run(["mcopy", "-D", "o", "-n", "-i", drive(device, offset), str(source),
          f"::/{dest.strip('/')}"])  # fmt: skip
+
+
+def copy_many(device: str | Path, offset: int, sources: list[Path], dest_dir: str) -> None:
+    """Copy host files into a directory under their own names, in one mcopy run."""
+    run(["mcopy", "-D", "o", "-n", "-i", drive(device, offset), *map(str, sources),
+         f"::/{dest_dir.strip('/')}"])  # fmt: skip
 
 
 def delete(device: str | Path, offset: int, path: str) -> None:
@@ -160,9 +171,22 @@ def read_file(
     runs = clusters(device, offset, path)
     if size is None:
         size = sum(b - a + 1 for a, b in runs) * geo.cluster_bytes
+    return _read_runs(device, offset, geo, runs, path, size, chunk)
+
+
+def read_head(device: str | Path, offset: int, path: str, length: int) -> bytes:
+    """A file's first `length` bytes, or all its allocated clusters if fewer (one mshowfat)."""
+    geo = read_geometry(device, offset)
+    runs = clusters(device, offset, path)
+    size = min(length, sum(b - a + 1 for a, b in runs) * geo.cluster_bytes)
+    return b"".join(_read_runs(device, offset, geo, runs, path, size, 1 << 20))
+
+
+def _read_runs(device: str | Path, offset: int, geo: FatGeometry, runs: list[tuple[int, int]],
+               path: str, size: int, chunk: int) -> Iterator[bytes]:  # fmt: skip
     left = size
     with open(device, "rb", buffering=0) as f:
-        for first, last in clusters(device, offset, path):
+        for first, last in runs:
             pos = offset + geo.cluster_offset(first)
             run_left = min(left, (last - first + 1) * geo.cluster_bytes)
             while run_left > 0:

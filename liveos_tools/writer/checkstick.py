@@ -94,7 +94,7 @@ def check_overlay(e: Expected, found: dict[str, str], dest: Dest) -> None:
 def check_loader(e: Expected, dest: Dest) -> None:
     if e.loader is None:
         return
-    head = b"".join(dest.read_chunks(e.loader, min(LDLINUX_HEAD, dest.allocated(e.loader))))
+    head = dest.read_head(e.loader, LDLINUX_HEAD)
     vbr = read_disk(e.disk, e.start, SECTOR)
     try:
         hidden = bootsector.hidden_sectors(vbr)

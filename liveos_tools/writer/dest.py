@@ -34,7 +34,7 @@ ZEROS = bytes(8 << 20)
 class Dest(Protocol):
     fstype: str
 
-    def mkdir(self, rel: str) -> None: ...
+    def mkdir(self, *rels: str) -> None: ...
     def write_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
                    checksum: str | None) -> copy_mod.Checksum | None: ...
     def begin_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
@@ -46,12 +46,14 @@ class Dest(Protocol):
     def write_zeros(self, rel: str, size: int) -> None: ...
     def write_bytes(self, rel: str, data: bytes) -> None: ...
     def read_chunks(self, rel: str, size: int) -> Iterator[bytes]: ...
+    def read_head(self, rel: str, length: int) -> bytes: ...
+    def copy_host_files(self, rel_dir: str, hosts: list[Path]) -> None: ...
     def allocated(self, rel: str) -> int: ...
     def exists(self, rel: str) -> bool: ...
     def remove(self, rel: str) -> None: ...
     def host_path(self, rel: str) -> Path | None: ...
     def private(self, rel: str) -> None: ...
-    def sync(self) -> None: ...
+    def sync(self, drop_cache: bool = True) -> None: ...
 
 
 def verify(dest: Dest, rel: str, expected: copy_mod.Checksum,
@@ -67,12 +69,17 @@ def verify(dest: Dest, rel: str, expected: copy_mod.Checksum,
         )
 
 
-def fsync_path(path: str) -> None:
+def fsync_path(path: str, drop_cache: bool = True) -> None:
+    """fsync, then (drop_cache) drop the file's cached pages so a read-back comes from the
+    disk. Dropping is not free: on a busy machine the kernel's LRU drain behind
+    FADV_DONTNEED took 0.6 s for a 1.6 GiB image, 12x the fsync (docs/parts/
+    iso-to-disk-speed.md)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if drop_cache:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
 
@@ -96,13 +103,37 @@ class FatDest:
         self.offset = offset
         self.scratch = scratch
         self._n = 0
+        #: lower-cased paths known to exist (FAT names are case-blind); None: not listed yet
+        self._known: set[str] | None = None
 
     def _tmp(self, name: str) -> Path:
         self._n += 1
         return self.scratch / f"{self._n}-{name}"
 
-    def mkdir(self, rel: str) -> None:
-        mtools.mmd(self.device, self.offset, rel)
+    def mkdir(self, *rels: str) -> None:
+        """Make directories and their parents. One listing of the filesystem per run, then
+        one mmd for every missing level of all `rels`, instead of an mdir and an mmd per
+        level of each."""
+        if self._known is None:
+            self._known = {p.lower() for p in mtools.listing(self.device, self.offset)}
+        missing: list[str] = []
+        for rel in rels:
+            parts = [p for p in rel.strip("/").split("/") if p and p != "."]
+            for i in range(1, len(parts) + 1):
+                sub = "/".join(parts[:i])
+                if sub.lower() not in self._known and sub not in missing:
+                    missing.append(sub)
+        if not missing:
+            return
+        try:
+            mtools.make_dirs(self.device, self.offset, missing)
+        except LiveOSError:
+            # a name the listing spelled otherwise (a short name): the careful way
+            self._known = None
+            for rel in rels:
+                mtools.mmd(self.device, self.offset, rel)
+            return
+        self._known.update(s.lower() for s in missing)
 
     def _grow(self, rel: str, size: int) -> list[tuple[int, int]] | None:
         """Make `rel` a file of `size` bytes whose clusters we allocated; where its data
@@ -246,8 +277,15 @@ class FatDest:
     def copy_host_file(self, rel: str, host: Path) -> None:
         mtools.copy_in(self.device, self.offset, host, rel)
 
+    def copy_host_files(self, rel_dir: str, hosts: list[Path]) -> None:
+        if hosts:
+            mtools.copy_many(self.device, self.offset, hosts, rel_dir)
+
     def read_chunks(self, rel: str, size: int) -> Iterator[bytes]:
         return mtools.read_file(self.device, self.offset, rel, size)
+
+    def read_head(self, rel: str, length: int) -> bytes:
+        return mtools.read_head(self.device, self.offset, rel, length)
 
     def allocated(self, rel: str) -> int:
         return mtools.allocated_bytes(self.device, self.offset, rel)
@@ -257,6 +295,7 @@ class FatDest:
 
     def remove(self, rel: str) -> None:
         if mtools.exists(self.device, self.offset, rel):
+            self._known = None
             try:
                 mtools.delete(self.device, self.offset, rel)
             except LiveOSError:
@@ -268,8 +307,8 @@ class FatDest:
     def private(self, rel: str) -> None:
         """FAT has no permissions: anyone who can mount the stick can read it."""
 
-    def sync(self) -> None:
-        fsync_path(self.device)
+    def sync(self, drop_cache: bool = True) -> None:
+        fsync_path(self.device, drop_cache)
 
 
 class MountedDest:
@@ -286,8 +325,9 @@ class MountedDest:
     def _p(self, rel: str) -> Path:
         return self.root / rel.strip("/")
 
-    def mkdir(self, rel: str) -> None:
-        self._p(rel).mkdir(parents=True, exist_ok=True)
+    def mkdir(self, *rels: str) -> None:
+        for rel in rels:
+            self._p(rel).mkdir(parents=True, exist_ok=True)
 
     def write_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
                    checksum: str | None) -> copy_mod.Checksum | None:  # fmt: skip
@@ -354,12 +394,19 @@ class MountedDest:
 
         shutil.copyfile(host, self._p(rel))
 
+    def copy_host_files(self, rel_dir: str, hosts: list[Path]) -> None:
+        for host in hosts:
+            self._p(f"{rel_dir}/{host.name}").write_bytes(host.read_bytes())
+
     def read_chunks(self, rel: str, size: int) -> Iterator[bytes]:
         with open(self._p(rel), "rb") as f:
             with contextlib.suppress(OSError):
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             while chunk := f.read(1 << 22):
                 yield chunk
+
+    def read_head(self, rel: str, length: int) -> bytes:
+        return b"".join(self.read_chunks(rel, length))[:length]
 
     def allocated(self, rel: str) -> int:
         return self._p(rel).stat().st_blocks * 512
@@ -383,18 +430,19 @@ class MountedDest:
         """Mode 0600, as the reference tool leaves the overlay, home.img and swap.img."""
         os.chmod(self._p(rel), 0o600)
 
-    def sync(self) -> None:
+    def sync(self, drop_cache: bool = True) -> None:
         # os.syncfs is not in Python 3.11; sync(2) covers this filesystem too.
         os.sync()
         if self.backing:
-            # The loop device writes through the image's page cache: drop it too, so a
-            # read-back comes from the disk.
+            # The loop device writes through the image's page cache: sync it, and drop it
+            # too, so a read-back comes from the disk.
             path, offset, length = self.backing
             with contextlib.suppress(OSError):
                 fd = os.open(path, os.O_RDONLY)
                 try:
                     os.fsync(fd)
-                    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+                    if drop_cache:
+                        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
                 finally:
                     os.close(fd)
 

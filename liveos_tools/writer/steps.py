@@ -90,7 +90,8 @@ class StickRun:
         image = self.spec.image
         assert image is not None
         d = self.dest
-        d.mkdir(self.spec.livedir)
+        # the boot files' directories too: one mmd on FAT, while nothing runs beside it
+        d.mkdir(self.spec.livedir, *self._boot_dirs())
         sf = image.source
         if image.unpack:
             rootfs = files.extract_rootfs(sf.backing, sf.offset, self.scratch)
@@ -109,13 +110,15 @@ class StickRun:
             self._image_progress.finish()
             self.record(self.dest, image.rel, checksum)
 
+    def _boot_dirs(self) -> list[str]:
+        return [str(Path(rel).parent) for _, rel in self.spec.boot.files] + ["EFI/BOOT"]
+
     def copy_boot(self) -> None:
         spec, d = self.spec, self.dest
+        d.mkdir(*self._boot_dirs())
         for sf, rel in spec.boot.files:
-            d.mkdir(str(Path(rel).parent))
             self.record(d, rel, d.write_file(rel, sf, None, checksum=spec.checksum))
-        for mod in spec.boot.modules:
-            d.write_bytes(f"{SYS_DIR}/{mod.name}", mod.read_bytes())
+        d.copy_host_files(SYS_DIR, list(spec.boot.modules))  # one mcopy for them all
         esp = spec.parts.esp if spec.parts else None
         if esp is not None:
             # The ESP gets the EFI loaders and our grub.cfg (the reference tool left it empty).
@@ -188,9 +191,10 @@ class StickRun:
 
     def sync_and_verify(self) -> None:
         d = self.dest
-        d.sync()
+        # the page cache is dropped only for a read-back that must come from the disk
+        d.sync(self.spec.verify)
         for other in {id(c[0]): c[0] for c in self.checks if c[0] is not d}.values():
-            other.sync()
+            other.sync(self.spec.verify)
         image_rel = self.spec.image.rel if self.spec.image else None
 
         def check(cd: Dest, rel: str, expected: copy.Checksum) -> None:
