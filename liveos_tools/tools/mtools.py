@@ -90,6 +90,17 @@ def clusters(device: str | Path, offset: int, path: str) -> list[tuple[int, int]
     return parse_showfat(out)
 
 
+def clusters_many(device: str | Path, offset: int, paths: list[str]
+                  ) -> list[list[tuple[int, int]]]:  # fmt: skip
+    """`clusters` of several paths from one mshowfat run (it prints a line for each)."""
+    out = run(["mshowfat", "-i", drive(device, offset),
+               *[f"::/{p.strip('/')}" for p in paths]]).stdout  # fmt: skip
+    lines = [line for line in out.splitlines() if line.startswith("::")]
+    if len(lines) != len(paths):  # not one line each: ask one by one
+        return [clusters(device, offset, p) for p in paths]
+    return [parse_showfat(line) for line in lines]
+
+
 @dataclass(frozen=True)
 class FatGeometry:
     bytes_per_sector: int

@@ -101,13 +101,18 @@ def find_dirent(data: bytes, cluster: int, size: int) -> int | None:
     return None
 
 
-def dir_pieces(device: str | Path, offset: int, geo: mtools.FatGeometry, parent: str
-                ) -> list[tuple[int, int]]:  # fmt: skip
-    """Absolute byte ranges of a directory's entries."""
-    if not parent.strip("/") and geo.fat_type != "fat32":
+def _fixed_root(geo: mtools.FatGeometry, parent: str) -> bool:
+    return not parent.strip("/") and geo.fat_type != "fat32"
+
+
+def dir_pieces(device: str | Path, offset: int, geo: mtools.FatGeometry, parent: str,
+               runs: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:  # fmt: skip
+    """Absolute byte ranges of a directory's entries (`runs`: its clusters, if known)."""
+    if _fixed_root(geo, parent):
         start = offset + (geo.reserved + geo.fats * geo.fat_sectors) * geo.bytes_per_sector
         return [(start, geo.root_entries * DIRENT)]
-    runs = mtools.clusters(device, offset, parent or "/")
+    if runs is None:
+        runs = mtools.clusters(device, offset, parent or "/")
     if not runs and not parent.strip("/"):
         with open(device, "rb") as f:
             f.seek(offset + 44)
@@ -140,20 +145,24 @@ def grow_placeholder(device: str | Path, offset: int, path: str, placeholder: in
 
     geo = mtools.read_geometry(device, offset)
     bits = fat_bits(geo)
-    runs0 = mtools.clusters(device, offset, path)
+    parent = path.strip("/").rpartition("/")[0]
+    parent_runs = None
+    if _fixed_root(geo, parent):
+        runs0 = mtools.clusters(device, offset, path)
+    else:  # the file's clusters and its directory's from one mshowfat
+        runs0, parent_runs = mtools.clusters_many(device, offset, [path, parent or "/"])
     if bits == 12 or len(runs0) != 1 or runs0[0][0] != runs0[0][1]:
         raise CorruptError(f"{path}: cannot grow it in place (FAT{bits}, runs {runs0})")
     first = runs0[0][0]
     need = max(1, -(-size // geo.cluster_bytes))
     fat_off = offset + geo.reserved * geo.bytes_per_sector
     fat_len = geo.fat_sectors * geo.bytes_per_sector
-    parent = path.strip("/").rpartition("/")[0]
     fd = os.open(device, os.O_RDWR)
     try:
         fat = os.pread(fd, fat_len, fat_off)
         runs = allocate(fat, bits, first, need, cluster_count(geo))
         entry_at = None
-        for start, length in dir_pieces(device, offset, geo, parent):
+        for start, length in dir_pieces(device, offset, geo, parent, parent_runs):
             i = find_dirent(os.pread(fd, length, start), first, placeholder)
             if i is not None:
                 entry_at = start + i
