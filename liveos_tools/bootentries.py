@@ -182,6 +182,7 @@ def kernel_paths(config: Path, root: Path) -> tuple[str, str] | None:
     if kernel is None or initrd is None:
         return None
     base = "/" + str(config.parent.relative_to(root)).strip("/.")
+
     def absolute(p: str) -> str:
         return p if p.startswith("/") else f"{base.rstrip('/')}/{p}"
 

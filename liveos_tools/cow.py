@@ -439,4 +439,3 @@ def read_store(path: str | Path, *, full: bool = False) -> StoreReport:
     """Read an overlay file offline and report it as the kernel would."""
     with CowStore(path) as store:
         return store.report(full=full)
-

@@ -268,11 +268,9 @@ def discard_next(stick: StickFiles) -> None:
 
 def describe_steps(keep_previous: bool) -> list[str]:
     last = (
-        "point every boot entry at the new pair (default names), previous entry at "
-        "LiveOS/previous/"
+        "point every boot entry at the new pair (default names), previous entry at LiveOS/previous/"
         if keep_previous
-        else "point every boot entry at the new pair (default names), then delete "
-        "LiveOS/previous/"
+        else "point every boot entry at the new pair (default names), then delete LiveOS/previous/"
     )
     return [
         "point every boot entry at the new pair in LiveOS/.liveos-next/, no previous "
@@ -380,8 +378,10 @@ def state_problem(stick: StickFiles) -> str | None:
     """A check for tests and status: is every entry of every config booting a whole pair?"""
     for cfg in stick.configs():
         text = cfg.read_text()
-        for what, slot in (("default", be.default_slot(text)), ("previous",
-                                                                 be.previous_slot(text))):
+        for what, slot in (
+            ("default", be.default_slot(text)),
+            ("previous", be.previous_slot(text)),
+        ):
             if slot is not None and not stick.pair(slot).exists():
                 return f"{cfg}: the {what} entry boots {slot.name.lower()}, not a whole pair"
     return None

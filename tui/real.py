@@ -55,6 +55,7 @@ TASKS: dict[Action, tuple[str, str]] = {
     Action.COMPACT: ("liveos_tools.tasks.compact", "plan_compact"),
 }
 
+
 def running_live_system() -> bool:
     return LIVE_ROOT.is_dir() or Path("/dev/mapper/live-rw").exists()
 

@@ -245,6 +245,7 @@ def _passphrase(args: argparse.Namespace, *, twice: bool = False) -> bytes:
 
 # --- running a plan -----------------------------------------------------------------------------
 
+
 def _resolver(
     args: argparse.Namespace, specs: list[tuple[str, str, str, bool]]
 ) -> Callable[[contextlib.ExitStack, bool], tuple[list[Path], Names, bool]]:

@@ -27,18 +27,31 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    "the stick's or --base-iso's)")  # fmt: skip
     p.add_argument("--base-iso", metavar="ORIGINAL.iso",
                    help="take the boot files (kernel, initrd, EFI) from this ISO")  # fmt: skip
-    p.add_argument("--workdir", metavar="DIR",
-                   help="where the scratch image and squashfs go (default: by the ISO)")
-    p.add_argument("--seclude", action="append", default=[], metavar="PATH",
-                   help="also leave out PATH (in the live root, globs allowed); repeatable")
+    p.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="where the scratch image and squashfs go (default: by the ISO)",
+    )
+    p.add_argument(
+        "--seclude",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also leave out PATH (in the live root, globs allowed); repeatable",
+    )
     p.add_argument("--keep", action="append", default=[], metavar="PATH",
                    help="keep PATH though the default list leaves it out; repeatable")  # fmt: skip
     p.add_argument("--no-seclude", action="store_true",
                    help="leave nothing out (the ISO carries the stick's private data)")  # fmt: skip
     p.add_argument("--clone", action="store_true",
                    help="put the stick's home.img into the ISO as LiveOS/home.img")  # fmt: skip
-    p.add_argument("--include", action="append", default=[], metavar="PATH",
-                   help="copy PATH from the stick's top folder into the ISO; repeatable")
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="copy PATH from the stick's top folder into the ISO; repeatable",
+    )
     p.add_argument("--livedir", metavar="DIR", help="LiveOS directory name (rd.live.dir)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")

@@ -104,7 +104,7 @@ def grub_cfg(source_cfg: str | None, label: str, args: Sequence[str]) -> str:
     CD's arguments; a plain two-entry menu when the source has none."""
     if not source_cfg or "menuentry" not in source_cfg:
         source_cfg = (
-            "set default=\"0\"\nset timeout=5\nsearch\n"
+            'set default="0"\nset timeout=5\nsearch\n'
             f"menuentry 'Start {label}' {{\n\tlinux x\n\tinitrd x\n}}\n"
             f"menuentry 'Test this media & start {label}' {{\n\tlinux x rd.live.check\n"
             "\tinitrd x\n}\n"

@@ -30,8 +30,11 @@ class RefreshState(NamedTuple):
             )
         if self.interrupted_op is not None:
             if self.interrupted_op in ("refresh", "update"):
-                again = "update --from <the same release>" if self.interrupted_op == "update" \
+                again = (
+                    "update --from <the same release>"
+                    if self.interrupted_op == "update"
                     else "refresh"
+                )
                 what = (
                     f"run `liveos-overlay {again} {target}` to finish it or "
                     f"`liveos-overlay rollback {target}` to undo it"

@@ -237,9 +237,9 @@ class Remix:
 
             found = read_iso(self.opts.base_iso).label
             if found:
-                return found[: MAX_LABEL]
+                return found[:MAX_LABEL]
         vol = self.medium.volume
-        return (vol.label if vol and vol.label else "LIVE")[: MAX_LABEL]
+        return (vol.label if vol and vol.label else "LIVE")[:MAX_LABEL]
 
     def _boot_set(self) -> iso.BootSet:
         from liveos_tools.writer.source import read_directory, read_iso
@@ -277,8 +277,14 @@ class Remix:
         work, out = self.work_parent, self.out_dir
         if _same_fs(work, out):
             need = max(e.scratch + e.squashfs, e.squashfs + e.iso) + SLACK
-            places = [(out, need, f"work files and the ISO (merged image {format_size(e.scratch)}"
-                       f", squashfs {format_size(e.squashfs)}, ISO {format_size(e.iso)})")]
+            places = [
+                (
+                    out,
+                    need,
+                    f"work files and the ISO (merged image {format_size(e.scratch)}"
+                    f", squashfs {format_size(e.squashfs)}, ISO {format_size(e.iso)})",
+                )
+            ]
         else:
             places = [
                 (work, e.scratch + e.squashfs + SLACK, f"work files (merged image "
@@ -336,8 +342,9 @@ class Remix:
             self._iso,
         )
         plan.add(f"rename it to {o.output} when complete", self._finish)
-        plan.notes.append("kernel arguments: " + " ".join(iso.kernel_args(self.label,
-                                                                          b.source_args)))
+        plan.notes.append(
+            "kernel arguments: " + " ".join(iso.kernel_args(self.label, b.source_args))
+        )
         if self.label != self.asked_label:
             plan.notes.append(f"the label is {self.label!r}: dracut cannot find a CD by a "
                               "label with spaces")  # fmt: skip

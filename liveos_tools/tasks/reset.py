@@ -96,9 +96,7 @@ def plan_reset(medium: Medium, *, backup_dir: str | Path | None = None) -> Plan:
 
         def save() -> None:
             made.append(
-                bk.write_backup(
-                    path, "reset", [(0, head)], directory, run_id=run_id, origin=origin
-                )
+                bk.write_backup(path, "reset", [(0, head)], directory, run_id=run_id, origin=origin)
             )
             plan.notes.append(f"to undo: liveos-overlay repair --restore {made[0].path}")
             plan.partial_hint = (

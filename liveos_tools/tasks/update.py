@@ -210,4 +210,3 @@ def plan_update(
         "the old kernel and initrd move to LiveOS/previous/ with the old image and overlay"
     )
     return plan
-

@@ -70,8 +70,10 @@ def describe_table(target: Target) -> list[str]:
     for p in table.partitions:
         info = _probe(target.path, p.start)
         label = info.get("LABEL")
-        out.append(f"partition {p.number} of {target.spec}: {info.get('TYPE', 'unknown')}"
-                   f"{f' labelled {label!r}' if label else ''}, {format_size(p.length)}")
+        out.append(
+            f"partition {p.number} of {target.spec}: {info.get('TYPE', 'unknown')}"
+            f"{f' labelled {label!r}' if label else ''}, {format_size(p.length)}"
+        )
     return out
 
 
@@ -106,12 +108,16 @@ def _existing(target: Target) -> tuple[stick.StickFs, stick.BootDisk] | None:
     for part, start, length in ranges:
         info = _probe(device, start)
         if info.get("TYPE") in stick.FSTYPES and info.get("UUID"):
-            fs = stick.StickFs(device, start, length, info["TYPE"], info.get("LABEL", ""),
-                               info["UUID"], new=False)
+            fs = stick.StickFs(
+                device, start, length, info["TYPE"], info.get("LABEL", ""), info["UUID"], new=False
+            )
             boot = stick.BootDisk(
-                disk_path, table.label if part is not None else None,
+                disk_path,
+                table.label if part is not None else None,
                 part.number if part is not None else None,
-                part.flags if part is not None else (), _mbr_blank(disk_path))
+                part.flags if part is not None else (),
+                _mbr_blank(disk_path),
+            )
             return fs, boot
     return None
 
@@ -137,10 +143,15 @@ def prepare(source: str, targets: list[str], opts: stick.WriteOptions) -> Iterat
             check(tgt, force=opts.force)
             found = None if opts.format else _existing(tgt)
             desc = describe_table(tgt) if opts.format else []
-            plan, result, run = stick.plan_run(src, lay, tgt, _copy_opts(opts),
-                                            existing_fs=found[0] if found else None,
-                                            boot_disk=found[1] if found else None,
-                                            table_desc=desc)
+            plan, result, run = stick.plan_run(
+                src,
+                lay,
+                tgt,
+                _copy_opts(opts),
+                existing_fs=found[0] if found else None,
+                boot_disk=found[1] if found else None,
+                table_desc=desc,
+            )
             prepared.jobs.append(Job(tgt, plan, result, run))
         yield prepared
 
@@ -182,10 +193,12 @@ def _run_one(job: Job) -> Outcome:
     try:
         stick.execute(job.plan, job.target)
     except LiveOSError as err:
-        return Outcome(job.target.spec, False, time.monotonic() - start, err.message, job.result,
-                       int(err.code))
-    return Outcome(job.target.spec, True, time.monotonic() - start, "written and verified",
-                   job.result)
+        return Outcome(
+            job.target.spec, False, time.monotonic() - start, err.message, job.result, int(err.code)
+        )
+    return Outcome(
+        job.target.spec, True, time.monotonic() - start, "written and verified", job.result
+    )
 
 
 def write_all(prepared: Prepared, *, parallel: bool = True) -> list[Outcome]:
@@ -210,8 +223,15 @@ def write_all(prepared: Prepared, *, parallel: bool = True) -> list[Outcome]:
 def summary_table(outcomes: list[Outcome]) -> str:
     rows = [("TARGET", "RESULT", "TIME", "UUID", "DETAIL")]
     for o in outcomes:
-        rows.append((o.target, "ok" if o.ok else "FAILED", f"{o.seconds:.1f}s",
-                     o.result.uuid if o.result else "-", o.message))
+        rows.append(
+            (
+                o.target,
+                "ok" if o.ok else "FAILED",
+                f"{o.seconds:.1f}s",
+                o.result.uuid if o.result else "-",
+                o.message,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4]

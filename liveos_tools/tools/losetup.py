@@ -89,8 +89,13 @@ def list_devices() -> list[LoopDevice]:
 
 
 def attach(
-    path: str | Path, *, readonly: bool = False, partscan: bool = False, device: str | None = None,
-    offset: int = 0, sizelimit: int = 0,
+    path: str | Path,
+    *,
+    readonly: bool = False,
+    partscan: bool = False,
+    device: str | None = None,
+    offset: int = 0,
+    sizelimit: int = 0,
 ) -> str:
     """Attach a file to a free loop device (or to `device`); return its node (/dev/loopN).
     `offset`/`sizelimit` (bytes): only that range of the file."""

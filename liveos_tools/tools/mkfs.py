@@ -55,8 +55,21 @@ def ext_argv(device: str | Path, *, fstype: str, label: str, uuid: str, blocksiz
     if fstype not in EXT_TYPES:
         raise ValueError(f"not an ext filesystem type: {fstype}")
     ext_opts = f"offset={offset},nodiscard" if offset else "nodiscard"
-    return [f"mkfs.{fstype}", "-q", "-F", "-L", label, "-U", uuid, "-b", str(blocksize),
-            "-E", ext_opts, str(device), str(length // blocksize)]
+    return [
+        f"mkfs.{fstype}",
+        "-q",
+        "-F",
+        "-L",
+        label,
+        "-U",
+        uuid,
+        "-b",
+        str(blocksize),
+        "-E",
+        ext_opts,
+        str(device),
+        str(length // blocksize),
+    ]
 
 
 def run_argv(argv: list[str]) -> None:

@@ -108,8 +108,9 @@ def mismatches(planned: list[tuple[int, int]], table: TableInfo, *, label: str) 
         if have is None:
             out.append(f"partition {number} is missing")
         elif have != (start, length):
-            out.append(f"partition {number} is at {sectors(*have)}, planned "
-                       f"{sectors(start, length)}")
+            out.append(
+                f"partition {number} is at {sectors(*have)}, planned {sectors(start, length)}"
+            )
     out += [f"partition {n} is not in the plan" for n in sorted(got)]
     return out
 
@@ -135,9 +136,7 @@ def read_table(path: str | Path) -> TableInfo:
     parts = []
     for p in disk.partitions:
         known = (("boot", parted.PARTITION_BOOT), ("legacy_boot", parted.PARTITION_LEGACY_BOOT))
-        flags = tuple(
-            name for name, flag in known if p.isFlagAvailable(flag) and p.getFlag(flag)
-        )
+        flags = tuple(name for name, flag in known if p.isFlagAvailable(flag) and p.getFlag(flag))
         name = None
         try:
             name = p.name or None
@@ -185,9 +184,7 @@ def write_table(path: str | Path, specs: list[PartSpec], placed: list[tuple[int,
                 device=dev, start=start // dev.sectorSize, length=length // dev.sectorSize
             )
             fs = parted.FileSystem(type=_FS_TYPES.get(spec.fstype, "fat32"), geometry=geom)
-            part = parted.Partition(
-                disk=disk, type=parted.PARTITION_NORMAL, fs=fs, geometry=geom
-            )
+            part = parted.Partition(disk=disk, type=parted.PARTITION_NORMAL, fs=fs, geometry=geom)
             disk.addPartition(partition=part, constraint=parted.Constraint(exactGeom=geom))
             if gpt and spec.name:
                 part.set_name(spec.name)

@@ -41,9 +41,7 @@ class ElTorito:
     isohybrid_mbr: Path | None  # /usr/lib/ISOLINUX/isohdpfx.bin
 
 
-def mkisofs_argv(
-    output: Path, label: str, grafts: Sequence[Graft], boot: ElTorito
-) -> list[str]:
+def mkisofs_argv(output: Path, label: str, grafts: Sequence[Graft], boot: ElTorito) -> list[str]:
     argv = [
         "xorriso", "-as", "mkisofs", "-o", str(output), "-V", label,
         # level 3: a squashfs.img of 4 GiB or more is stored in several extents

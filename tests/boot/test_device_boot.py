@@ -47,18 +47,23 @@ KARGS = "console=ttyS0 rd.emergency=poweroff rd.shell=0 no_timer_check panic=-1"
 pytestmark = [
     _needs_guest_tools,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices"),
-    pytest.mark.skipif(not (OVMF_CODE.is_file() and OVMF_VARS.is_file()),
-                       reason="needs OVMF (Debian package ovmf, scripts/setup)"),
-    pytest.mark.skipif(not Path("/usr/lib/grub/x86_64-efi").is_dir(),
-                       reason="needs grub-efi-amd64-bin (scripts/setup)"),
+    pytest.mark.skipif(
+        not (OVMF_CODE.is_file() and OVMF_VARS.is_file()),
+        reason="needs OVMF (Debian package ovmf, scripts/setup)",
+    ),
+    pytest.mark.skipif(
+        not Path("/usr/lib/grub/x86_64-efi").is_dir(),
+        reason="needs grub-efi-amd64-bin (scripts/setup)",
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def iso(tmp_path_factory: pytest.TempPathFactory) -> isobuild.FixtureIso:
     work = tmp_path_factory.mktemp("iso")
-    return isobuild.build_iso(work / "live.iso", "classic",
-                              initramfs=isobuild.dracut_initramfs(), efi_grub=True)
+    return isobuild.build_iso(
+        work / "live.iso", "classic", initramfs=isobuild.dracut_initramfs(), efi_grub=True
+    )
 
 
 @contextmanager
@@ -106,10 +111,14 @@ def assert_boot(console: str, n: int, uuid: str, fstype: str, loader: str) -> No
         assert "LIVEOS-BOOT1-WROTE" in console, tail
     else:
         assert "LIVEOS-BOOT2-FOUND written on boot 1" in console, tail
-    image = {"syslinux": "BOOT_IMAGE=vmlinuz initrd=initrd.img ",
-             "grub": "BOOT_IMAGE=/syslinux/vmlinuz "}[loader]
-    want = (f"LIVEOS-ROOT-UP {image}root=live:UUID={uuid} rootfstype={fstype} rw "
-            f"rd.live.image rd.live.overlay=UUID={uuid} quiet rhgb {KARGS}")
+    image = {
+        "syslinux": "BOOT_IMAGE=vmlinuz initrd=initrd.img ",
+        "grub": "BOOT_IMAGE=/syslinux/vmlinuz ",
+    }[loader]
+    want = (
+        f"LIVEOS-ROOT-UP {image}root=live:UUID={uuid} rootfstype={fstype} rw "
+        f"rd.live.image rd.live.overlay=UUID={uuid} quiet rhgb {KARGS}"
+    )
     assert want in console, tail
     if loader == "grub":
         assert "BdsDxe: starting" in console, tail  # it was OVMF's boot manager

@@ -28,7 +28,8 @@ BOOT_TIMEOUT = 300
 MIB = 1024 * 1024
 
 pytestmark = pytest.mark.skipif(
-    not (isobuild.GUEST_CACHE / "kver").is_file() or shutil.which("dracut") is None
+    not (isobuild.GUEST_CACHE / "kver").is_file()
+    or shutil.which("dracut") is None
     or shutil.which("qemu-system-x86_64") is None,
     reason="needs the guest kernel, dracut-core/dracut-live and qemu (scripts/setup)",
 )
@@ -47,8 +48,9 @@ def boot(img: Path, console: Path, firmware: Sequence[str] = (),
     # A hang ends at the timeout; the boot is judged by the markers below.
     start = time.monotonic()
     with contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                       timeout=timeout, check=False)
+        subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
+        )
     print(f"boot {console.name}: {time.monotonic() - start:.0f} s")
     return console.read_text(errors="replace")
 
@@ -102,7 +104,9 @@ def test_written_stick_boots_and_persists(tmp_path: Path) -> None:
     assert job.rc == 0 and "EXIT=0" in job.log, job.log[-3000:] + job.console[-2000:]
     data = json.loads(job.log[: job.log.rindex("EXIT=")])
     assert (data["state"], data["name_matches"], data["expected_name"]) == (
-        "valid", True, overlay,
+        "valid",
+        True,
+        overlay,
     )
     assert (data["medium"]["fstype"], data["medium"]["label"]) == ("vfat", "LIVE_TEST")
     # boot 1 wrote a marker and 4 MiB of random data through live-rw
@@ -110,11 +114,12 @@ def test_written_stick_boots_and_persists(tmp_path: Path) -> None:
     print(f"guest status of the stick: {job.seconds:.1f} s, {data['sectors_allocated']} sectors")
     # ... and the same overlay read off the FAT in userspace gives the same numbers.
     out = tmp_path / "overlay.bin"
-    subprocess.run(["mcopy", "-n", "-i", f"{img}@@{MIB}", f"::LiveOS/{overlay}", str(out)],
-                   check=True)
+    subprocess.run(
+        ["mcopy", "-n", "-i", f"{img}@@{MIB}", f"::LiveOS/{overlay}", str(out)], check=True
+    )
     offline = read_store(out)
     assert (offline.sectors_allocated, offline.total_sectors, offline.metadata_sectors) == (
-        data["sectors_allocated"], data["total_sectors"], data["metadata_sectors"],
+        data["sectors_allocated"],
+        data["total_sectors"],
+        data["metadata_sectors"],
     )
-
-

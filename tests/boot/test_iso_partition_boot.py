@@ -59,6 +59,7 @@ def test_stick_written_into_existing_partition_boots_and_persists(tmp_path: Path
     assert "LIVEOS-BOOT2-FOUND written on boot 1" in second, second[-3000:]
 
     # the user's file survived the write and two boots
-    out = subprocess.run(["mtype", "-i", f"{img}@@{1024 * 1024}", "::NOTES.TXT"],
-                         capture_output=True, check=True).stdout
+    out = subprocess.run(
+        ["mtype", "-i", f"{img}@@{1024 * 1024}", "::NOTES.TXT"], capture_output=True, check=True
+    ).stdout
     assert out == USER_FILE

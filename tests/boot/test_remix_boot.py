@@ -47,8 +47,10 @@ SECRETS = (
 KERNEL_ARGS = "console=ttyS0 rd.emergency=poweroff rd.shell=0"
 
 pytestmark = pytest.mark.skipif(
-    not (isobuild.GUEST_CACHE / "kver").is_file() or shutil.which("dracut") is None
-    or shutil.which("qemu-system-x86_64") is None or shutil.which("implantisomd5") is None,
+    not (isobuild.GUEST_CACHE / "kver").is_file()
+    or shutil.which("dracut") is None
+    or shutil.which("qemu-system-x86_64") is None
+    or shutil.which("implantisomd5") is None,
     reason="needs the guest kernel, dracut-core/dracut-live, qemu and isomd5sum (scripts/setup)",
 )
 
@@ -76,7 +78,7 @@ $bb mount -t sysfs sysfs /sys
 echo "REMIX-ROOT-UP $($bb cat /proc/cmdline)"
 if [ -f /var/remix-marker ]; then
     echo "REMIX-MARKER $($bb cat /var/remix-marker)"
-    for f in {' '.join(SECRETS)}; do
+    for f in {" ".join(SECRETS)}; do
         if [ -e "$f" ]; then echo "REMIX-SECRET-PRESENT $f"; else echo "REMIX-SECRET-ABSENT $f"; fi
     done
     if $bb grep -rqs "$psk" /etc /root /home /var; then echo REMIX-PSK-FOUND; fi
@@ -173,8 +175,9 @@ def test_remix_boots_as_cd_and_from_a_stick_without_the_secrets(
     initrd = cd_initramfs(monkeypatch)
     src = source_iso(tmp_path, initrd)
     stick = tmp_path / "stick.img"
-    res = iso_to_disk("--format", "400M,ext4", "--home-size-mb", "16", "--unencrypted-home",
-                      src, stick)
+    res = iso_to_disk(
+        "--format", "400M,ext4", "--home-size-mb", "16", "--unencrypted-home", src, stick
+    )
     assert res.returncode == 0, res.stderr
 
     first = boot(tmp_path / "console1.txt", "-drive", f"file={stick},format=raw,if=virtio")

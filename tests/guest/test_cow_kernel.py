@@ -26,9 +26,7 @@ def _name() -> str:
 def _offline(cow: Path) -> tuple[str, str]:
     fast = read_store(cow)
     full = read_store(cow, full=True)
-    assert fast == full._replace(full_scan=False), (
-        "fast and full scan disagree"
-    )
+    assert fast == full._replace(full_scan=False), "fast and full scan disagree"
     return fast.kernel_status(), fast.state.value
 
 

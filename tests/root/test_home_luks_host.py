@@ -22,7 +22,6 @@ pytestmark = [
 ]
 
 
-
 def _no_dm() -> bool:
     try:
         os.close(os.open("/dev/mapper/control", os.O_RDWR))

@@ -274,8 +274,10 @@ def test_absurd_size_and_interrupted_grow(stick: Stick, tmp_path: Path) -> None:
     assert_refused(res, ExitCode.ABORTED, "interrupted: ")
     assert "may have zeros appended past its old end" in res.stderr
     (backup,) = (tmp_path / "bk").glob("*.lobak")
-    assert f"hint: that is harmless (it works as before): run grow again, or cut them off with " \
+    assert (
+        f"hint: that is harmless (it works as before): run grow again, or cut them off with "
         f"liveos-overlay repair --restore {backup}" in res.stderr
+    )
     now = stick.overlay.read_bytes()
     assert now[: len(original)] == original and not any(now[len(original) :])
     res = cli("repair", "--restore", backup, "--yes")

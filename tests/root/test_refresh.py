@@ -45,7 +45,11 @@ BASE_FILES = {"etc/os-release": b"NAME=Base\n", "usr/share/base.txt": b"base dat
 
 def sh(*argv: str | Path, **kw: object) -> str:
     return subprocess.run(
-        [str(a) for a in argv], check=True, capture_output=True, text=True, **kw  # type: ignore[call-overload]
+        [str(a) for a in argv],
+        check=True,
+        capture_output=True,
+        text=True,
+        **kw,  # type: ignore[call-overload]
     ).stdout
 
 
@@ -58,9 +62,7 @@ def sha(path: Path) -> str:
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): sha(p) for p in sorted(root.rglob("*")) if p.is_file()
-    }
+    return {str(p.relative_to(root)): sha(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def write_store(base: Path, changed: Path, dest: Path, size: int) -> int:
@@ -169,13 +171,12 @@ def build_stick_tree(work: Path, overlay_bytes: int = 16 * MiB) -> tuple[Path, P
     (tree / "syslinux").mkdir()
     (tree / "syslinux" / "vmlinuz").write_bytes(b"old kernel\n" * 100)
     (tree / "syslinux" / "initrd.img").write_bytes(b"old initrd\n" * 100)
-    (tree / "syslinux" / "extlinux.conf").write_text(
-        bootcfg.syslinux_cfg(args, title="Test Live")
-    )
+    (tree / "syslinux" / "extlinux.conf").write_text(bootcfg.syslinux_cfg(args, title="Test Live"))
     (tree / "EFI" / "BOOT").mkdir(parents=True)
     (tree / "EFI" / "BOOT" / "grub.cfg").write_text(
-        bootcfg.grub_cfg(None, args, title="Test Live", kernel="/syslinux/vmlinuz",
-                         initrd="/syslinux/initrd.img")
+        bootcfg.grub_cfg(
+            None, args, title="Test Live", kernel="/syslinux/vmlinuz", initrd="/syslinux/initrd.img"
+        )
     )
     return tree, base
 
@@ -278,7 +279,9 @@ def test_refresh_then_rollback_and_drop(tmp_path: Path) -> None:
         data = json.loads(res.stdout)
         kept = (live / "previous" / "squashfs.img").stat().st_size + ov_size
         assert data["refresh"] == {
-            "previous_bytes": kept, "interrupted": None, "interrupted_step": None,
+            "previous_bytes": kept,
+            "interrupted": None,
+            "interrupted_step": None,
         }
         assert (data["state"], data["used_bytes"]) == ("new", 16 * 512)
         assert "Previous image kept" in cli("status", stick.root).stdout
@@ -330,8 +333,10 @@ def test_sigkill_at_every_step_then_rerun(tmp_path: Path) -> None:
             assert assert_allowed(stick, old) in ("old", "new"), point
             if point == "switch-moved-old":
                 text = cli("status", stick.root).stdout
-                assert "warning: an interrupted refresh (step moved-old): run `liveos-overlay " \
-                    f"refresh {stick.root}` to finish it or `liveos-overlay rollback" in text, text
+                assert (
+                    "warning: an interrupted refresh (step moved-old): run `liveos-overlay "
+                    f"refresh {stick.root}` to finish it or `liveos-overlay rollback" in text
+                ), text
             if i % 2:  # undo
                 res = cli("rollback", stick.root, "--yes")
                 if point in ("refresh-merged", "refresh-built"):

@@ -179,8 +179,14 @@ def test_remix_a_stick_into_an_iso(tmp_path: Path) -> None:
     report = json.loads(res.stdout)
     assert report["label"] == LABEL and report["size_bytes"] == out.stat().st_size
     left = {x["path"]: x for x in report["left_out"]}
-    assert set(left) == {"/etc/NetworkManager/system-connections", "/etc/ssh/ssh_host_rsa_key",
-                         "/root", "/etc/shadow", "/etc/passwd", "/usr/share/class"}, left
+    assert set(left) == {
+        "/etc/NetworkManager/system-connections",
+        "/etc/ssh/ssh_host_rsa_key",
+        "/root",
+        "/etc/shadow",
+        "/etc/passwd",
+        "/usr/share/class",
+    }, left
     assert left["/etc/shadow"]["why"].endswith(": root, liveuser (removed)")
     assert "ETA" in res.stderr  # progress with bytes, rate and ETA
 

@@ -165,8 +165,20 @@ def test_a_stick_without_efiboot_img_gets_one_made_of_its_efi_loaders(
     iso.write_iso(layout, out)
     assert [e.platform for e in xorriso.el_torito(out)] == ["BIOS", "UEFI"]
     efiboot = tmp_path / "efiboot.img"
-    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(out), "-extract",
-                    "/images/efiboot.img", str(efiboot)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "xorriso",
+            "-osirrox",
+            "on",
+            "-indev",
+            str(out),
+            "-extract",
+            "/images/efiboot.img",
+            str(efiboot),
+        ],
+        check=True,
+        capture_output=True,
+    )
     loader = subprocess.run(["mtype", "-i", str(efiboot), "::EFI/BOOT/BOOTX64.EFI"],
                             capture_output=True, check=True).stdout  # fmt: skip
     assert loader == (tree / "EFI" / "BOOT" / "BOOTX64.EFI").read_bytes()

@@ -22,8 +22,9 @@ SECRETS = {
     "etc/machine-id": "0123456789abcdef0123456789abcdef\n",
     "etc/ssh/ssh_host_ed25519_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nSECRET\n",
     "etc/ssh/ssh_host_ed25519_key.pub": "ssh-ed25519 AAAA host\n",
-    "etc/NetworkManager/system-connections/School.nmconnection":
-        "[wifi-security]\nkey-mgmt=wpa-psk\npsk=TeacherWifiPass\n",
+    "etc/NetworkManager/system-connections/School.nmconnection": (
+        "[wifi-security]\nkey-mgmt=wpa-psk\npsk=TeacherWifiPass\n"
+    ),
     "var/lib/NetworkManager/secret_key": "nm-secret",
     "var/lib/systemd/random-seed": "seed" * 128,
     "var/lib/bluetooth/AA:BB/info": "[LinkKey]\nKey=123\n",

@@ -48,7 +48,9 @@ def test_the_privileged_route_runs_the_same_command() -> None:
     stick = Stick("/dev/sdb1", "/dev/sdb1", "stick", StickOrigin.PLUGGED)
     assert command_for(stick, Action.REFRESH, ActionParams()) == ["refresh", "/dev/sdb1", "--yes"]
     assert command_for(stick, Action.ROLLBACK, ActionParams()) == [
-        "rollback", "/dev/sdb1", "--yes",
+        "rollback",
+        "/dev/sdb1",
+        "--yes",
     ]
 
 

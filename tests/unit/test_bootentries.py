@@ -81,7 +81,8 @@ def test_kernel_paths_are_read_relative_to_a_syslinux_config(tmp_path: Path) -> 
     grub.parent.mkdir(parents=True)
     grub.write_text(GRUB)
     assert be.kernel_paths(grub, tmp_path) == (
-        "/images/pxeboot/vmlinuz", "/images/pxeboot/initrd.img",
+        "/images/pxeboot/vmlinuz",
+        "/images/pxeboot/initrd.img",
     )
     assert be.find_configs(tmp_path) == [cfg, grub]
 

@@ -39,8 +39,7 @@ def test_isolinux_cfg_boots_the_kernel_with_the_args() -> None:
     appends = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("append")]
     assert appends == [
         "append initrd=/images/pxeboot/initrd.img root=live:CDLABEL=R rd.live.image",
-        "append initrd=/images/pxeboot/initrd.img root=live:CDLABEL=R rd.live.image "
-        "rd.live.check",
+        "append initrd=/images/pxeboot/initrd.img root=live:CDLABEL=R rd.live.image rd.live.check",
     ]
     assert "default linux" in text.splitlines()
 
@@ -65,8 +64,7 @@ def test_grub_cfg_rewrites_a_sticks_menu_for_the_cd() -> None:
         "\tinitrdefi /images/pxeboot/initrd.img",
         "}",
         "menuentry 'Check' {",
-        "\tlinux /images/pxeboot/vmlinuz root=live:CDLABEL=MY_ISO rd.live.image "
-        "rd.live.check",
+        "\tlinux /images/pxeboot/vmlinuz root=live:CDLABEL=MY_ISO rd.live.image rd.live.check",
         "\tinitrd /images/pxeboot/initrd.img",
         "}",
     ]
