@@ -1,4 +1,4 @@
-"""The shared "merged root -> new squashfs.img" pipeline (refresh, compact, remix).
+"""The shared "merged root -> new squashfs.img" pipeline of refresh and remix.
 
     view (merge.MergedView) -> scratch_image -> check_clean -> zero_free_blocks
                             -> make_squashfs(compressor=squashfs_compressor(old))
