@@ -8,7 +8,7 @@ actions as closures so the plan that is shown is the plan that runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,14 +33,14 @@ class ByteRange:
 @dataclass(frozen=True)
 class Step:
     summary: str
-    argv: tuple[str, ...] = ()
+    #: exactly the programs the step runs, in order, one argv each (shown as `run:` lines)
+    commands: tuple[tuple[str, ...], ...] = ()
     writes: tuple[ByteRange, ...] = ()
     action: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
     def render(self) -> list[str]:
         lines = [self.summary]
-        if self.argv:
-            lines.append("  run: " + " ".join(self.argv))
+        lines.extend("  run: " + " ".join(argv) for argv in self.commands)
         lines.extend("  " + w.render() for w in self.writes)
         return lines
 
@@ -59,10 +59,13 @@ class Plan:
         summary: str,
         action: Callable[[], None] | None = None,
         *,
-        argv: tuple[str, ...] | list[str] = (),
+        argv: Sequence[str] = (),
+        commands: Sequence[Sequence[str]] = (),
         writes: tuple[ByteRange, ...] | list[ByteRange] = (),
     ) -> None:
-        self.steps.append(Step(summary, tuple(argv), tuple(writes), action))
+        """`argv` for a step that runs one program, `commands` for several."""
+        cmds = ((tuple(argv),) if argv else ()) + tuple(tuple(c) for c in commands)
+        self.steps.append(Step(summary, cmds, tuple(writes), action))
 
     @property
     def destructive(self) -> bool:
@@ -85,7 +88,7 @@ class Plan:
             "steps": [
                 {
                     "summary": s.summary,
-                    "argv": list(s.argv),
+                    "commands": [list(c) for c in s.commands],
                     "writes": [w.__dict__ for w in s.writes],
                 }
                 for s in self.steps

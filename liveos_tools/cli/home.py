@@ -160,7 +160,7 @@ def _shown(plan: Plan, names: Names) -> Plan:
         steps=[
             Step(
                 _sub(st.summary, names),
-                tuple(_sub(a, names) for a in st.argv),
+                tuple(tuple(_sub(a, names) for a in argv) for argv in st.commands),
                 tuple(
                     ByteRange(_sub(w.path, names), w.offset, w.length, _sub(w.what, names))
                     for w in st.writes

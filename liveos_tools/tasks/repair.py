@@ -581,11 +581,9 @@ def plan_repair(
         plan.add(
             f"mount {medium.squashfs_path} read-only",
             session.mount_squashfs,
-            argv=[
-                *_LOOP_RO,
-                str(medium.squashfs_path),
-                "&&",
-                *["mount", "-t", "squashfs", "-o", "ro", "<loop>", str(mnt)],
+            commands=[
+                [*_LOOP_RO, str(medium.squashfs_path)],
+                ["mount", "-t", "squashfs", "-o", "ro", "<loop>", str(mnt)],
             ],
         )
         rootfs = f"{mnt}/{medium.rootfs_path}"
@@ -654,18 +652,28 @@ def plan_repair(
         "tear down (snapshots, loop devices, mount) in reverse order, fsync the overlay, "
         "and read it back",
         session.finish,
-        argv=["dmsetup", "remove", p, f"{p}-undo", f"{p}-origin", "&&", "losetup", "-d", "..."],
+        # The exit stack unwinds what the steps above made, newest first.
+        commands=[
+            ["dmsetup", "remove", p],
+            ["dmsetup", "remove", f"{p}-undo"],
+            ["dmsetup", "remove", f"{p}-origin"],
+            ["losetup", "-d", "<undo loop>"],
+            ["losetup", "-d", "<overlay loop>"],
+            ["losetup", "-d", "<base loop>"],
+            *(
+                [["umount", str(mnt)], ["losetup", "-d", "<squashfs loop>"]]
+                if medium.image_layout is ImageLayout.NESTED
+                else []
+            ),
+        ],
     )
     return plan
 
 
-def _teardown_argv(here: list[lf.Lease]) -> list[str]:
-    """What lf.clear runs: newest first."""
+def _teardown_commands(here: list[lf.Lease]) -> list[list[str]]:
+    """What lf.clear runs: newest first, one program each."""
     cmd = {"mount": ["umount"], "dm": ["dmsetup", "remove"], "loop": ["losetup", "-d"]}
-    argv: list[str] = []
-    for item in reversed(here):
-        argv += [*(["&&"] if argv else []), *cmd[item.kind], item.name]
-    return argv
+    return [[*cmd[item.kind], item.name] for item in reversed(here)]
 
 
 def _plan_recovery(
@@ -693,7 +701,7 @@ def _plan_recovery(
             plan.add(
                 "clear what it left, newest first (dm devices top-down, loop devices, mount)",
                 lambda j=j: _note_all(plan, lf.clear(j)),  # type: ignore[misc]
-                argv=_teardown_argv(here),
+                commands=_teardown_commands(here),
             )
         if j.backup is None:
             raise CorruptError(f"{j.path} names no backup", "remove it, then run repair again")
@@ -865,7 +873,9 @@ def plan_restore(
             + ", ".join(x.describe() for x in left)
         )
         plan.add(
-            f"clear what the interrupted {rec.op} left behind", clear, argv=_teardown_argv(left)
+            f"clear what the interrupted {rec.op} left behind",
+            clear,
+            commands=_teardown_commands(left),
         )
 
     def check() -> None:
