@@ -611,21 +611,6 @@ def restore(backup: Backup, payload: bytes, overlay: Path) -> bool:
     return True
 
 
-def find_backups(directory: Path, overlay_name: str | None = None) -> list[Path]:
-    if not directory.is_dir():
-        return []
-    found = sorted(directory.glob(f"{overlay_name or '*'}.*{SUFFIX}"))
-    return found
-
-
-def describe_restore(backup: Backup) -> list[str]:
-    rec = backup.record
-    lines = [f"backup of {rec.label} taken {rec.created} before {rec.op}"]
-    if backup.undo_path is not None:
-        lines.append(f"undo store {backup.undo_path}")
-    return lines
-
-
 # --- in use? ----------------------------------------------------------------------------------
 
 
