@@ -39,12 +39,17 @@ def _format_spec(text: str) -> tuple[int, str | None, int | None]:
         text = "," + text  # a bare filesystem name: no size
     size, fstype, blksz = _size_spec(text)
     if fstype is not None and fstype.lower() not in FORMAT_TYPES:
-        raise UsageError(f"--format {text.lstrip(',')}: {fstype!r} is not a filesystem it "
-                         "makes", "use vfat, ext4, msdos, ext2 or ext3 (btrfs: see the docs)")
+        raise UsageError(
+            f"--format {text.lstrip(',')}: {fstype!r} is not a filesystem it makes",
+            "use vfat, ext4, msdos, ext2 or ext3 (btrfs: see the docs)",
+        )
     if fstype is not None and fstype.lower() == "btrfs":
-        raise UsageError("--format btrfs: not supported (the writer mounts the stick's "
-                         "filesystem to fill it and this host kernel may lack btrfs; a FAT "
-                         "or ext4 stick boots the same LiveOS)", "use --format ext4 or vfat")
+        raise UsageError(
+            "--format btrfs: not supported (the writer mounts the stick's "
+            "filesystem to fill it and this host kernel may lack btrfs; a FAT "
+            "or ext4 stick boots the same LiveOS)",
+            "use --format ext4 or vfat",
+        )
     return size, fstype.lower() if fstype else None, blksz
 
 
@@ -100,9 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write a disk that is not removable (never the system disk)",
     )
-    g.add_argument("--noverify", action="store_true",
-                   help="skip checking the ISO's implanted md5 before writing, and the "
-                   "read-back verification after")
+    g.add_argument(
+        "--noverify",
+        action="store_true",
+        help="skip checking the ISO's implanted md5 before writing, and the "
+        "read-back verification after",
+    )
     g.add_argument(
         "--verify-hash",
         choices=("xxh3", "crc32", "sha256"),
@@ -136,10 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="GPT with an EFI system partition, plus GRUB's EFI config",
     )
-    g.add_argument("--msdos", action="store_true",
-                   help="a FAT (msdos) filesystem, as livecd-iso-to-disk's --msdos")
-    g.add_argument("--msdos-table", action="store_true",
-                   help="an msdos partition table even with --efi (was --msdos in 0.1)")
+    g.add_argument(
+        "--msdos",
+        action="store_true",
+        help="a FAT (msdos) filesystem, as livecd-iso-to-disk's --msdos",
+    )
+    g.add_argument(
+        "--msdos-table",
+        action="store_true",
+        help="an msdos partition table even with --efi (was --msdos in 0.1)",
+    )
     g.add_argument("--noesp", action="store_true", help="no separate EFI system partition")
     g.add_argument("--nomac", action="store_true", help="(accepted; no Mac partition is made)")
     g.add_argument("--label", help="filesystem label (spaces become _)")
@@ -233,8 +247,9 @@ def options_from_args(args: argparse.Namespace) -> Any:
         o.format_size = size or None
         if args.msdos:
             if fstype not in (None, *FAT_NAMES):
-                raise UsageError(f"--msdos asks for a FAT filesystem, --format for {fstype}",
-                                 "drop one of them")
+                raise UsageError(
+                    f"--msdos asks for a FAT filesystem, --format for {fstype}", "drop one of them"
+                )
             fstype = "msdos"
         fstype = fstype or DEFAULT_FORMAT_TYPE
         o.fstype = "vfat" if fstype in FAT_NAMES else fstype
@@ -317,8 +332,11 @@ def run(args: argparse.Namespace) -> int:
             show_plan(job.plan)
         if args.dry_run:
             if not args.noverify:
-                print("note: a real run first checks the source's implanted md5 "
-                      "(checkisomd5; --noverify skips it)", file=sys.stderr)
+                print(
+                    "note: a real run first checks the source's implanted md5 "
+                    "(checkisomd5; --noverify skips it)",
+                    file=sys.stderr,
+                )
             return int(ExitCode.OK)
         if not args.noverify:
             print(f"note: {write.verify_source(prepared, args.source)}", file=sys.stderr)

@@ -293,7 +293,7 @@ def grub_cfg(
     filesystem), booting the kernel we copied with the boot contract's arguments."""
     if not source_cfg or "menuentry" not in source_cfg:
         source_cfg = (
-            f"set default=\"0\"\nset timeout={10 if timeout_s is None else timeout_s}\n"
+            f'set default="0"\nset timeout={10 if timeout_s is None else timeout_s}\n'
             f"search\nmenuentry '{title}' {{\n\tlinux /vmlinuz {' '.join(args.source_args)}\n"
             "\tinitrd /initrd.img\n}\n"
         )

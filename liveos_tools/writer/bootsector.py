@@ -51,4 +51,4 @@ def sector1_pointer(vbr: bytes, ldlinux: bytes) -> int:
 def with_hidden(vbr: bytes, sector: int) -> bytes:
     """The VBR with its hidden-sectors field set (extlinux takes it from the device it
     is installed through, which is 0 for a loop device over an image file)."""
-    return vbr[:HIDDEN_AT] + struct.pack("<I", sector) + vbr[HIDDEN_AT + 4:]
+    return vbr[:HIDDEN_AT] + struct.pack("<I", sector) + vbr[HIDDEN_AT + 4 :]

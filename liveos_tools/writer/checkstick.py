@@ -48,8 +48,10 @@ class Expected:
 
 
 def _hint(what: str) -> str:
-    return (f"the stick will not boot as written ({what}); write it again with --format, "
-            "and report this with the --debug output")
+    return (
+        f"the stick will not boot as written ({what}); write it again with --format, "
+        "and report this with the --debug output"
+    )
 
 
 def read_disk(path: str, offset: int, length: int) -> bytes:
@@ -63,8 +65,10 @@ def read_disk(path: str, offset: int, length: int) -> bytes:
     finally:
         os.close(fd)
     if len(data) != length:
-        raise StickCheckError(f"{path}: only {len(data)} of {length} bytes at {offset} "
-                              "could be read", _hint("the disk is shorter than its table"))
+        raise StickCheckError(
+            f"{path}: only {len(data)} of {length} bytes at {offset} could be read",
+            _hint("the disk is shorter than its table"),
+        )
     return data
 
 
@@ -72,11 +76,12 @@ def check_filesystem(e: Expected) -> dict[str, str]:
     found = blkid.probe(e.device, offset=e.offset)
     where = f"{e.device}" + (f" at byte {e.offset}" if e.offset else "")
     want = {"TYPE": e.fstype, "LABEL": e.label, "UUID": e.uuid}
-    wrong = [f"{k} {found.get(k)!r} (planned {v!r})" for k, v in want.items()
-             if found.get(k) != v]
+    wrong = [f"{k} {found.get(k)!r} (planned {v!r})" for k, v in want.items() if found.get(k) != v]
     if wrong:
-        raise StickCheckError(f"blkid -p on {where} finds " + ", ".join(wrong),
-                              _hint("dracut looks for the planned UUID and overlay name"))
+        raise StickCheckError(
+            f"blkid -p on {where} finds " + ", ".join(wrong),
+            _hint("dracut looks for the planned UUID and overlay name"),
+        )
     return found
 
 
@@ -85,8 +90,10 @@ def check_overlay(e: Expected, found: dict[str, str], dest: Dest) -> None:
         return
     name = f"overlay-{found['LABEL']}-{found['UUID']}"
     if os.path.basename(e.overlay) != name:
-        raise StickCheckError(f"the overlay is {e.overlay}, but dracut will look for {name}",
-                              _hint("a misnamed overlay makes dracut wait at the console"))
+        raise StickCheckError(
+            f"the overlay is {e.overlay}, but dracut will look for {name}",
+            _hint("a misnamed overlay makes dracut wait at the console"),
+        )
     if not dest.exists(e.overlay):
         raise StickCheckError(f"{e.overlay} is not on the stick", _hint("no overlay"))
 
@@ -100,19 +107,24 @@ def check_loader(e: Expected, dest: Dest) -> None:
         hidden = bootsector.hidden_sectors(vbr)
         pointer = bootsector.sector1_pointer(vbr, head)
     except bootsector.BootSectorError as exc:
-        raise StickCheckError(f"the boot sector of the partition at sector "
-                              f"{e.start // SECTOR} of {e.disk}: {exc}",
-                              _hint("no boot sector")) from None
+        raise StickCheckError(
+            f"the boot sector of the partition at sector {e.start // SECTOR} of {e.disk}: {exc}",
+            _hint("no boot sector"),
+        ) from None
     if e.exact_hidden and hidden != e.start // SECTOR:
         raise StickCheckError(
             f"the boot sector of the partition at sector {e.start // SECTOR} of {e.disk} "
-            f"says it starts at sector {hidden}", _hint("it would load the wrong sectors"))
+            f"says it starts at sector {hidden}",
+            _hint("it would load the wrong sectors"),
+        )
     first = read_disk(e.disk, e.start + pointer * SECTOR, SECTOR)
     if first != head[:SECTOR]:
         raise StickCheckError(
             f"the boot sector loads sector {e.start // SECTOR + pointer} of {e.disk}, which "
             "does not "
-            f"hold the start of {e.loader}", _hint("the BIOS would find no loader"))
+            f"hold the start of {e.loader}",
+            _hint("the BIOS would find no loader"),
+        )
 
 
 def check(e: Expected, dest: Dest) -> None:

@@ -60,8 +60,9 @@ def _hash_pool() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
-                                       thread_name_prefix="liveos-sha")
+            _pool = ThreadPoolExecutor(
+                max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="liveos-sha"
+            )
         return _pool
 
 
@@ -357,7 +358,7 @@ def _buffered(sf: SourceFile, src: int, dst: int, pieces: list[Piece],
         pos[0] += len(buf)
         at = 0
         for off, length in seg:
-            _pwrite_full(dst, buf[at:at + length], off)
+            _pwrite_full(dst, buf[at : at + length], off)
             kicker.wrote(off, length)
             at += length
         if progress:
@@ -379,13 +380,12 @@ def read_back(dst: int, pieces: list[Piece], size: int, what: str,
     def fill(buf: memoryview, seg: list[Piece]) -> None:
         at = 0
         for off, length in seg:
-            _pread_full(dst, buf[at:at + length], off, what)
+            _pread_full(dst, buf[at : at + length], off, what)
             at += length
         if progress:
             progress.update(at)
 
-    return Checksum(size, _ring_hash(segments(pieces, size), fill, algorithm),
-                    algorithm=algorithm)
+    return Checksum(size, _ring_hash(segments(pieces, size), fill, algorithm), algorithm=algorithm)
 
 
 def source_chunks(sf: SourceFile, hasher: SegmentHasher | None, progress: Progress | None

@@ -35,12 +35,19 @@ class Dest(Protocol):
     fstype: str
 
     def mkdir(self, *rels: str) -> None: ...
-    def write_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
-                   checksum: str | None) -> copy_mod.Checksum | None: ...
-    def begin_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
-                   checksum: str | None) -> Callable[[], copy_mod.Checksum | None]: ...
-    def checksum(self, rel: str, size: int, progress: copy_mod.Progress | None = None,
-                 algorithm: str = copy_mod.DEFAULT_ALGORITHM) -> copy_mod.Checksum: ...
+    def write_file(
+        self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *, checksum: str | None
+    ) -> copy_mod.Checksum | None: ...
+    def begin_file(
+        self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *, checksum: str | None
+    ) -> Callable[[], copy_mod.Checksum | None]: ...
+    def checksum(
+        self,
+        rel: str,
+        size: int,
+        progress: copy_mod.Progress | None = None,
+        algorithm: str = copy_mod.DEFAULT_ALGORITHM,
+    ) -> copy_mod.Checksum: ...
     def zero_head(self, rel: str, length: int) -> None: ...
     def write_stream(self, rel: str, size: int, chunks: Iterable[bytes]) -> None: ...
     def write_zeros(self, rel: str, size: int) -> None: ...
@@ -170,16 +177,26 @@ class FatDest:
             assert pieces is not None
             fd = os.open(self.device, os.O_WRONLY)
             try:
-                return copy_mod.transfer(sf, fd, pieces, checksum=checksum is not None,
-                                         progress=progress,
-                                         algorithm=checksum or copy_mod.DEFAULT_ALGORITHM)
+                return copy_mod.transfer(
+                    sf,
+                    fd,
+                    pieces,
+                    checksum=checksum is not None,
+                    progress=progress,
+                    algorithm=checksum or copy_mod.DEFAULT_ALGORITHM,
+                )
             finally:
                 os.close(fd)
 
         return data
 
-    def checksum(self, rel: str, size: int, progress: copy_mod.Progress | None = None,
-                 algorithm: str = copy_mod.DEFAULT_ALGORITHM) -> copy_mod.Checksum:
+    def checksum(
+        self,
+        rel: str,
+        size: int,
+        progress: copy_mod.Progress | None = None,
+        algorithm: str = copy_mod.DEFAULT_ALGORITHM,
+    ) -> copy_mod.Checksum:
         geo = mtools.read_geometry(self.device, self.offset)
         runs = mtools.clusters(self.device, self.offset, rel)
         pieces = fatwrite.data_pieces(geo, self.offset, runs, size)
@@ -345,16 +362,26 @@ class MountedDest:
 
         def data() -> copy_mod.Checksum | None:
             try:
-                return copy_mod.transfer(sf, fd, [(0, sf.size)], checksum=checksum is not None,
-                                         algorithm=checksum or copy_mod.DEFAULT_ALGORITHM,
-                                         progress=progress)
+                return copy_mod.transfer(
+                    sf,
+                    fd,
+                    [(0, sf.size)],
+                    checksum=checksum is not None,
+                    algorithm=checksum or copy_mod.DEFAULT_ALGORITHM,
+                    progress=progress,
+                )
             finally:
                 os.close(fd)
 
         return data
 
-    def checksum(self, rel: str, size: int, progress: copy_mod.Progress | None = None,
-                 algorithm: str = copy_mod.DEFAULT_ALGORITHM) -> copy_mod.Checksum:
+    def checksum(
+        self,
+        rel: str,
+        size: int,
+        progress: copy_mod.Progress | None = None,
+        algorithm: str = copy_mod.DEFAULT_ALGORITHM,
+    ) -> copy_mod.Checksum:
         fd = os.open(self._p(rel), os.O_RDONLY)
         try:
             return copy_mod.read_back(fd, [(0, size)], size, rel, progress, algorithm)
@@ -448,9 +475,7 @@ class MountedDest:
 
 
 @contextlib.contextmanager
-def mounted_range(
-    device: str, offset: int, length: int, fstype: str
-) -> Iterator[MountedDest]:
+def mounted_range(device: str, offset: int, length: int, fstype: str) -> Iterator[MountedDest]:
     """Mount the filesystem at [offset, offset+length) of a disk or image, read-write.
 
     A partition node (offset 0 on a block device) is mounted as it is: extlinux then

@@ -82,8 +82,10 @@ def _stick_source(src: Source, what: str) -> None:
     from liveos_tools.writer.source import SourceKind
 
     if src.kind is SourceKind.ISO:
-        raise UsageError(f"{what}: an ISO image has no {what.split('-')[-1]} to copy",
-                         "give a stick as SOURCE: `live`, its device, or its mounted directory")
+        raise UsageError(
+            f"{what}: an ISO image has no {what.split('-')[-1]} to copy",
+            "give a stick as SOURCE: `live`, its device, or its mounted directory",
+        )
 
 
 def source_overlay(src: Source, layout: Layout) -> SourceFile:
@@ -95,11 +97,15 @@ def source_overlay(src: Source, layout: Layout) -> SourceFile:
         mine = [p for p in found if p.lower().startswith(f"{prefix}{src.label.lower()}-")]
         found = mine or found
     if not found:
-        raise TargetError(f"--copy-overlay: {src.origin} has no overlay file in "
-                          f"/{layout.livedir}", "drop --copy-overlay to make a new overlay")
+        raise TargetError(
+            f"--copy-overlay: {src.origin} has no overlay file in /{layout.livedir}",
+            "drop --copy-overlay to make a new overlay",
+        )
     if len(found) > 1:
-        raise TargetError(f"--copy-overlay: {src.origin} has several overlays: "
-                          + ", ".join(found), "remove the stale ones first")
+        raise TargetError(
+            f"--copy-overlay: {src.origin} has several overlays: " + ", ".join(found),
+            "remove the stale ones first",
+        )
     return src.files[found[0]]
 
 
@@ -108,12 +114,16 @@ def source_home(src: Source, layout: Layout) -> SourceFile:
     into an ISO (LiveOS/home.img), as livecd-iso-to-disk takes either."""
     sf = src.get(f"/{layout.livedir}/home.img")
     if sf is None:
-        raise TargetError(f"--copy-home: {src.origin} has no /{layout.livedir}/home.img",
-                          "drop --copy-home, or make a new one with --home-size-mb N (an ISO "
-                          "carries one when made by `liveos-overlay remix --clone`)")
+        raise TargetError(
+            f"--copy-home: {src.origin} has no /{layout.livedir}/home.img",
+            "drop --copy-home, or make a new one with --home-size-mb N (an ISO "
+            "carries one when made by `liveos-overlay remix --clone`)",
+        )
     if sf.size == 0:
-        raise CorruptError(f"--copy-home: {src.origin}'s /{layout.livedir}/home.img is empty",
-                           "drop --copy-home, or make a new one with --home-size-mb N")
+        raise CorruptError(
+            f"--copy-home: {src.origin}'s /{layout.livedir}/home.img is empty",
+            "drop --copy-home, or make a new one with --home-size-mb N",
+        )
     if not packed(src, sf):
         # A stick's home.img may be open (mounted, dm-crypt); inside an ISO it is read-only.
         from liveos_tools.tasks import home
@@ -138,8 +148,9 @@ def home_kind(sf: SourceFile) -> HomeKind:
             f.seek(sf.offset)
             head = f.read(min(HEAD_BYTES, sf.size))
     except OSError as exc:
-        raise TargetError(f"--copy-home: cannot read {sf.path} of {sf.backing}: "
-                          f"{exc.strerror}") from None
+        raise TargetError(
+            f"--copy-home: cannot read {sf.path} of {sf.backing}: {exc.strerror}"
+        ) from None
     kind = kind_of_head(head)
     if kind is HomeKind.UNKNOWN:
         # not ext: another filesystem the reference tool can make (btrfs, xfs)?
@@ -162,8 +173,10 @@ def check_same_base(src: Source, layout: Layout, opts: WriteOptions,
     """An overlay only means something on top of the image it was made over: refused
     unless it is; returns the note that says why it is."""
     if not opts.skipcopy:
-        return ("--copy-overlay: the overlay goes with the very image it was made "
-                f"over ({layout.image}, copied from the same source)")
+        return (
+            "--copy-overlay: the overlay goes with the very image it was made "
+            f"over ({layout.image}, copied from the same source)"
+        )
     image_sf = src.get(layout.image)
     assert image_sf is not None
     hint = "drop --skipcopy so the source's image is copied with its overlay"
@@ -183,8 +196,11 @@ def check_same_base(src: Source, layout: Layout, opts: WriteOptions,
         size, pieces = ext_pieces(fs, rel)
         same_size = size == image_sf.size
         if same_size and sum(n for _, n in pieces) < size:
-            raise UsageError(f"--copy-overlay: the stick's {rel} is sparse, so it cannot be "
-                             "compared with the source's image here", hint)
+            raise UsageError(
+                f"--copy-overlay: the stick's {rel} is sparse, so it cannot be "
+                "compared with the source's image here",
+                hint,
+            )
         fd = os.open(fs.device, os.O_RDONLY)
         try:
             mine = copy.read_back(fd, pieces, size, rel) if same_size else None
@@ -198,8 +214,7 @@ def check_same_base(src: Source, layout: Layout, opts: WriteOptions,
             f"made over (checksums differ): the overlay would corrupt the root filesystem",
             hint,
         )
-    return (f"--copy-overlay: the stick's {rel} has the same checksum as the "
-            f"source's {layout.image}")
+    return f"--copy-overlay: the stick's {rel} has the same checksum as the source's {layout.image}"
 
 
 def home_notes(src: Source, layout: Layout, copy_home: SourceFile | None) -> list[str]:
@@ -210,11 +225,15 @@ def home_notes(src: Source, layout: Layout, copy_home: SourceFile | None) -> lis
         if sf is not None and packed(src, sf):
             # livecd-iso-to-disk copies it unasked (and asks later to delete the stick's);
             # here nothing goes on the stick that was not asked for
-            return [f"{src.origin} carries /{layout.livedir}/home.img (an ISO made by "
-                    "`liveos-overlay remix --clone`): add --copy-home to put it on the stick"]
+            return [
+                f"{src.origin} carries /{layout.livedir}/home.img (an ISO made by "
+                "`liveos-overlay remix --clone`): add --copy-home to put it on the stick"
+            ]
         return []
     if home_kind(copy_home) is HomeKind.LUKS:
-        return [f"--copy-home: {copy_home.path} is encrypted (LUKS) and is copied as it is: "
-                "every stick made from this source opens with the same passphrase, and all "
-                "share one master key (`cryptsetup luksChangeKey` changes only the passphrase)"]
+        return [
+            f"--copy-home: {copy_home.path} is encrypted (LUKS) and is copied as it is: "
+            "every stick made from this source opens with the same passphrase, and all "
+            "share one master key (`cryptsetup luksChangeKey` changes only the passphrase)"
+        ]
     return []

@@ -46,7 +46,7 @@ def allocate(fat: bytes | bytearray, bits: int, first: int, need: int, count: in
     if need <= 1:
         return [(first, first)]
     end = first + need - 1
-    span = fat[w * (first + 1): w * (end + 1)]
+    span = fat[w * (first + 1) : w * (end + 1)]
     if end <= last and span == bytes(len(span)):
         return [(first, end)]
     entries = memoryview(bytes(fat[: w * (last + 1)])).cast("I" if bits == 32 else "H")
@@ -64,8 +64,10 @@ def allocate(fat: bytes | bytearray, bits: int, first: int, need: int, count: in
             return [(a, b) for a, b in runs]
     from liveos_tools.errors import NoSpaceError
 
-    raise NoSpaceError(f"the FAT filesystem has only {got} free clusters, {need} are needed",
-                       "use a bigger stick, or smaller overlay/home/swap sizes")
+    raise NoSpaceError(
+        f"the FAT filesystem has only {got} free clusters, {need} are needed",
+        "use a bigger stick, or smaller overlay/home/swap sizes",
+    )
 
 
 def chain(runs: list[tuple[int, int]], bits: int) -> list[tuple[int, bytes]]:
@@ -198,8 +200,10 @@ def free_bytes(device: str | Path, offset: int) -> tuple[int, int]:
         f.seek(offset + geo.reserved * geo.bytes_per_sector)
         fat = f.read(geo.fat_sectors * geo.bytes_per_sector)
     if bits == 12:
-        entries = [(int.from_bytes(fat[c * 3 // 2: c * 3 // 2 + 2], "little")
-                    >> (4 * (c & 1))) & 0xFFF for c in range(2, count + 2)]
+        entries = [
+            (int.from_bytes(fat[c * 3 // 2 : c * 3 // 2 + 2], "little") >> (4 * (c & 1))) & 0xFFF
+            for c in range(2, count + 2)
+        ]
     else:
         w = bits // 8
         mask = 0x0FFFFFFF if bits == 32 else 0xFFFF

@@ -113,8 +113,7 @@ def overlayfs_image(d: Dest, rel: str, size: int, scratch: Path, fstype: str = "
 def put_file(d: Dest, rel: str, host: Path) -> None:
     if isinstance(d, FatDest):
         d.remove(rel)
-        d.write_file(rel, SourceFile(rel, host.stat().st_size, str(host), 0), None,
-                     checksum=None)
+        d.write_file(rel, SourceFile(rel, host.stat().st_size, str(host), 0), None, checksum=None)
     else:
         hp = d.host_path(rel)
         assert hp is not None
@@ -131,15 +130,22 @@ def make_home(d: Dest, home: HomeSpec, scratch: Path) -> None:
     where = hp if hp is not None else scratch / "home.img"
     if hp is not None and hp.exists():
         hp.unlink()
-    p = home_lib.plan_create(where, size=home.size, fstype=home.fstype, encrypt=home.encrypt,
-                             passphrase=home.passphrase, delete_existing=True)
+    p = home_lib.plan_create(
+        where,
+        size=home.size,
+        fstype=home.fstype,
+        encrypt=home.encrypt,
+        passphrase=home.passphrase,
+        delete_existing=True,
+    )
     p.execute()
     if home.blocksize and not home.encrypt:
         # home.plan_create has no block size: make the (still empty) filesystem again
         from liveos_tools.tools import mkfs
 
-        mkfs.make_ext(where, fstype=home.fstype, label=home_lib.HOME_LABEL,
-                      blocksize=home.blocksize)
+        mkfs.make_ext(
+            where, fstype=home.fstype, label=home_lib.HOME_LABEL, blocksize=home.blocksize
+        )
     if hp is None:
         d.remove(home.rel)
         put_file(d, home.rel, where)

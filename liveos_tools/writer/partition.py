@@ -59,8 +59,10 @@ class Partitioning:
         return [p.spec for p in self.parts]
 
     def describe(self) -> str:
-        return ", ".join(f"p{p.number} {p.spec.fstype}{' (ESP)' if p.spec.esp else ''} "
-                         f"{p.where}" for p in self.parts)
+        return ", ".join(
+            f"p{p.number} {p.spec.fstype}{' (ESP)' if p.spec.esp else ''} {p.where}"
+            for p in self.parts
+        )
 
 
 def node_name(disk: str, number: int) -> str:
@@ -99,7 +101,8 @@ def plan(target: Target, fstype: str, *, gpt: bool, esp: bool, live_size: int | 
     esp_spec = PartSpec("EFI System Partition", "vfat", ESP_SIZE, esp=True)
     if gpt:
         specs = ([esp_spec] if esp else []) + [
-            PartSpec("LIVE", fstype, live_size, legacy_boot=True)]
+            PartSpec("LIVE", fstype, live_size, legacy_boot=True)
+        ]
     elif esp:
         if live_size is None:  # the ESP goes after LIVE, so LIVE gets a size
             align = _align(target)

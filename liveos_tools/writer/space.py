@@ -20,8 +20,12 @@ from liveos_tools.writer.spec import StickSpec
 def check(spec: StickSpec) -> None:
     sizes = spec.sizes
     if spec.fstype == "vfat":
-        for what, n in (("the live image", sizes.image), ("the overlay", sizes.overlay),
-                        ("home.img", sizes.home), ("swap.img", sizes.swap)):
+        for what, n in (
+            ("the live image", sizes.image),
+            ("the overlay", sizes.overlay),
+            ("home.img", sizes.home),
+            ("swap.img", sizes.swap),
+        ):
             if n > FAT_MAX_FILE:
                 raise NoSpaceError(
                     f"{what} would be {format_size(n)}: FAT cannot hold a file of 4 GiB or more",

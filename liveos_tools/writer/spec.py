@@ -112,8 +112,10 @@ def persistence_of(opts: WriteOptions, layout: Layout, notes: list[str],
     if p is None:
         p = bootcfg.Persistence.DM if opts.overlay_size or keep else bootcfg.Persistence.NONE
     if p is bootcfg.Persistence.DM and not layout.nested and not opts.skipcompress:
-        notes.append("the squashfs is flat: using OverlayFS persistence (dracut cannot put "
-                     "a device-mapper overlay on a flat image)")
+        notes.append(
+            "the squashfs is flat: using OverlayFS persistence (dracut cannot put "
+            "a device-mapper overlay on a flat image)"
+        )
         p = bootcfg.Persistence.OVERLAYFS
     return p
 
@@ -165,8 +167,10 @@ def decide(src: Source, layout: Layout, target: Target, opts: WriteOptions, *,
         rel = overlay_rel(ldir, pre_label, pre_fs.uuid)
         existing_ov = rel if fs_has(pre_fs, rel) else None
         if existing_ov and (opts.overlay_size or opts.copy_overlay):
-            destroys.append(f"the overlay {existing_ov} on {target.spec} and every change "
-                            "stored in it (a new one replaces it)")
+            destroys.append(
+                f"the overlay {existing_ov} on {target.spec} and every change "
+                "stored in it (a new one replaces it)"
+            )
     copy_ov = source_overlay(src, layout) if opts.copy_overlay else None
     if copy_ov is not None:
         notes.append(check_same_base(src, layout, opts, pre_fs))
@@ -188,11 +192,14 @@ def decide(src: Source, layout: Layout, target: Target, opts: WriteOptions, *,
             "--overlay-size-mb N,FSTYPE,BLKSZ: FSTYPE and BLKSZ apply only to an OverlayFS "
             "overlay image on vfat; a device-mapper overlay is a raw snapshot store (dracut "
             "uses 4 KiB chunks) and an OverlayFS directory uses the stick's filesystem: "
-            "ignored")
+            "ignored"
+        )
     if opts.home_blocksize and opts.encrypt_home and (opts.home_size and not opts.copy_home):
-        notes.append("--home-size-mb N,FSTYPE,BLKSZ: BLKSZ is not applied inside an "
-                     "encrypted home.img yet (the home.img library has no block size); "
-                     "the filesystem gets mkfs's default")
+        notes.append(
+            "--home-size-mb N,FSTYPE,BLKSZ: BLKSZ is not applied inside an "
+            "encrypted home.img yet (the home.img library has no block size); "
+            "the filesystem gets mkfs's default"
+        )
     notes[:0] = opts.notes
     if fstype not in FSTYPES:
         raise UsageError(f"unsupported filesystem {fstype!r}", f"use one of {', '.join(FSTYPES)}")
@@ -211,22 +218,44 @@ def decide(src: Source, layout: Layout, target: Target, opts: WriteOptions, *,
     efiboot_sf = src.get(layout.efiboot) if layout.efiboot else None
     unpack = opts.skipcompress and layout.image.endswith("squashfs.img")
     image_size = _nested_size(image_sf) if unpack else image_sf.size
-    image = None if opts.skipcopy else ImageSpec(
-        image_sf, f"{ldir}/{'rootfs.img' if opts.skipcompress else Path(layout.image).name}",
-        image_size, unpack)
-    overlay_size = opts.overlay_size if persistence is bootcfg.Persistence.DM or (
-        persistence is bootcfg.Persistence.OVERLAYFS and fstype == "vfat") else 0
+    image = (
+        None
+        if opts.skipcopy
+        else ImageSpec(
+            image_sf,
+            f"{ldir}/{'rootfs.img' if opts.skipcompress else Path(layout.image).name}",
+            image_size,
+            unpack,
+        )
+    )
+    overlay_size = (
+        opts.overlay_size
+        if persistence is bootcfg.Persistence.DM
+        or (persistence is bootcfg.Persistence.OVERLAYFS and fstype == "vfat")
+        else 0
+    )
     if copy_ov is not None:
         if opts.overlay_size and opts.overlay_size != copy_ov.size:
-            notes.append(f"--copy-overlay: the copy keeps the source overlay's size "
-                         f"({format_size(copy_ov.size)}), not --overlay-size-mb; grow it "
-                         "later with `liveos-overlay grow`")
+            notes.append(
+                f"--copy-overlay: the copy keeps the source overlay's size "
+                f"({format_size(copy_ov.size)}), not --overlay-size-mb; grow it "
+                "later with `liveos-overlay grow`"
+            )
         overlay_size = copy_ov.size
     home = _home(opts, target, ldir, pre_fs, copy_home, notes, destroys)
-    boot_bytes = 2 * (kernel_sf.size + initrd_sf.size) + sum(s.size for s in efi_sfs) + (
-        efiboot_sf.size if efiboot_sf else 0) + 2 * MiB
-    sizes = Sizes(image_size, boot_bytes, overlay_size, home.size if home.action in (
-        HomeAction.CREATE, HomeAction.REPLACE, HomeAction.COPY) else 0, opts.swap_size)
+    boot_bytes = (
+        2 * (kernel_sf.size + initrd_sf.size)
+        + sum(s.size for s in efi_sfs)
+        + (efiboot_sf.size if efiboot_sf else 0)
+        + 2 * MiB
+    )
+    sizes = Sizes(
+        image_size,
+        boot_bytes,
+        overlay_size,
+        home.size if home.action in (HomeAction.CREATE, HomeAction.REPLACE, HomeAction.COPY) else 0,
+        opts.swap_size,
+    )
 
     # -- the filesystem that holds LiveOS
     parts: Partitioning | None = None
@@ -238,27 +267,32 @@ def decide(src: Source, layout: Layout, target: Target, opts: WriteOptions, *,
             )
         check_can_partition(target)
         live_size = opts.format_size if target.exists and opts.format_size else None
-        parts = plan_partitions(target, fstype, gpt=gpt, esp=wants_esp(opts, fstype, gpt),
-                                live_size=live_size)
+        parts = plan_partitions(
+            target, fstype, gpt=gpt, esp=wants_esp(opts, fstype, gpt), live_size=live_size
+        )
         label = clean_label(opts.label or src.label, fstype)
         mkfs_id, uuid = new_uuid(fstype)
-        fs = StickFs(parts.live.device, parts.live.offset, parts.live.length, fstype, label,
-                     uuid, new=True)
-        destroys.extend(table_desc or [f"everything on {target.spec} "
-                                       f"({format_size(target.size)})"])
+        fs = StickFs(
+            parts.live.device, parts.live.offset, parts.live.length, fstype, label, uuid, new=True
+        )
+        destroys.extend(table_desc or [f"everything on {target.spec} ({format_size(target.size)})"])
     else:
         if existing_fs is None:
             raise TargetError(
                 f"{target.spec} holds no filesystem to write into",
                 "add --format to partition and format it",
             )
-        fs = dataclasses.replace(existing_fs, label=clean_label(
-            opts.label or existing_fs.label, existing_fs.fstype))
+        fs = dataclasses.replace(
+            existing_fs, label=clean_label(opts.label or existing_fs.label, existing_fs.fstype)
+        )
         mkfs_id = ""
 
     # -- the overlay
-    ov_rel = overlay_rel(ldir, fs.label, fs.uuid) if overlay_size or persistence in (
-        bootcfg.Persistence.DM, bootcfg.Persistence.OVERLAYFS) else None
+    ov_rel = (
+        overlay_rel(ldir, fs.label, fs.uuid)
+        if overlay_size or persistence in (bootcfg.Persistence.DM, bootcfg.Persistence.OVERLAYFS)
+        else None
+    )
     if ov_rel is None:
         action = OverlayAction.NONE
     elif copy_ov is not None:
@@ -267,46 +301,91 @@ def decide(src: Source, layout: Layout, target: Target, opts: WriteOptions, *,
         action = OverlayAction.RESET if opts.reset_overlay else OverlayAction.KEEP
     else:
         action = OverlayAction.NEW
-    overlay = OverlaySpec(persistence, action, ov_rel, overlay_size, copy_ov,
-                          opts.overlay_fstype or "ext4", opts.overlay_blocksize)
+    overlay = OverlaySpec(
+        persistence,
+        action,
+        ov_rel,
+        overlay_size,
+        copy_ov,
+        opts.overlay_fstype or "ext4",
+        opts.overlay_blocksize,
+    )
 
     # -- the boot files and configs
     args = bootcfg.BootArgs(
-        uuid=fs.uuid, fstype=fstype, livedir=ldir, persistence=persistence,
-        reset_overlay=False, source_args=layout.boot_args, extra=opts.extra_args,
+        uuid=fs.uuid,
+        fstype=fstype,
+        livedir=ldir,
+        persistence=persistence,
+        reset_overlay=False,
+        source_args=layout.boot_args,
+        extra=opts.extra_args,
     )
     title = (src.label or "LiveOS").strip()
     # The ISO's own menus, rewritten for the stick (bootcfg.py; as livecd-iso-to-disk does).
     iso_grub = src.read_text(layout.grub_cfg) if layout.grub_cfg else None
     syslinux_text = bootcfg.syslinux_cfg(
-        args, title=title, timeout_s=opts.timeout, menu=not opts.nomenu,
-        bootmsg=not opts.nobootmsg, source_kernel=Path(layout.kernel).name, grub_source=iso_grub,
+        args,
+        title=title,
+        timeout_s=opts.timeout,
+        menu=not opts.nomenu,
+        bootmsg=not opts.nobootmsg,
+        source_kernel=Path(layout.kernel).name,
+        grub_source=iso_grub,
         source_cfg=src.read_text(layout.syslinux_cfg) if layout.syslinux_cfg else None,
     )
     grub_text = bootcfg.grub_cfg(
-        iso_grub, args, title=title, kernel=f"/{SYS_DIR}/vmlinuz",
-        initrd=f"/{SYS_DIR}/initrd.img", timeout_s=opts.timeout, table="gpt" if gpt else "msdos",
-        source_kernel=Path(layout.kernel).name, menu=not opts.nomenu,
+        iso_grub,
+        args,
+        title=title,
+        kernel=f"/{SYS_DIR}/vmlinuz",
+        initrd=f"/{SYS_DIR}/initrd.img",
+        timeout_s=opts.timeout,
+        table="gpt" if gpt else "msdos",
+        source_kernel=Path(layout.kernel).name,
+        menu=not opts.nomenu,
     )
     notes.append(f"kernel arguments: {args.line()}")
     files = [(kernel_sf, f"{SYS_DIR}/vmlinuz"), (initrd_sf, f"{SYS_DIR}/initrd.img")]
     files += [(s, s.path.lstrip("/")) for s in efi_sfs if not s.path.lower().endswith("grub.cfg")]
     if efiboot_sf:
         files.append((efiboot_sf, "images/efiboot.img"))
-    boot = BootSpec(gpt, mbr, modules, tuple(files),
-                    tuple(s for s in efi_sfs if not s.path.lower().endswith("grub.cfg")),
-                    "syslinux.cfg" if fstype == "vfat" else "extlinux.conf",
-                    syslinux_text, grub_text, args.line())
+    boot = BootSpec(
+        gpt,
+        mbr,
+        modules,
+        tuple(files),
+        tuple(s for s in efi_sfs if not s.path.lower().endswith("grub.cfg")),
+        "syslinux.cfg" if fstype == "vfat" else "extlinux.conf",
+        syslinux_text,
+        grub_text,
+        args.line(),
+    )
     fw_disk, part_start = firmware_view(target, fs, parts, boot_disk)
     return StickSpec(
-        target=target, livedir=ldir, fs=fs, mkfs_id=mkfs_id, blocksize=opts.blocksize,
-        parts=parts, boot_disk=None if opts.format else boot_disk,
-        relabel_from=existing_fs.label if (
-            existing_fs and not opts.format and fs.label != existing_fs.label) else None,
-        image=image, boot=boot, overlay=overlay, home=home, swap_size=opts.swap_size,
-        sizes=sizes, verify=not opts.noverify, algorithm=opts.verify_hash,
-        reset_mbr=opts.reset_mbr, fw_disk=fw_disk,
-        part_start=part_start, notes=tuple(notes), destroys=tuple(destroys),
+        target=target,
+        livedir=ldir,
+        fs=fs,
+        mkfs_id=mkfs_id,
+        blocksize=opts.blocksize,
+        parts=parts,
+        boot_disk=None if opts.format else boot_disk,
+        relabel_from=existing_fs.label
+        if (existing_fs and not opts.format and fs.label != existing_fs.label)
+        else None,
+        image=image,
+        boot=boot,
+        overlay=overlay,
+        home=home,
+        swap_size=opts.swap_size,
+        sizes=sizes,
+        verify=not opts.noverify,
+        algorithm=opts.verify_hash,
+        reset_mbr=opts.reset_mbr,
+        fw_disk=fw_disk,
+        part_start=part_start,
+        notes=tuple(notes),
+        destroys=tuple(destroys),
     )
 
 
@@ -317,17 +396,19 @@ def _home(opts: WriteOptions, target: Target, ldir: str, pre_fs: StickFs | None,
     exists = pre_fs is not None and bool(opts.home_size or copy_home) and fs_has(pre_fs, rel)
     if copy_home is not None:
         if opts.home_size:
-            notes.append("--copy-home: the source's home.img is copied; --home-size-mb is "
-                         "ignored")
+            notes.append("--copy-home: the source's home.img is copied; --home-size-mb is ignored")
         if exists and not opts.delete_home:
             from liveos_tools.tasks.home import ExistsError
 
-            raise ExistsError(f"{target.spec} already has {rel}",
-                              "add --delete-home to replace it with the source's (its files "
-                              "will be lost)")
+            raise ExistsError(
+                f"{target.spec} already has {rel}",
+                "add --delete-home to replace it with the source's (its files will be lost)",
+            )
         if exists:
-            destroys.append(f"{rel} on {target.spec} and every file in it (--delete-home: a "
-                            "new one replaces it)")
+            destroys.append(
+                f"{rel} on {target.spec} and every file in it (--delete-home: a "
+                "new one replaces it)"
+            )
         return HomeSpec(HomeAction.COPY, rel, copy_home.size, source=copy_home)
     if not opts.home_size:
         return HomeSpec(HomeAction.NONE, rel)
@@ -338,11 +419,21 @@ def _home(opts: WriteOptions, target: Target, ldir: str, pre_fs: StickFs | None,
     # the home.img library's own minimum, refused now rather than after the copy
     minimum = home_lib.MIN_LUKS if opts.encrypt_home else home_lib.MIN_PLAIN
     if opts.home_size < minimum:
-        raise UsageError(f"--home-size-mb: a{' LUKS' if opts.encrypt_home else ''} home.img "
-                         f"of {format_size(opts.home_size)} is too small",
-                         f"give at least {minimum // MiB} MiB")
+        raise UsageError(
+            f"--home-size-mb: a{' LUKS' if opts.encrypt_home else ''} home.img "
+            f"of {format_size(opts.home_size)} is too small",
+            f"give at least {minimum // MiB} MiB",
+        )
     if exists:
-        destroys.append(f"{rel} on {target.spec} and every file in it (--delete-home: a new "
-                        "one replaces it)")
-    return HomeSpec(HomeAction.REPLACE if exists else HomeAction.CREATE, rel, opts.home_size,
-                    opts.home_fstype, opts.home_blocksize, opts.encrypt_home, opts.passphrase)
+        destroys.append(
+            f"{rel} on {target.spec} and every file in it (--delete-home: a new one replaces it)"
+        )
+    return HomeSpec(
+        HomeAction.REPLACE if exists else HomeAction.CREATE,
+        rel,
+        opts.home_size,
+        opts.home_fstype,
+        opts.home_blocksize,
+        opts.encrypt_home,
+        opts.passphrase,
+    )

@@ -37,8 +37,7 @@ class StickRun:
 
     def __init__(self, spec: StickSpec) -> None:
         self.spec = spec
-        self.result = StickResult(spec.target.spec, spec.fs.uuid, spec.fs.label,
-                                  spec.overlay_name)
+        self.result = StickResult(spec.target.spec, spec.fs.uuid, spec.fs.label, spec.overlay_name)
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         self._stack = contextlib.ExitStack()
         self._dest: Dest | None = None
@@ -84,7 +83,8 @@ class StickRun:
         else:
             length = fs.length if fs.offset else 0
             self._dest = self._stack.enter_context(
-                mounted_range(fs.device, fs.offset, length, fs.fstype))
+                mounted_range(fs.device, fs.offset, length, fs.fstype)
+            )
 
     def start_image(self) -> None:
         image = self.spec.image
@@ -144,8 +144,9 @@ class StickRun:
         d.remove(ov.rel)
         if ov.action is OverlayAction.COPY:
             assert ov.source is not None
-            self.record(d, ov.rel, d.write_file(ov.rel, ov.source, None,
-                                                checksum=self.spec.checksum))
+            self.record(
+                d, ov.rel, d.write_file(ov.rel, ov.source, None, checksum=self.spec.checksum)
+            )
             d.private(ov.rel)
         elif ov.persistence is bootcfg.Persistence.OVERLAYFS and d.fstype != "vfat":
             d.mkdir(ov.rel)  # its mode becomes the live root's: not made private
@@ -160,8 +161,9 @@ class StickRun:
         home, d = self.spec.home, self.dest
         if home.action is HomeAction.COPY:
             assert home.source is not None
-            prog = copy.Progress(f"{self.spec.target.spec}: {home.rel}", home.source.size,
-                                 board=self.board)
+            prog = copy.Progress(
+                f"{self.spec.target.spec}: {home.rel}", home.source.size, board=self.board
+            )
             files.copy_home(d, home.rel, home.source, self.record, self.spec.checksum, prog)
             prog.finish()
             d.private(home.rel)
@@ -169,8 +171,9 @@ class StickRun:
             files.make_home(d, home, self.scratch)
 
     def swap(self) -> None:
-        files.make_swap(self.dest, f"{self.spec.livedir}/swap.img", self.spec.swap_size,
-                        self.scratch)
+        files.make_swap(
+            self.dest, f"{self.spec.livedir}/swap.img", self.spec.swap_size, self.scratch
+        )
 
     def install_loader(self) -> None:
         from liveos_tools.tools import syslinux
@@ -198,26 +201,39 @@ class StickRun:
         image_rel = self.spec.image.rel if self.spec.image else None
 
         def check(cd: Dest, rel: str, expected: copy.Checksum) -> None:
-            prog = (copy.Progress(f"{self.spec.target.spec}: verify {rel}", expected.size,
-                                  board=self.board) if rel == image_rel else None)
+            prog = (
+                copy.Progress(
+                    f"{self.spec.target.spec}: verify {rel}", expected.size, board=self.board
+                )
+                if rel == image_rel
+                else None
+            )
             verify(cd, rel, expected, prog)
             if prog:
                 prog.finish()
 
         # The image is read back while the small files are checked beside it.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="liveos-verify") as ex:
-            for fut in [ex.submit(check, *c) for c in sorted(
-                    self.checks, key=lambda c: c[1] != image_rel)]:
+            for fut in [
+                ex.submit(check, *c) for c in sorted(self.checks, key=lambda c: c[1] != image_rel)
+            ]:
                 fut.result()
 
     def expected(self) -> checkstick.Expected:
         spec = self.spec
         ov = spec.overlay
         return checkstick.Expected(
-            spec.fs.device, spec.fs.offset, spec.fs.fstype, spec.fs.label, spec.fs.uuid,
-            spec.fw_disk, spec.part_start,
+            spec.fs.device,
+            spec.fs.offset,
+            spec.fs.fstype,
+            spec.fs.label,
+            spec.fs.uuid,
+            spec.fw_disk,
+            spec.part_start,
             ov.rel if ov.persistence is not bootcfg.Persistence.OVERLAYFS_TEMP else None,
-            f"{SYS_DIR}/ldlinux.sys", exact_hidden=spec.fs.new or spec.fs.fstype != "vfat")
+            f"{SYS_DIR}/ldlinux.sys",
+            exact_hidden=spec.fs.new or spec.fs.fstype != "vfat",
+        )
 
     def check_stick(self) -> None:
         checkstick.check(self.expected(), self.dest)
@@ -242,48 +258,77 @@ def build(spec: StickSpec) -> tuple[Plan, StickResult, StickRun]:
     if spec.parts is not None:
         _plan_format(plan, r)
     elif spec.relabel_from is not None:
-        plan.add(f"relabel {spec.relabel_from!r} as {fs.label!r} (dracut cannot match a label "
-                 "with spaces)", lambda: files.relabel(fs, fs.label))
+        plan.add(
+            f"relabel {spec.relabel_from!r} as {fs.label!r} (dracut cannot match a label "
+            "with spaces)",
+            lambda: files.relabel(fs, fs.label),
+        )
     if spec.parts is not None:
-        plan.add(f"write syslinux's {'gptmbr' if boot.gpt else 'mbr'}.bin boot code to the MBR",
-                 lambda: files.write_mbr(target.path, boot.mbr),
-                 writes=[ByteRange(target.path, 0, len(boot.mbr), "MBR boot code")])
+        plan.add(
+            f"write syslinux's {'gptmbr' if boot.gpt else 'mbr'}.bin boot code to the MBR",
+            lambda: files.write_mbr(target.path, boot.mbr),
+            writes=[ByteRange(target.path, 0, len(boot.mbr), "MBR boot code")],
+        )
     elif spec.boot_disk is not None:
         _plan_boot_disk(plan, spec.boot_disk, spec)
-    plan.add(f"open the {fs.fstype} filesystem" + (
-        " (through mtools)" if fs.fstype == "vfat" else " (mounted)"), r.open)
+    plan.add(
+        f"open the {fs.fstype} filesystem"
+        + (" (through mtools)" if fs.fstype == "vfat" else " (mounted)"),
+        r.open,
+    )
     if spec.home.action is HomeAction.COPY:
         r.result.copy_bytes += spec.home.size  # its progress feeds the run's board too
     if spec.image is not None:
         r.result.copy_bytes += spec.image.size * (2 if spec.verify else 1)  # written, read back
-        plan.add(f"copy {spec.image.source.path} to {spec.image.rel} "
-                 f"({format_size(spec.image.size)}), with progress (its data is written while "
-                 "the next steps run)", r.start_image)
-    plan.add("copy the kernel and initrd to /syslinux, EFI/BOOT, images/efiboot.img: "
-             + ", ".join(rel for _, rel in boot.files), r.copy_boot)
-    plan.add(f"write /{SYS_DIR}/{boot.cfg_name} and /EFI/BOOT/grub.cfg with: {boot.args}",
-             r.write_configs)
+        plan.add(
+            f"copy {spec.image.source.path} to {spec.image.rel} "
+            f"({format_size(spec.image.size)}), with progress (its data is written while "
+            "the next steps run)",
+            r.start_image,
+        )
+    plan.add(
+        "copy the kernel and initrd to /syslinux, EFI/BOOT, images/efiboot.img: "
+        + ", ".join(rel for _, rel in boot.files),
+        r.copy_boot,
+    )
+    plan.add(
+        f"write /{SYS_DIR}/{boot.cfg_name} and /EFI/BOOT/grub.cfg with: {boot.args}",
+        r.write_configs,
+    )
     _plan_persistence(plan, r)
-    plan.add(f"install {'syslinux' if fs.fstype == 'vfat' else 'extlinux'} into /{SYS_DIR}",
-             r.install_loader)
+    plan.add(
+        f"install {'syslinux' if fs.fstype == 'vfat' else 'extlinux'} into /{SYS_DIR}",
+        r.install_loader,
+    )
     if spec.image is not None:
         plan.add(f"wait until {spec.image.rel} is written", r.wait_image)
-    plan.add("fsync, then verify every copied file against its source checksum"
-             if spec.verify else "fsync (--noverify: no verification)", r.sync_and_verify)
+    plan.add(
+        "fsync, then verify every copied file against its source checksum"
+        if spec.verify
+        else "fsync (--noverify: no verification)",
+        r.sync_and_verify,
+    )
     e = r.expected()
-    plan.add(f"check the stick as the firmware and dracut see it: blkid -p on {e.device}"
-             + (f" at byte {e.offset}" if e.offset else "") + f" finds {e.fstype} "
-             f"LABEL={e.label} UUID={e.uuid}"
-             + (f", the overlay is {e.overlay}" if e.overlay else "")
-             + f", the boot sector at sector {e.start // 512} of {e.disk} loads "
-             f"/{e.loader}", r.check_stick)
+    plan.add(
+        f"check the stick as the firmware and dracut see it: blkid -p on {e.device}"
+        + (f" at byte {e.offset}" if e.offset else "")
+        + f" finds {e.fstype} "
+        f"LABEL={e.label} UUID={e.uuid}"
+        + (f", the overlay is {e.overlay}" if e.overlay else "")
+        + f", the boot sector at sector {e.start // 512} of {e.disk} loads "
+        f"/{e.loader}",
+        r.check_stick,
+    )
     plan.add("release the stick", r.close)
     return plan, r.result, r
 
 
 def _through(part: Part) -> str:
-    return (f" (through {part.device})" if not part.offset
-            else f" (at byte {part.offset} of {part.device})")
+    return (
+        f" (through {part.device})"
+        if not part.offset
+        else f" (at byte {part.offset} of {part.device})"
+    )
 
 
 def _plan_format(plan: Plan, r: StickRun) -> None:
@@ -292,36 +337,65 @@ def _plan_format(plan: Plan, r: StickRun) -> None:
     assert pp is not None
     if target.kind is TargetKind.IMAGE and not target.exists:
         size = target.size
-        plan.add(f"create the disk image {target.path} ({format_size(size)}, sparse)",
-                 lambda: files.create_image(target.path, size),
-                 argv=("truncate", "-s", str(size), target.path))
+        plan.add(
+            f"create the disk image {target.path} ({format_size(size)}, sparse)",
+            lambda: files.create_image(target.path, size),
+            argv=("truncate", "-s", str(size), target.path),
+        )
     plan.add(
         f"write a {'GPT' if pp.gpt else 'msdos'} partition table ({format_size(pp.align)} "
         f"aligned): {pp.describe()}; read it back and check it is exactly that"
-        + (", and that the kernel shows each partition node there"
-           if target.kind is TargetKind.DISK else ""),
-        r.partition, writes=[ByteRange(target.path, 0, pp.parts[0].start, "partition table")],
+        + (
+            ", and that the kernel shows each partition node there"
+            if target.kind is TargetKind.DISK
+            else ""
+        ),
+        r.partition,
+        writes=[ByteRange(target.path, 0, pp.parts[0].start, "partition table")],
     )
     if pp.esp is not None:
         esp = pp.esp
         # FAT16 said outright: inside an image file of more than about 1.5 GiB, mkfs.fat picks
         # FAT32 by the file's size and refuses 64 MiB as too small a FAT32 (W2).
-        esp_argv = mkfs_fat.argv(esp.device, esp.offset, esp.length, label="EFI",
-                                 volume_id=secrets.token_hex(4).upper(),
-                                 hidden_sectors=esp.start // 512, fat_bits=16)
-        plan.add(f"make vfat (label EFI) on the ESP, p{esp.number} {esp.where}{_through(esp)}",
-                 lambda: mkfs_fat.run_argv(esp_argv), argv=esp_argv)
+        esp_argv = mkfs_fat.argv(
+            esp.device,
+            esp.offset,
+            esp.length,
+            label="EFI",
+            volume_id=secrets.token_hex(4).upper(),
+            hidden_sectors=esp.start // 512,
+            fat_bits=16,
+        )
+        plan.add(
+            f"make vfat (label EFI) on the ESP, p{esp.number} {esp.where}{_through(esp)}",
+            lambda: mkfs_fat.run_argv(esp_argv),
+            argv=esp_argv,
+        )
     live = pp.live
-    what = (f"make {fs.fstype} labelled {fs.label}, UUID {fs.uuid} on p{live.number} "
-            f"{live.where}{_through(live)}")
+    what = (
+        f"make {fs.fstype} labelled {fs.label}, UUID {fs.uuid} on p{live.number} "
+        f"{live.where}{_through(live)}"
+    )
     if fs.fstype == "vfat":
-        argv = mkfs_fat.argv(fs.device, fs.offset, fs.length, label=fs.label,
-                             volume_id=spec.mkfs_id, hidden_sectors=live.start // 512)
+        argv = mkfs_fat.argv(
+            fs.device,
+            fs.offset,
+            fs.length,
+            label=fs.label,
+            volume_id=spec.mkfs_id,
+            hidden_sectors=live.start // 512,
+        )
         plan.add(what, lambda: mkfs_fat.run_argv(argv), argv=argv)
     else:
-        ext = mkfs.ext_argv(fs.device, fstype=fs.fstype, label=fs.label, uuid=spec.mkfs_id,
-                            blocksize=spec.blocksize or 4096, offset=fs.offset,
-                            length=fs.length)
+        ext = mkfs.ext_argv(
+            fs.device,
+            fstype=fs.fstype,
+            label=fs.label,
+            uuid=spec.mkfs_id,
+            blocksize=spec.blocksize or 4096,
+            offset=fs.offset,
+            length=fs.length,
+        )
         plan.add(what, lambda: mkfs.run_argv(ext), argv=ext)
 
 
@@ -330,11 +404,16 @@ def _plan_persistence(plan: Plan, r: StickRun) -> None:
     ov, home = spec.overlay, spec.home
     if ov.action is OverlayAction.COPY:
         assert ov.source is not None
-        plan.add(f"copy the overlay {ov.source.path} ({format_size(ov.size)}) to {ov.rel}, "
-                 "the name dracut looks for on this stick", r.overlay)
+        plan.add(
+            f"copy the overlay {ov.source.path} ({format_size(ov.size)}) to {ov.rel}, "
+            "the name dracut looks for on this stick",
+            r.overlay,
+        )
     elif ov.action is OverlayAction.RESET:
-        plan.add(f"reset the overlay {ov.rel}: zero its first 64 KiB, as "
-                 "rd.live.overlay.reset does", r.overlay)
+        plan.add(
+            f"reset the overlay {ov.rel}: zero its first 64 KiB, as rd.live.overlay.reset does",
+            r.overlay,
+        )
     elif ov.action is OverlayAction.KEEP:
         plan.notes.append(f"the overlay {ov.rel} is kept as it is")
     elif ov.action is OverlayAction.NEW:
@@ -344,14 +423,20 @@ def _plan_persistence(plan: Plan, r: StickRun) -> None:
     if home.action is HomeAction.COPY:
         assert home.source is not None
         where = f" of {home.source.backing}" if home.source.offset else ""
-        plan.add(f"copy {home.source.path}{where} ({format_size(home.size)}) to {home.rel} "
-                 f"as it is{', mode 0600' if spec.fstype != 'vfat' else ''}"
-                 + (f", verified ({spec.checksum})" if spec.checksum else ""), r.home)
+        plan.add(
+            f"copy {home.source.path}{where} ({format_size(home.size)}) to {home.rel} "
+            f"as it is{', mode 0600' if spec.fstype != 'vfat' else ''}"
+            + (f", verified ({spec.checksum})" if spec.checksum else ""),
+            r.home,
+        )
     elif home.action is HomeAction.KEEP:
         plan.notes.append(f"{home.rel} exists and is kept (--delete-home replaces it)")
     elif home.action in (HomeAction.CREATE, HomeAction.REPLACE):
-        plan.add(f"{home.action.value} {home.rel} ({format_size(home.size)}, "
-                 f"{'LUKS' if home.encrypt else 'plain'} {home.fstype})", r.home)
+        plan.add(
+            f"{home.action.value} {home.rel} ({format_size(home.size)}, "
+            f"{'LUKS' if home.encrypt else 'plain'} {home.fstype})",
+            r.home,
+        )
     if spec.swap_size:
         plan.add(f"create {spec.livedir}/swap.img ({format_size(spec.swap_size)})", r.swap)
 
@@ -362,31 +447,46 @@ def _plan_boot_disk(plan: Plan, disk: BootDisk, spec: StickSpec) -> None:
     target, boot = spec.target, spec.boot
     if disk.table is None:
         if spec.reset_mbr:
-            plan.notes.append(f"--reset-mbr: {target.spec} has no partition table (its "
-                              "filesystem starts at byte 0, where an MBR would go): no MBR "
-                              "boot code written; the filesystem's own boot sector boots it")
+            plan.notes.append(
+                f"--reset-mbr: {target.spec} has no partition table (its "
+                "filesystem starts at byte 0, where an MBR would go): no MBR "
+                "boot code written; the filesystem's own boot sector boots it"
+            )
         return
     if spec.reset_mbr:
-        plan.add(f"write syslinux's {'gptmbr' if boot.gpt else 'mbr'}.bin boot code to the MBR "
-                 f"of {disk.path}", lambda: files.write_mbr(disk.path, boot.mbr),
-                 writes=[ByteRange(disk.path, 0, len(boot.mbr), "MBR boot code")])
+        plan.add(
+            f"write syslinux's {'gptmbr' if boot.gpt else 'mbr'}.bin boot code to the MBR "
+            f"of {disk.path}",
+            lambda: files.write_mbr(disk.path, boot.mbr),
+            writes=[ByteRange(disk.path, 0, len(boot.mbr), "MBR boot code")],
+        )
     elif disk.mbr_blank:
-        plan.notes.append(f"{disk.path} has no MBR boot code: a BIOS will not boot it; add "
-                          "--reset-mbr to write syslinux's")
+        plan.notes.append(
+            f"{disk.path} has no MBR boot code: a BIOS will not boot it; add "
+            "--reset-mbr to write syslinux's"
+        )
     if disk.number is None:
-        plan.notes.append(f"{target.spec} was not found in {disk.path}'s partition table: "
-                          "its boot flag is left as it is")
+        plan.notes.append(
+            f"{target.spec} was not found in {disk.path}'s partition table: "
+            "its boot flag is left as it is"
+        )
     elif disk.table == "msdos" and "boot" not in disk.flags:
         if disk.number > 4:
-            plan.notes.append(f"{target.spec} is a logical partition, which cannot be marked "
-                              "active: the MBR code boots only a primary partition")
+            plan.notes.append(
+                f"{target.spec} is a logical partition, which cannot be marked "
+                "active: the MBR code boots only a primary partition"
+            )
         else:
             n = disk.number
-            plan.add(f"mark partition {n} of {disk.path} active (bootable), the others not: "
-                     "the MBR code boots the active partition",
-                     lambda: files.set_active(disk.path, n),
-                     writes=[ByteRange(disk.path, 446, 64, "the 4 partition entries' flags")])
+            plan.add(
+                f"mark partition {n} of {disk.path} active (bootable), the others not: "
+                "the MBR code boots the active partition",
+                lambda: files.set_active(disk.path, n),
+                writes=[ByteRange(disk.path, 446, 64, "the 4 partition entries' flags")],
+            )
     elif disk.table == "gpt" and "legacy_boot" not in disk.flags:
-        plan.notes.append(f"partition {disk.number} of {disk.path} lacks the legacy_boot "
-                          "attribute that gptmbr.bin boots by: set it with `parted "
-                          f"{disk.path} set {disk.number} legacy_boot on`")
+        plan.notes.append(
+            f"partition {disk.number} of {disk.path} lacks the legacy_boot "
+            "attribute that gptmbr.bin boots by: set it with `parted "
+            f"{disk.path} set {disk.number} legacy_boot on`"
+        )

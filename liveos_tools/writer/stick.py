@@ -29,8 +29,19 @@ from liveos_tools.writer.options import (
 from liveos_tools.writer.source import Source
 from liveos_tools.writer.target import Target, TargetKind
 
-__all__ = ["FSTYPES", "BootDisk", "StickFs", "StickResult", "WriteOptions", "clean_label",
-           "execute", "ext_pieces", "fs_has", "plan_run", "plan_stick"]
+__all__ = [
+    "FSTYPES",
+    "BootDisk",
+    "StickFs",
+    "StickResult",
+    "WriteOptions",
+    "clean_label",
+    "execute",
+    "ext_pieces",
+    "fs_has",
+    "plan_run",
+    "plan_stick",
+]
 
 
 def plan_stick(
@@ -44,8 +55,15 @@ def plan_stick(
     table_desc: list[str] | None = None,
 ) -> tuple[Plan, StickResult]:
     """Build the whole plan for one target. Raises before anything is written."""
-    plan, result, _ = plan_run(src, layout, target, opts, existing_fs=existing_fs,
-                               boot_disk=boot_disk, table_desc=table_desc)
+    plan, result, _ = plan_run(
+        src,
+        layout,
+        target,
+        opts,
+        existing_fs=existing_fs,
+        boot_disk=boot_disk,
+        table_desc=table_desc,
+    )
     return plan, result
 
 
@@ -54,8 +72,15 @@ def plan_run(src: Source, layout: Layout, target: Target, opts: WriteOptions, *,
              table_desc: list[str] | None = None,
              ) -> tuple[Plan, StickResult, steps.StickRun]:  # fmt: skip
     """plan_stick(), and the StickRun its steps act on (for the run's settings)."""
-    decided = spec.decide(src, layout, target, opts, existing_fs=existing_fs,
-                          boot_disk=boot_disk, table_desc=table_desc)
+    decided = spec.decide(
+        src,
+        layout,
+        target,
+        opts,
+        existing_fs=existing_fs,
+        boot_disk=boot_disk,
+        table_desc=table_desc,
+    )
     space.check(decided)
     return steps.build(decided)
 

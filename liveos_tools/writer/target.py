@@ -87,8 +87,11 @@ def refuse_system_disk(
     disk_of: Callable[[tuple[int, int]], str | None] = disk_of_majmin,
 ) -> None:
     if disk in system_disks(table, disk_of):
-        held = [m.mountpoint for m in table
-                if m.mountpoint in SYSTEM_MOUNTS and disk_of(m.majmin) == disk]
+        held = [
+            m.mountpoint
+            for m in table
+            if m.mountpoint in SYSTEM_MOUNTS and disk_of(m.majmin) == disk
+        ]
         where = ", ".join(sorted(held))
         raise InUseError(
             f"/dev/{disk} is the disk the running system lives on (it holds {where})",
@@ -141,8 +144,15 @@ def resolve(spec: str, *, format_size: int | None, formatting: bool) -> Target:
         if formatting and format_size:
             if not path.parent.is_dir():
                 raise TargetError(f"{path.parent}: no such directory") from None
-            return Target(spec, TargetKind.IMAGE, spec, format_size, True,
-                          "a new disk image file", exists=False)
+            return Target(
+                spec,
+                TargetKind.IMAGE,
+                spec,
+                format_size,
+                True,
+                "a new disk image file",
+                exists=False,
+            )
         raise TargetError(
             f"{spec}: no such file or device",
             "give a device (/dev/sdX, /dev/sdX1), or --format SIZE to create a disk image file",
@@ -152,8 +162,15 @@ def resolve(spec: str, *, format_size: int | None, formatting: bool) -> Target:
             if not format_size:
                 raise UsageError(f"{spec} is an empty file", "give its size: --format 4G")
             # sized like a new image file (exists=False: it is made that big first)
-            return Target(spec, TargetKind.IMAGE, spec, format_size, True,
-                          "an empty file, made a disk image", exists=False)
+            return Target(
+                spec,
+                TargetKind.IMAGE,
+                spec,
+                format_size,
+                True,
+                "an empty file, made a disk image",
+                exists=False,
+            )
         # --format SIZE on an existing image is the LiveOS partition's size, as on a disk
         return Target(spec, TargetKind.IMAGE, spec, st.st_size, True, "a disk image file")
     if not stat.S_ISBLK(st.st_mode):
@@ -175,8 +192,16 @@ def resolve(spec: str, *, format_size: int | None, formatting: bool) -> Target:
             number = int((Path("/sys/class/block") / name / "partition").read_text())
         except (OSError, ValueError):
             number = None
-        return Target(spec, TargetKind.PARTITION, spec, size, removable, why, disk=disk,
-                      partition_number=number)
+        return Target(
+            spec,
+            TargetKind.PARTITION,
+            spec,
+            size,
+            removable,
+            why,
+            disk=disk,
+            partition_number=number,
+        )
     return Target(spec, TargetKind.DISK, spec, size, removable, why, disk=disk)
 
 
@@ -200,9 +225,11 @@ def check(target: Target, *, force: bool, table: list[mounts.Mount] | None = Non
     assert target.disk is not None
     refuse_system_disk(target.disk, table)
     name = os.path.basename(os.path.realpath(target.path))
-    refuse_mounted(target.disk if target.kind is TargetKind.DISK else name,
-                   partitions_of(target.disk) if target.kind is TargetKind.DISK else [],
-                   table)
+    refuse_mounted(
+        target.disk if target.kind is TargetKind.DISK else name,
+        partitions_of(target.disk) if target.kind is TargetKind.DISK else [],
+        table,
+    )
     if not target.removable and not force:
         raise NotRemovableError(
             f"{target.path} is not a removable disk ({target.removable_why})",

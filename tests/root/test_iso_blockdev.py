@@ -36,10 +36,13 @@ MBR_BIN = Path("/usr/lib/syslinux/mbr/mbr.bin")
 GPTMBR_BIN = Path("/usr/lib/syslinux/mbr/gptmbr.bin")
 LABEL = "LIVE_TEST"
 
-pytestmark = [pytest.mark.root, pytest.mark.skipif(
-    not (isobuild.GUEST_CACHE / "kver").is_file(),
-    reason="no guest kernel to put in the fixture ISOs (run scripts/setup-guest-kernel)",
-)]
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        not (isobuild.GUEST_CACHE / "kver").is_file(),
+        reason="no guest kernel to put in the fixture ISOs (run scripts/setup-guest-kernel)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +51,15 @@ def iso(tmp_path_factory: pytest.TempPathFactory) -> isobuild.FixtureIso:
 
 
 def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=600, check=False,
-                          stdin=subprocess.DEVNULL, env=env)
+    return subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
 
 
 @contextlib.contextmanager
@@ -122,17 +132,28 @@ def check_stick(img: Path, target: str, v: Variant, uuid: str, iso: isobuild.Fix
     # blkid -p: on the partition node of a block device, at the offset in an image file
     if target.startswith("/dev/"):
         node = losetup.wait_for_partitions(target)[v.live - 1]
-        found = dict(ln.split("=", 1) for ln in run(
-            "blkid", "-p", "-o", "export", node).stdout.splitlines() if "=" in ln)
+        found = dict(
+            ln.split("=", 1)
+            for ln in run("blkid", "-p", "-o", "export", node).stdout.splitlines()
+            if "=" in ln
+        )
     else:
-        found = dict(ln.split("=", 1) for ln in run(
-            "blkid", "-p", "-O", str(live.start), "-o", "export", str(img)
-        ).stdout.splitlines() if "=" in ln)
+        found = dict(
+            ln.split("=", 1)
+            for ln in run(
+                "blkid", "-p", "-O", str(live.start), "-o", "export", str(img)
+            ).stdout.splitlines()
+            if "=" in ln
+        )
     assert (found.get("TYPE"), found.get("LABEL"), found.get("UUID")) == (v.fstype, LABEL, uuid)
     if v.esp:
         esp = table.partitions[v.esp - 1]
-        assert run("blkid", "-p", "-O", str(esp.start), "-s", "TYPE", "-o", "value",
-                   str(img)).stdout.strip() == "vfat"
+        assert (
+            run(
+                "blkid", "-p", "-O", str(esp.start), "-s", "TYPE", "-o", "value", str(img)
+            ).stdout.strip()
+            == "vfat"
+        )
         esp_copy = extract(img, esp.start, esp.length, tmp_path / "esp.img")
         fsck = run("fsck.fat", "-n", str(esp_copy))
         assert fsck.returncode == 0, fsck.stdout + fsck.stderr
@@ -187,8 +208,17 @@ def extract(img: Path, start: int, length: int, dest: Path) -> Path:
 
 def write_stick(iso: isobuild.FixtureIso, target: str, *args: str,
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    return run(*CLI, *args, "--reset-mbr", "--overlay-size-mb", "16", "--yes",
-               str(iso.path), target, env=env)
+    return run(
+        *CLI,
+        *args,
+        "--reset-mbr",
+        "--overlay-size-mb",
+        "16",
+        "--yes",
+        str(iso.path),
+        target,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize("geometry", ["loop", "image"])
@@ -229,7 +259,8 @@ def test_refusals_on_a_loop_device_change_nothing(iso: isobuild.FixtureIso,
         bad_type = write_stick(iso, loop, "--format", "xfs")
         assert bad_type.returncode == 2, bad_type.stderr
         assert error_lines(bad_type.stderr)[0] == (
-            "error: --format xfs: 'xfs' is not a filesystem it makes")
+            "error: --format xfs: 'xfs' is not a filesystem it makes"
+        )
         dry = run(*CLI, "--format", "200M,ext4", "--dry-run", str(iso.path), loop)
         assert dry.returncode == 0, dry.stderr
         # the exact sectors of every partition, and the nodes the filesystems go through
@@ -266,8 +297,9 @@ def test_a_device_that_vanishes_mid_write(iso: isobuild.FixtureIso, tmp_path: Pa
     fake.mkdir()
     real = shutil.which("mkfs.ext4")
     with loop_disk(img) as loop:
-        (fake / "mkfs.ext4").write_text(f"#!/bin/sh\n{real} \"$@\" || exit $?\n"
-                                        f"partx --delete {loop}; losetup -d {loop}\n")
+        (fake / "mkfs.ext4").write_text(
+            f'#!/bin/sh\n{real} "$@" || exit $?\npartx --delete {loop}; losetup -d {loop}\n'
+        )
         (fake / "mkfs.ext4").chmod(0o755)
         env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}")
         res = write_stick(iso, loop, "--format", "ext4", "--noesp", env=env)
@@ -307,21 +339,32 @@ def test_the_stick_check_catches_a_filesystem_off_its_partition(
     from liveos_tools.writer.dest import FatDest
 
     img = tmp_path / "disk.img"
-    res = run(*CLI, "--format", "300M,vfat", "--overlay-size-mb", "16", "--yes",
-              str(iso.path), str(img))
+    res = run(
+        *CLI, "--format", "300M,vfat", "--overlay-size-mb", "16", "--yes", str(iso.path), str(img)
+    )
     assert res.returncode == 0, res.stderr
     uuid = written_uuid(res.stdout)
-    good = checkstick.Expected(str(img), MIB, "vfat", LABEL, uuid, str(img), MIB,
-                               f"LiveOS/overlay-{LABEL}-{uuid}", "syslinux/ldlinux.sys")
+    good = checkstick.Expected(
+        str(img),
+        MIB,
+        "vfat",
+        LABEL,
+        uuid,
+        str(img),
+        MIB,
+        f"LiveOS/overlay-{LABEL}-{uuid}",
+        "syslinux/ldlinux.sys",
+    )
     dest = FatDest(str(img), MIB, tmp_path)
     checkstick.check(good, dest)  # what the writer checked, from outside
     wrongs = [
         (dataclasses.replace(good, offset=2040 * 512), "blkid -p on .* finds TYPE None"),
-        (dataclasses.replace(good, start=2040 * 512),
-         "at sector 2040 of .*: no boot sector signature"),
+        (
+            dataclasses.replace(good, start=2040 * 512),
+            "at sector 2040 of .*: no boot sector signature",
+        ),
         (dataclasses.replace(good, uuid="1234-ABCD"), "UUID '.*' \\(planned '1234-ABCD'\\)"),
-        (dataclasses.replace(good, overlay=f"LiveOS/overlay-LIVE-{uuid}"),
-         "dracut will look for"),
+        (dataclasses.replace(good, overlay=f"LiveOS/overlay-LIVE-{uuid}"), "dracut will look for"),
     ]
     for bad, match in wrongs:
         with pytest.raises(checkstick.StickCheckError, match=match):
@@ -354,16 +397,19 @@ def test_source_md5_is_checked_before_writing(iso: isobuild.FixtureIso, tmp_path
         assert res.returncode == 10, res.stderr
         assert error_lines(res.stderr)[0] == (
             f"error: {bad}: its implanted md5 does not match its contents (checkisomd5 says "
-            "FAIL): the ISO is damaged or incomplete")
+            "FAIL): the ISO is damaged or incomplete"
+        )
         assert disk_sha(img) == before  # refused before the first write
         ok = run(*CLI, "--format", "ext4", "--yes", str(good), loop)
         assert ok.returncode == 0, ok.stderr
         assert f"note: {good}: its implanted md5 checks out" in ok.stderr
-        none = run(*CLI, "--format", "ext4", "--yes", "--overlay-size-mb", "16", str(iso.path),
-                   loop)
+        none = run(
+            *CLI, "--format", "ext4", "--yes", "--overlay-size-mb", "16", str(iso.path), loop
+        )
         assert none.returncode == 0, none.stderr
         assert f"note: {iso.path} has no implanted md5 (implantisomd5): not checked" in (
-            none.stderr)
+            none.stderr
+        )
         skipped = run(*CLI, "--format", "ext4", "--yes", "--noverify", str(bad), loop)
         assert skipped.returncode == 0, skipped.stderr
         assert "implanted md5" not in skipped.stderr
@@ -375,8 +421,21 @@ def test_an_existing_ext4_partition_node(iso: isobuild.FixtureIso, tmp_path: Pat
     img = tmp_path / "disk.img"
     with open(img, "wb") as f:
         f.truncate(DISK)
-    assert run("parted", "-s", str(img), "mklabel", "msdos", "mkpart", "primary", "ext4",
-               "1MiB", "100%").returncode == 0
+    assert (
+        run(
+            "parted",
+            "-s",
+            str(img),
+            "mklabel",
+            "msdos",
+            "mkpart",
+            "primary",
+            "ext4",
+            "1MiB",
+            "100%",
+        ).returncode
+        == 0
+    )
     with loop_disk(img) as loop:
         part = losetup.wait_for_partitions(loop)[0]
         assert run("mkfs.ext4", "-q", "-L", "MY STICK", part).returncode == 0
@@ -390,12 +449,12 @@ def test_an_existing_ext4_partition_node(iso: isobuild.FixtureIso, tmp_path: Pat
         vbr = f.read(512)
     assert struct.unpack_from("<I", vbr, 0x1C)[0] == 2048
     where = f"{img}?offset={MIB}"
-    assert "Mode:  0600" in run("debugfs", "-R",
-                                f"stat /LiveOS/overlay-MY_STICK-{uuid}", where).stdout
+    assert (
+        "Mode:  0600" in run("debugfs", "-R", f"stat /LiveOS/overlay-MY_STICK-{uuid}", where).stdout
+    )
 
 
 def test_copy_does_not_import_dest() -> None:
     """writer/copy.py <-> writer/dest.py was an import cycle."""
-    code = ("import sys, liveos_tools.writer.copy; "
-            "print('liveos_tools.writer.dest' in sys.modules)")
+    code = "import sys, liveos_tools.writer.copy; print('liveos_tools.writer.dest' in sys.modules)"
     assert run(sys.executable, "-c", code).stdout.strip() == "False"

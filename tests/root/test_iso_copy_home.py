@@ -66,8 +66,13 @@ def isos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Isos]:
         pytest.skip("needs root for loop devices and mounts")
     work = tmp_path_factory.mktemp("clone")
     home = _ext4_home(work)
-    yield Isos(_remix(work, "plain", home, "--clone"), _remix(work, "luks", LUKS_HOME, "--clone"),
-               _remix(work, "bare", None), home, work)
+    yield Isos(
+        _remix(work, "plain", home, "--clone"),
+        _remix(work, "luks", LUKS_HOME, "--clone"),
+        _remix(work, "bare", None),
+        home,
+        work,
+    )
 
 
 def write(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

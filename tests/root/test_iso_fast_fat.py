@@ -22,8 +22,9 @@ MIB = 1 << 20
 def make_fat(path: Path, size_mib: int, bits: int) -> None:
     with open(path, "wb") as f:
         f.truncate(size_mib * MIB)
-    subprocess.run(["mkfs.fat", "-F", str(bits), "-n", "T", str(path)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["mkfs.fat", "-F", str(bits), "-n", "T", str(path)], check=True, capture_output=True
+    )
 
 
 def fsck_clean(path: Path) -> str:
@@ -33,8 +34,9 @@ def fsck_clean(path: Path) -> str:
 
 
 def mtools_bytes(img: Path, rel: str) -> bytes:
-    return subprocess.run(["mtype", "-i", str(img), f"::/{rel}"], check=True,
-                          capture_output=True).stdout
+    return subprocess.run(
+        ["mtype", "-i", str(img), f"::/{rel}"], check=True, capture_output=True
+    ).stdout
 
 
 @pytest.mark.parametrize("bits", [16, 32])
@@ -66,8 +68,7 @@ def test_fast_files_are_clean_and_verified(tmp_path: Path, bits: int) -> None:
     dest.verify(d, "LiveOS/squashfs.img", got)
     # change one byte in the middle of the file's clusters: verification names where
     geo = mtools.read_geometry(img, 0)
-    pieces = fatwrite.data_pieces(geo, 0, mtools.clusters(img, 0, "LiveOS/squashfs.img"),
-                                len(data))
+    pieces = fatwrite.data_pieces(geo, 0, mtools.clusters(img, 0, "LiveOS/squashfs.img"), len(data))
     at = 20 * MIB
     for off, length in pieces:
         if at < length:

@@ -19,13 +19,18 @@ MIB = 1 << 20
 def make_fat(path: Path, size_mib: int, bits: int) -> None:
     with open(path, "wb") as f:
         f.truncate(size_mib * MIB)
-    subprocess.run(["mkfs.fat", "-F", str(bits), "-n", "T", str(path)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["mkfs.fat", "-F", str(bits), "-n", "T", str(path)], check=True, capture_output=True
+    )
 
 
 def dirs(img: Path) -> set[str]:
-    out = subprocess.run(["mdir", "-/", "-b", "-a", "-i", str(img), "::/"], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["mdir", "-/", "-b", "-a", "-i", str(img), "::/"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return {line[3:-1] for line in out.split() if line.endswith("/")}
 
 
@@ -39,10 +44,10 @@ def test_mkdir_makes_every_level_once_and_keeps_existing(tmp_path: Path, bits: i
     d = FatDest(str(img), 0, tmp_path)
     d.mkdir("LiveOS", "syslinux", "EFI/BOOT", "images", "EFI/BOOT", ".")
     d.mkdir("a/b/c")
-    assert dirs(img) == {"LiveOS", "SYSLINUX", "EFI", "EFI/BOOT", "images", "a", "a/b",
-                         "a/b/c"}
-    keep = subprocess.run(["mtype", "-i", str(img), "::/syslinux/keep"], check=True,
-                          capture_output=True).stdout
+    assert dirs(img) == {"LiveOS", "SYSLINUX", "EFI", "EFI/BOOT", "images", "a", "a/b", "a/b/c"}
+    keep = subprocess.run(
+        ["mtype", "-i", str(img), "::/syslinux/keep"], check=True, capture_output=True
+    ).stdout
     assert keep == b"kept"
 
 
@@ -68,12 +73,13 @@ def test_copy_many_clusters_many_and_read_head(tmp_path: Path) -> None:
     d.mkdir("syslinux")
     d.copy_host_files("syslinux", srcs)
     for p in srcs:
-        got = subprocess.run(["mtype", "-i", str(img), f"::/syslinux/{p.name}"], check=True,
-                             capture_output=True).stdout
+        got = subprocess.run(
+            ["mtype", "-i", str(img), f"::/syslinux/{p.name}"], check=True, capture_output=True
+        ).stdout
         assert got == p.read_bytes()
     paths = [f"syslinux/{p.name}" for p in srcs] + ["syslinux", "/"]
     assert mtools.clusters_many(img, 0, paths) == [mtools.clusters(img, 0, p) for p in paths]
-    assert d.read_head("syslinux/two.c32", 64 * 1024) == srcs[1].read_bytes()[:64 * 1024]
+    assert d.read_head("syslinux/two.c32", 64 * 1024) == srcs[1].read_bytes()[: 64 * 1024]
     # shorter than asked: every allocated cluster (the tail is the cluster's padding)
     head = d.read_head("syslinux/one.c32", 64 * 1024)
     assert head[:5000] == srcs[0].read_bytes()

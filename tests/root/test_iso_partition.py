@@ -42,16 +42,36 @@ def iso(tmp_path_factory: pytest.TempPathFactory) -> isobuild.FixtureIso:
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=300, check=False,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def make_user_stick(img: Path, label: str, size: int = 512 * MIB) -> None:
     """What a user's stick looks like: msdos table, one FAT32 partition from 1 MiB."""
     with open(img, "xb") as f:
         f.truncate(size)
-    subprocess.run(["parted", "-s", str(img), "mklabel", "msdos", "mkpart", "primary",
-                    "fat32", "1MiB", "100%"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "parted",
+            "-s",
+            str(img),
+            "mklabel",
+            "msdos",
+            "mkpart",
+            "primary",
+            "fat32",
+            "1MiB",
+            "100%",
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 @contextlib.contextmanager
@@ -68,8 +88,7 @@ def attached(img: Path) -> Iterator[tuple[str, str]]:
 
 
 def format_partition(part: str, label: str, user_files: dict[str, Path]) -> None:
-    subprocess.run(["mkfs.fat", "-F", "32", "-n", label, part], check=True,
-                   capture_output=True)
+    subprocess.run(["mkfs.fat", "-F", "32", "-n", label, part], check=True, capture_output=True)
     for rel, host in user_files.items():
         subprocess.run(["mcopy", "-i", part, str(host), f"::{rel}"], check=True)
 
@@ -107,8 +126,19 @@ def file_sha(path: Path) -> str:
 
 def wiki_command(iso: Path, part: str, *extra: str, yes: bool = True
                  ) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    return run(*CLI, "--reset-mbr", "--overlay-size-mb", "32", "--home-size-mb", "16",
-               *extra, "--unencrypted-home", *(["--yes"] if yes else []), str(iso), part)
+    return run(
+        *CLI,
+        "--reset-mbr",
+        "--overlay-size-mb",
+        "32",
+        "--home-size-mb",
+        "16",
+        *extra,
+        "--unencrypted-home",
+        *(["--yes"] if yes else []),
+        str(iso),
+        part,
+    )
 
 
 def test_wiki_command_into_existing_partition(iso: isobuild.FixtureIso, tmp_path: Path) -> None:
@@ -159,13 +189,17 @@ def test_wiki_command_into_existing_partition(iso: isobuild.FixtureIso, tmp_path
         src = read_iso(iso.path)
         sq = src.files["/LiveOS/squashfs.img"].size
         assert fat_sha(part, "LiveOS/squashfs.img", sq) == iso.sha256["/LiveOS/squashfs.img"]
-        assert fat_sha(part, "syslinux/vmlinuz", src.files[iso.kernel_path].size) == (
-            iso.sha256[iso.kernel_path])
+        assert (
+            fat_sha(part, "syslinux/vmlinuz", src.files[iso.kernel_path].size)
+            == (iso.sha256[iso.kernel_path])
+        )
         assert {"syslinux/ldlinux.sys", "syslinux/ldlinux.c32", "syslinux/initrd.img"} <= files
         # the boot contract, with the partition's own UUID
         cfg = b"".join(mtools.read_file(part, 0, "syslinux/syslinux.cfg", None)).decode()
-        assert (f"append initrd=initrd.img root=live:UUID={uuid} rootfstype=vfat rw "
-                f"rd.live.image rd.live.overlay=UUID={uuid} quiet rhgb") in cfg
+        assert (
+            f"append initrd=initrd.img root=live:UUID={uuid} rootfstype=vfat rw "
+            f"rd.live.image rd.live.overlay=UUID={uuid} quiet rhgb"
+        ) in cfg
         grub = b"".join(mtools.read_file(part, 0, "EFI/BOOT/grub.cfg", None)).decode()
         assert f"root=live:UUID={uuid}" in grub
         # the overlay: named after this partition's label and UUID, 32 MiB preallocated zeros
@@ -214,8 +248,7 @@ def test_existing_home_kept_without_delete_home_replaced_with_it(
 
     def home_uuid(part: str) -> str:
         out = tmp_path / "home-copy.img"
-        subprocess.run(["mcopy", "-n", "-o", "-i", part, "::LiveOS/home.img", str(out)],
-                       check=True)
+        subprocess.run(["mcopy", "-n", "-o", "-i", part, "::LiveOS/home.img", str(out)], check=True)
         uuid = run("blkid", "-p", "-o", "value", "-s", "UUID", str(out)).stdout.strip()
         out.unlink()
         assert uuid
@@ -261,8 +294,11 @@ def test_wiki_command_into_a_disk_image_file_without_format(
     active flag written into the image itself."""
     img = tmp_path / "stick.img"
     make_user_stick(img, "MY STICK", size=256 * MIB)
-    subprocess.run(["mkfs.fat", "-F", "32", "-n", "MY STICK", "--offset", "2048", str(img)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["mkfs.fat", "-F", "32", "-n", "MY STICK", "--offset", "2048", str(img)],
+        check=True,
+        capture_output=True,
+    )
     uuid = mtools.read_geometry(img, MIB).uuid
     res = wiki_command(iso.path, str(img), "--delete-home")
     assert res.returncode == 0, res.stderr

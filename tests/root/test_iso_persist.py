@@ -54,13 +54,35 @@ def sha(path: Path) -> str:
 def source_stick(iso: isobuild.FixtureIso, tmp_path: Path) -> Iterator[Path]:
     """A used ext4 stick, mounted read-only: an overlay with data, a plain home.img."""
     img = tmp_path / "src.img"
-    res = write("--format", "300M,ext4", "--overlay-size-mb", "8", "--home-size-mb", "20",
-                "--unencrypted-home", "--yes", str(iso.path), str(img))
+    res = write(
+        "--format",
+        "300M,ext4",
+        "--overlay-size-mb",
+        "8",
+        "--home-size-mb",
+        "20",
+        "--unencrypted-home",
+        "--yes",
+        str(iso.path),
+        str(img),
+    )
     assert res.returncode == 0, res.stderr
     part = parted.read_table(img).partitions[0]
-    loop = subprocess.run(["losetup", "--find", "--show", "--offset", str(part.start),
-                           "--sizelimit", str(part.length), str(img)],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    loop = subprocess.run(
+        [
+            "losetup",
+            "--find",
+            "--show",
+            "--offset",
+            str(part.start),
+            "--sizelimit",
+            str(part.length),
+            str(img),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     mnt = tmp_path / "src"
     mnt.mkdir()
     try:
@@ -85,8 +107,15 @@ def source_stick(iso: isobuild.FixtureIso, tmp_path: Path) -> Iterator[Path]:
 def test_copy_overlay_and_home_from_a_stick(source_stick: Path, tmp_path: Path) -> None:
     src_ov = next((source_stick / "LiveOS").glob("overlay-*"))
     new = tmp_path / "new.img"
-    res = write("--format", "300M,vfat", "--copy-overlay", "--copy-home", "--yes",
-                str(source_stick), str(new))
+    res = write(
+        "--format",
+        "300M,vfat",
+        "--copy-overlay",
+        "--copy-home",
+        "--yes",
+        str(source_stick),
+        str(new),
+    )
     assert res.returncode == 0, res.stderr
     uuid = blkid_at(new, MIB)["UUID"]
     # renamed for the NEW partition, byte for byte the source's overlay and home.img
@@ -95,10 +124,11 @@ def test_copy_overlay_and_home_from_a_stick(source_stick: Path, tmp_path: Path) 
     assert src_ov.name != f"overlay-LIVE_TEST-{uuid}"
     got = fat_bytes(new, rel, src_ov.stat().st_size)
     assert hashlib.sha256(got).hexdigest() == sha(src_ov)
-    assert got[3 * MIB: 3 * MIB + 9] == b"data writ"
+    assert got[3 * MIB : 3 * MIB + 9] == b"data writ"
     home = source_stick / "LiveOS" / "home.img"
-    assert hashlib.sha256(fat_bytes(new, "LiveOS/home.img", home.stat().st_size)
-                          ).hexdigest() == sha(home)
+    assert hashlib.sha256(
+        fat_bytes(new, "LiveOS/home.img", home.stat().st_size)
+    ).hexdigest() == sha(home)
     cfg = fat_bytes(new, "syslinux/syslinux.cfg").decode()
     assert f"rd.live.overlay=UUID={uuid}" in cfg
 
@@ -134,8 +164,9 @@ def test_copy_overlay_onto_the_same_image_with_skipcopy(source_stick: Path,
 
 def test_reset_overlay_zeroes_the_head_only(iso: isobuild.FixtureIso, tmp_path: Path) -> None:
     img = tmp_path / "stick.img"
-    res = write("--format", "256M,vfat", "--overlay-size-mb", "16", "--yes", str(iso.path),
-                str(img))
+    res = write(
+        "--format", "256M,vfat", "--overlay-size-mb", "16", "--yes", str(iso.path), str(img)
+    )
     assert res.returncode == 0, res.stderr
     uuid = blkid_at(img, MIB)["UUID"]
     rel = f"LiveOS/overlay-LIVE_TEST-{uuid}"
@@ -146,8 +177,8 @@ def test_reset_overlay_zeroes_the_head_only(iso: isobuild.FixtureIso, tmp_path: 
     res = write("--skipcopy", "--reset-overlay", str(iso.path), str(img))
     assert res.returncode == 0, res.stderr
     data = fat_bytes(img, rel, 16 * MIB)
-    assert data[:64 * 1024] == bytes(64 * 1024)
-    assert data[2 * MIB: 2 * MIB + 10] == b"chunk data"
+    assert data[: 64 * 1024] == bytes(64 * 1024)
+    assert data[2 * MIB : 2 * MIB + 10] == b"chunk data"
     assert mtools.clusters(img, MIB, rel) == clusters  # the same file, reset in place
     cfg = fat_bytes(img, "syslinux/syslinux.cfg").decode()
     assert f"rd.live.overlay=UUID={uuid}" in cfg  # --reconfig keeps the overlay in use
@@ -166,13 +197,17 @@ def test_reset_overlay_without_an_overlay_is_refused(iso: isobuild.FixtureIso,
 def test_replacing_an_existing_overlay_asks_first(iso: isobuild.FixtureIso,
                                                   tmp_path: Path) -> None:  # fmt: skip
     img = tmp_path / "stick.img"
-    res = write("--format", "256M,vfat", "--overlay-size-mb", "16", "--yes", str(iso.path),
-                str(img))
+    res = write(
+        "--format", "256M,vfat", "--overlay-size-mb", "16", "--yes", str(iso.path), str(img)
+    )
     assert res.returncode == 0, res.stderr
     before = sha(img)
-    again = subprocess.run([*CLI,
-                            "--skipcopy", "--overlay-size-mb", "24", str(iso.path), str(img)],
-                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    again = subprocess.run(
+        [*CLI, "--skipcopy", "--overlay-size-mb", "24", str(iso.path), str(img)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     assert again.returncode == 9, again.stderr
     assert "every change stored in it" in again.stderr
     assert sha(img) == before

@@ -35,8 +35,12 @@ def write(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def blkid_at(img: Path, offset: int) -> dict[str, str]:
-    out = subprocess.run(["blkid", "-p", "-O", str(offset), "-o", "export", str(img)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["blkid", "-p", "-O", str(offset), "-o", "export", str(img)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
@@ -54,8 +58,18 @@ def sha(path: Path) -> str:
 def test_classic_vfat_with_overlay(isos: dict[str, isobuild.FixtureIso], tmp_path: Path) -> None:
     iso = isos["classic"]
     img = tmp_path / "stick.img"
-    res = write("--format", "256M,vfat", "--reset-mbr", "--overlay-size-mb", "64", "--yes",
-                "--extra-kernel-args", "console=ttyS0", str(iso.path), str(img))
+    res = write(
+        "--format",
+        "256M,vfat",
+        "--reset-mbr",
+        "--overlay-size-mb",
+        "64",
+        "--yes",
+        "--extra-kernel-args",
+        "console=ttyS0",
+        str(iso.path),
+        str(img),
+    )
     assert res.returncode == 0, res.stderr
     table = parted.read_table(img)
     assert table.label == "msdos" and len(table.partitions) == 1
@@ -68,17 +82,29 @@ def test_classic_vfat_with_overlay(isos: dict[str, isobuild.FixtureIso], tmp_pat
     # files and checksums, read straight from the FAT clusters
     sq = iso.sha256["/LiveOS/squashfs.img"]
     files = set(mtools.listing(img, part.start))
-    for rel in ("LiveOS/squashfs.img", "syslinux/vmlinuz", "syslinux/initrd.img",
-                "syslinux/syslinux.cfg", "syslinux/ldlinux.sys", "syslinux/ldlinux.c32",
-                "EFI/BOOT/grub.cfg", "EFI/BOOT/BOOTX64.EFI", "images/efiboot.img"):
+    for rel in (
+        "LiveOS/squashfs.img",
+        "syslinux/vmlinuz",
+        "syslinux/initrd.img",
+        "syslinux/syslinux.cfg",
+        "syslinux/ldlinux.sys",
+        "syslinux/ldlinux.c32",
+        "EFI/BOOT/grub.cfg",
+        "EFI/BOOT/BOOTX64.EFI",
+        "images/efiboot.img",
+    ):
         assert rel in files, rel
     from liveos_tools.writer.source import read_iso
 
     src = read_iso(iso.path)
-    assert fat_sha(img, part.start, "LiveOS/squashfs.img",
-                   src.files["/LiveOS/squashfs.img"].size) == sq
-    assert fat_sha(img, part.start, "syslinux/vmlinuz",
-                   src.files[iso.kernel_path].size) == iso.sha256[iso.kernel_path]
+    assert (
+        fat_sha(img, part.start, "LiveOS/squashfs.img", src.files["/LiveOS/squashfs.img"].size)
+        == sq
+    )
+    assert (
+        fat_sha(img, part.start, "syslinux/vmlinuz", src.files[iso.kernel_path].size)
+        == iso.sha256[iso.kernel_path]
+    )
     # the overlay: exactly overlay-<LABEL>-<UUID>, preallocated (all clusters allocated), zeros
     overlay = f"LiveOS/overlay-LIVE_TEST-{uuid}"
     assert overlay in files
@@ -87,8 +113,10 @@ def test_classic_vfat_with_overlay(isos: dict[str, isobuild.FixtureIso], tmp_pat
     assert head == bytes(64 * 1024)
     # boot configs carry the boot contract
     cfg = b"".join(mtools.read_file(img, part.start, "syslinux/syslinux.cfg", None)).decode()
-    assert (f"append initrd=initrd.img root=live:UUID={uuid} rootfstype=vfat rw rd.live.image "
-            f"rd.live.overlay=UUID={uuid} quiet rhgb console=ttyS0") in cfg
+    assert (
+        f"append initrd=initrd.img root=live:UUID={uuid} rootfstype=vfat rw rd.live.image "
+        f"rd.live.overlay=UUID={uuid} quiet rhgb console=ttyS0"
+    ) in cfg
     grub = b"".join(mtools.read_file(img, part.start, "EFI/BOOT/grub.cfg", None)).decode()
     assert f"--fs-uuid --set=root {uuid}" in grub and "linux /syslinux/vmlinuz" in grub
     # MBR boot code is syslinux's, and the FAT boot sector knows its partition offset
@@ -103,16 +131,41 @@ def test_classic_vfat_with_overlay(isos: dict[str, isobuild.FixtureIso], tmp_pat
 def test_grub_layout_ext4_home_swap(isos: dict[str, isobuild.FixtureIso], tmp_path: Path) -> None:
     iso = isos["grub"]
     img = tmp_path / "stick.img"
-    res = write("--format", "400M,ext4", "--overlay-size-mb", "32", "--home-size-mb", "40",
-                "--unencrypted-home", "--swap-size-mb", "16", "--yes", str(iso.path), str(img))
+    res = write(
+        "--format",
+        "400M,ext4",
+        "--overlay-size-mb",
+        "32",
+        "--home-size-mb",
+        "40",
+        "--unencrypted-home",
+        "--swap-size-mb",
+        "16",
+        "--yes",
+        str(iso.path),
+        str(img),
+    )
     assert res.returncode == 0, res.stderr
     part = parted.read_table(img).partitions[0]
     info = blkid_at(img, part.start)
     assert info["TYPE"] == "ext4" and info["LABEL"] == "LIVE_TEST"
     uuid = info["UUID"]
-    loop = subprocess.run(["losetup", "--find", "--show", "--read-only", "--offset",
-                           str(part.start), "--sizelimit", str(part.length), str(img)],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    loop = subprocess.run(
+        [
+            "losetup",
+            "--find",
+            "--show",
+            "--read-only",
+            "--offset",
+            str(part.start),
+            "--sizelimit",
+            str(part.length),
+            str(img),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
@@ -137,8 +190,15 @@ def test_grub_layout_ext4_home_swap(isos: dict[str, isobuild.FixtureIso], tmp_pa
 
 def test_flat_layout_forces_overlayfs(isos: dict[str, isobuild.FixtureIso], tmp_path: Path) -> None:
     img = tmp_path / "stick.img"
-    res = write("--format", "256M,vfat", "--overlay-size-mb", "32", "--yes",
-                str(isos["flat"].path), str(img))
+    res = write(
+        "--format",
+        "256M,vfat",
+        "--overlay-size-mb",
+        "32",
+        "--yes",
+        str(isos["flat"].path),
+        str(img),
+    )
     assert res.returncode == 0, res.stderr
     assert "OverlayFS" in res.stderr
     part = parted.read_table(img).partitions[0]
@@ -153,8 +213,15 @@ def test_flat_layout_forces_overlayfs(isos: dict[str, isobuild.FixtureIso], tmp_
 
 def test_efi_gpt_skipcompress(isos: dict[str, isobuild.FixtureIso], tmp_path: Path) -> None:
     img = tmp_path / "stick.img"
-    res = write("--format", "300M,vfat", "--efi", "--skipcompress", "--yes",
-                str(isos["loader"].path), str(img))
+    res = write(
+        "--format",
+        "300M,vfat",
+        "--efi",
+        "--skipcompress",
+        "--yes",
+        str(isos["loader"].path),
+        str(img),
+    )
     assert res.returncode == 0, res.stderr
     table = parted.read_table(img)
     assert table.label == "gpt" and len(table.partitions) == 2
@@ -184,8 +251,9 @@ def test_refusals_change_nothing(isos: dict[str, isobuild.FixtureIso], tmp_path:
     assert too_small.stderr.startswith("error: ") and "Traceback" not in too_small.stderr
     assert "hint: " in too_small.stderr
     # a new 8 GiB image file (--format SIZE on the existing one is its partition's size)
-    fat_limit = write("--format", "8G,vfat", "--overlay-size-mb", "4096", "--yes", iso,
-                      str(tmp_path / "new.img"))
+    fat_limit = write(
+        "--format", "8G,vfat", "--overlay-size-mb", "4096", "--yes", iso, str(tmp_path / "new.img")
+    )
     assert fat_limit.returncode == 6 and "4 GiB" in fat_limit.stderr, fat_limit.stderr
     assert not (tmp_path / "new.img").exists()
     no_fs = write("--overlay-size-mb", "10", iso, str(img))
@@ -194,8 +262,9 @@ def test_refusals_change_nothing(isos: dict[str, isobuild.FixtureIso], tmp_path:
     with open(big, "wb") as f:
         f.truncate(200 * MIB)
         f.write(b"old data")
-    no_yes = subprocess.run([*CLI, "--format", iso, str(big)], capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL)
+    no_yes = subprocess.run(
+        [*CLI, "--format", iso, str(big)], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
     assert big.read_bytes()[:8] == b"old data"
     assert no_yes.returncode == 9 and "--yes" in no_yes.stderr
     assert _hash(img) == before
@@ -206,12 +275,25 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
     isos: dict[str, isobuild.FixtureIso], tmp_path: Path
 ) -> None:
     img = tmp_path / "new.img"
-    res = write("--format", "256M,vfat", "--overlay-size-mb", "64", "--dry-run",
-                str(isos["classic"].path), str(img))
+    res = write(
+        "--format",
+        "256M,vfat",
+        "--overlay-size-mb",
+        "64",
+        "--dry-run",
+        str(isos["classic"].path),
+        str(img),
+    )
     assert res.returncode == 0, res.stderr
     assert not img.exists()
-    for text in ("msdos partition table", "make vfat labelled LIVE_TEST", "rd.live.image",
-                 "overlay-LIVE_TEST-", "64 MiB, preallocated", "mbr.bin"):
+    for text in (
+        "msdos partition table",
+        "make vfat labelled LIVE_TEST",
+        "rd.live.image",
+        "overlay-LIVE_TEST-",
+        "64 MiB, preallocated",
+        "mbr.bin",
+    ):
         assert text in res.stderr, text
 
 
@@ -231,8 +313,17 @@ def test_the_running_system_disk_is_refused(
 
 def test_two_targets_in_parallel(isos: dict[str, isobuild.FixtureIso], tmp_path: Path) -> None:
     a, b = tmp_path / "a.img", tmp_path / "b.img"
-    res = write("--format", "200M,vfat", "--overlay-size-mb", "16", "--yes",
-                str(isos["grub"].path), str(a), "--target", str(b))
+    res = write(
+        "--format",
+        "200M,vfat",
+        "--overlay-size-mb",
+        "16",
+        "--yes",
+        str(isos["grub"].path),
+        str(a),
+        "--target",
+        str(b),
+    )
     assert res.returncode == 0, res.stderr
     assert "TARGET" in res.stderr and res.stderr.count(" ok ") == 2
     ua = blkid_at(a, MIB)["UUID"]

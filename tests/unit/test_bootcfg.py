@@ -65,8 +65,10 @@ def test_the_fixture_isos_isolinux_cfg() -> None:
     out = bootcfg.syslinux_cfg(args, title="t", timeout_s=None, source_cfg=src)
     assert labels(out) == ["linux", "check"]
     base = f"root=live:UUID={UUID} rootfstype=ext4 rw rd.live.image"
-    assert appends(out) == [f"append initrd=initrd.img {base} quiet rhgb",
-                            f"append initrd=initrd.img {base} rd.live.check quiet"]
+    assert appends(out) == [
+        f"append initrd=initrd.img {base} quiet rhgb",
+        f"append initrd=initrd.img {base} rd.live.check quiet",
+    ]
     assert "timeout 600" in out and "CDLABEL" not in out
 
 
@@ -75,17 +77,38 @@ def test_rewriting_a_written_stick_again_changes_nothing() -> None:
     once = bootcfg.syslinux_cfg(ARGS, title="t", timeout_s=None, source_cfg=src)
     assert bootcfg.syslinux_cfg(ARGS, title="t", timeout_s=None, source_cfg=once) == once
     grub = (CFGS / "fedora36-efi-grub.cfg").read_text()
-    g1 = bootcfg.grub_cfg(grub, ARGS, title="t", kernel="/syslinux/vmlinuz",
-                          initrd="/syslinux/initrd.img", timeout_s=None, table="msdos")
-    g2 = bootcfg.grub_cfg(g1, ARGS, title="t", kernel="/syslinux/vmlinuz",
-                          initrd="/syslinux/initrd.img", timeout_s=None, table="msdos")
+    g1 = bootcfg.grub_cfg(
+        grub,
+        ARGS,
+        title="t",
+        kernel="/syslinux/vmlinuz",
+        initrd="/syslinux/initrd.img",
+        timeout_s=None,
+        table="msdos",
+    )
+    g2 = bootcfg.grub_cfg(
+        g1,
+        ARGS,
+        title="t",
+        kernel="/syslinux/vmlinuz",
+        initrd="/syslinux/initrd.img",
+        timeout_s=None,
+        table="msdos",
+    )
     assert g1 == g2
 
 
 def grub(src: str, fstype: str = "vfat", table: str = "msdos", **kw: object) -> str:
     args = bootcfg.BootArgs(UUID, fstype, source_args=("quiet", "rhgb"))
-    return bootcfg.grub_cfg(src, args, title="t", kernel="/syslinux/vmlinuz",
-                            initrd="/syslinux/initrd.img", table=table, **kw)  # type: ignore[arg-type]
+    return bootcfg.grub_cfg(
+        src,
+        args,
+        title="t",
+        kernel="/syslinux/vmlinuz",
+        initrd="/syslinux/initrd.img",
+        table=table,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def linux_lines(cfg: str) -> list[str]:
@@ -101,26 +124,32 @@ def test_fedora_efi_grub_on_an_msdos_fat_stick() -> None:
     assert "set timeout=60" in lines and 'set default="1"' in lines
     ours = OURS
     assert linux_lines(out) == [
-        f"linuxefi /syslinux/vmlinuz {ours} quiet rhgb", "initrdefi /syslinux/initrd.img",
+        f"linuxefi /syslinux/vmlinuz {ours} quiet rhgb",
+        "initrdefi /syslinux/initrd.img",
         f"linuxefi /syslinux/vmlinuz {ours} rd.live.check quiet",
         "initrdefi /syslinux/initrd.img",
         f"linuxefi /syslinux/vmlinuz {ours} nomodeset quiet rhgb",
         "initrdefi /syslinux/initrd.img",
     ]
     titles = re.findall(r"menuentry '([^']*)'", out)
-    assert titles == ["Start Fedora-Workstation-Live 36",
-                      "Test this media & start Fedora-Workstation-Live 36",
-                      "Start Fedora-Workstation-Live 36 in basic graphics mode",
-                      "Boot first drive"]  # memtest dropped: not on the stick
+    assert titles == [
+        "Start Fedora-Workstation-Live 36",
+        "Test this media & start Fedora-Workstation-Live 36",
+        "Start Fedora-Workstation-Live 36 in basic graphics mode",
+        "Boot first drive",
+    ]  # memtest dropped: not on the stick
     assert "chainloader (hd0)+1" in out and "submenu 'Troubleshooting -->' {" in lines
     assert out.count("{") == out.count("}")
 
 
-@pytest.mark.parametrize(("fstype", "table", "part", "fs"), [
-    ("ext4", "gpt", "part_gpt", "ext2"),
-    ("ext4", "msdos", "part_msdos", "ext2"),
-    ("vfat", "gpt", "part_gpt", "fat"),
-])
+@pytest.mark.parametrize(
+    ("fstype", "table", "part", "fs"),
+    [
+        ("ext4", "gpt", "part_gpt", "ext2"),
+        ("ext4", "msdos", "part_msdos", "ext2"),
+        ("vfat", "gpt", "part_gpt", "fat"),
+    ],
+)
 def test_grub_modules_follow_the_stick(fstype: str, table: str, part: str, fs: str) -> None:
     lines = grub((CFGS / "fedora42-loader-grub.cfg").read_text(), fstype, table).splitlines()
     assert f"insmod {part}" in lines and f"insmod {fs}" in lines
@@ -137,16 +166,19 @@ def test_fedora42_loader_paths_and_timeout() -> None:
 
 
 def test_the_fixture_isos_grub_cfg_gets_its_modules_before_the_search() -> None:
-    out = grub(isobuild._grub_cfg("LIVE TEST", "/images/pxeboot"), "ext4", "msdos",
-               timeout_s=0, menu=False)
+    out = grub(
+        isobuild._grub_cfg("LIVE TEST", "/images/pxeboot"), "ext4", "msdos", timeout_s=0, menu=False
+    )
     lines = out.splitlines()
     s = lines.index(f"search --no-floppy --fs-uuid --set=root {UUID}")
-    assert lines[s - 2:s] == ["insmod part_msdos", "insmod ext2"]
+    assert lines[s - 2 : s] == ["insmod part_msdos", "insmod ext2"]
     assert "set timeout=0" in lines and 'set default="0"' in lines
     assert lines[0] == "set timeout_style=hidden"
-    assert linux_lines(out)[0] == (f"linux /syslinux/vmlinuz root=live:UUID={UUID} "
-                                   "rootfstype=ext4 rw rd.live.image "
-                                   f"rd.live.overlay=UUID={UUID} quiet rhgb")
+    assert linux_lines(out)[0] == (
+        f"linux /syslinux/vmlinuz root=live:UUID={UUID} "
+        "rootfstype=ext4 rw rd.live.image "
+        f"rd.live.overlay=UUID={UUID} quiet rhgb"
+    )
 
 
 def test_a_grub_only_iso_gets_a_bios_menu_from_its_grub_entries() -> None:

@@ -45,7 +45,7 @@ def test_transfer_into_scattered_pieces_and_read_back(tmp_path: Path, algorithm:
     out = dst.read_bytes()
     got, left = b"", len(data)
     for off, length in pieces:
-        got += out[off:off + min(length, left)]
+        got += out[off : off + min(length, left)]
         left -= min(length, left)
     assert got == data
     assert len(out) == 10 * MIB + copy.SEGMENT - (copy.SEGMENT + 5 * MIB - len(data))

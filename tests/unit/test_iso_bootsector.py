@@ -13,10 +13,24 @@ def _ldlinux(sect1ptr0: int, sect1ptr1: int) -> bytes:
     """An ldlinux.sys head: patch area at 24 (as syslinux 6.04 has it), extended patch
     area at 0x1446 naming where the VBR keeps the sector-1 pointer."""
     data = bytearray(8192)
-    struct.pack_into("<IIHHIIHH", data, 24, bootsector.LDLINUX_MAGIC, 0, 114, 2, 14592, 0,
-                     127, 0x1446)
-    struct.pack_into("<10H", data, 0x1446, 0x16D8, 0x145C, 0x100, 0x155C, 0x100, 0x1EE, 0xC0,
-                     sect1ptr0, sect1ptr1, 0x1CA)
+    struct.pack_into(
+        "<IIHHIIHH", data, 24, bootsector.LDLINUX_MAGIC, 0, 114, 2, 14592, 0, 127, 0x1446
+    )
+    struct.pack_into(
+        "<10H",
+        data,
+        0x1446,
+        0x16D8,
+        0x145C,
+        0x100,
+        0x155C,
+        0x100,
+        0x1EE,
+        0xC0,
+        sect1ptr0,
+        sect1ptr1,
+        0x1CA,
+    )
     return bytes(data)
 
 

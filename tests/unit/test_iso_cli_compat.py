@@ -27,17 +27,20 @@ def files(tmp_path: Path) -> tuple[str, str]:
     return str(iso), str(disk)
 
 
-@pytest.mark.parametrize(("value", "size", "fstype", "blksz"), [
-    (None, None, "ext4", None),  # bare --format: the reference's default, ext4
-    ("vfat", None, "vfat", None),
-    ("ext4", None, "ext4", None),
-    ("msdos", None, "vfat", None),
-    ("ext3,2048", None, "ext3", 2048),
-    (",vfat", None, "vfat", None),
-    ("300", 300 * MIB, "ext4", None),
-    ("300M,ext2,1024", 300 * MIB, "ext2", 1024),
-    ("1G,fat32", 1024 * MIB, "vfat", None),
-])
+@pytest.mark.parametrize(
+    ("value", "size", "fstype", "blksz"),
+    [
+        (None, None, "ext4", None),  # bare --format: the reference's default, ext4
+        ("vfat", None, "vfat", None),
+        ("ext4", None, "ext4", None),
+        ("msdos", None, "vfat", None),
+        ("ext3,2048", None, "ext3", 2048),
+        (",vfat", None, "vfat", None),
+        ("300", 300 * MIB, "ext4", None),
+        ("300M,ext2,1024", 300 * MIB, "ext2", 1024),
+        ("1G,fat32", 1024 * MIB, "vfat", None),
+    ],
+)
 def test_format_values(files: tuple[str, str], value: str | None, size: int | None,
                        fstype: str, blksz: int | None) -> None:  # fmt: skip
     iso, disk = files

@@ -56,11 +56,14 @@ def dirent(name: bytes, attr: int, cluster: int, size: int) -> bytes:
 
 
 def test_find_dirent_matches_cluster_and_size_only_for_files() -> None:
-    data = (dirent(b"\xe5OLD    IMG", 0x20, 70000, 1)  # deleted
-            + dirent(b"A", 0x0F, 70000, 1)  # long-name slot
-            + dirent(b"SUB", 0x10, 70000, 1)  # a directory
-            + dirent(b"SQUASHFSIMG", 0x20, 70000, 1)
-            + bytes(32) + dirent(b"LATER", 0x20, 5, 1))
+    data = (
+        dirent(b"\xe5OLD    IMG", 0x20, 70000, 1)  # deleted
+        + dirent(b"A", 0x0F, 70000, 1)  # long-name slot
+        + dirent(b"SUB", 0x10, 70000, 1)  # a directory
+        + dirent(b"SQUASHFSIMG", 0x20, 70000, 1)
+        + bytes(32)
+        + dirent(b"LATER", 0x20, 5, 1)
+    )
     assert fatwrite.find_dirent(data, 70000, 1) == 96
     assert fatwrite.find_dirent(data, 70000, 2) is None
     assert fatwrite.find_dirent(data, 5, 1) is None  # after the end marker

@@ -38,8 +38,11 @@ def test_layout_starts_on_the_alignment_whatever_the_disk() -> None:
 
 
 def test_layout_gpt_leaves_the_backup_table_and_a_size_leaves_the_rest() -> None:
-    placed = layout(2 * GIB, [PartSpec("EFI", "vfat", 64 * MIB, esp=True),
-                              PartSpec("LIVE", "vfat", None)], gpt=True)
+    placed = layout(
+        2 * GIB,
+        [PartSpec("EFI", "vfat", 64 * MIB, esp=True), PartSpec("LIVE", "vfat", None)],
+        gpt=True,
+    )
     assert placed == [(MIB, 64 * MIB), (65 * MIB, 2 * GIB - 66 * MIB)]
     small = layout(2 * GIB, [PartSpec("LIVE", "ext4", 300 * MIB)], gpt=False)
     assert small == [(MIB, 300 * MIB)]
@@ -53,8 +56,11 @@ def test_layout_bigger_than_the_disk_is_no_space() -> None:
 
 
 def _table(label: str, *parts: tuple[int, int]) -> TableInfo:
-    return TableInfo(label, 2 * GIB, tuple(PartInfo(i, s, n, None, None, ())
-                                           for i, (s, n) in enumerate(parts, 1)))
+    return TableInfo(
+        label,
+        2 * GIB,
+        tuple(PartInfo(i, s, n, None, None, ()) for i, (s, n) in enumerate(parts, 1)),
+    )
 
 
 def test_mismatches_finds_the_cylinder_snapped_start() -> None:
@@ -64,7 +70,8 @@ def test_mismatches_finds_the_cylinder_snapped_start() -> None:
     got = mismatches(planned, _table("msdos", (2040 * 512, 4192200 * 512)), label="msdos")
     assert got == ["partition 1 is at sectors 2040-4194239, planned sectors 2048-4194303"]
     assert mismatches(planned, _table("gpt", (MIB, 2 * GIB - MIB)), label="msdos") == [
-        "the table is gpt, not msdos"]
+        "the table is gpt, not msdos"
+    ]
     assert mismatches(planned, _table("msdos"), label="msdos") == ["partition 1 is missing"]
     extra = mismatches(planned, _table("msdos", (MIB, 2 * GIB - MIB), (5, 5)), label="msdos")
     assert extra == ["partition 2 is not in the plan"]

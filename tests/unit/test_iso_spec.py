@@ -15,16 +15,34 @@ from liveos_tools.writer.source import Source, SourceFile, SourceKind
 from liveos_tools.writer.target import resolve
 
 MIB = 1024 * 1024
-LAYOUT = lay.Layout(lay.LayoutKind.CLASSIC, "LiveOS", "/LiveOS/squashfs.img", True,
-                    "/isolinux/vmlinuz", "/isolinux/initrd.img", None, None,
-                    ("/EFI/BOOT/BOOTX64.EFI",), None, ("quiet",))
+LAYOUT = lay.Layout(
+    lay.LayoutKind.CLASSIC,
+    "LiveOS",
+    "/LiveOS/squashfs.img",
+    True,
+    "/isolinux/vmlinuz",
+    "/isolinux/initrd.img",
+    None,
+    None,
+    ("/EFI/BOOT/BOOTX64.EFI",),
+    None,
+    ("quiet",),
+)
 
 
 def _src(image_size: int = 20 * MIB) -> Source:
-    sizes = {"/LiveOS/squashfs.img": image_size, "/isolinux/vmlinuz": 8 * MIB,
-             "/isolinux/initrd.img": 1 * MIB, "/EFI/BOOT/BOOTX64.EFI": 4096}
-    return Source(SourceKind.ISO, "x.iso", "LIVE TEST",
-                  {p: SourceFile(p, n, "/dev/null", 0) for p, n in sizes.items()})
+    sizes = {
+        "/LiveOS/squashfs.img": image_size,
+        "/isolinux/vmlinuz": 8 * MIB,
+        "/isolinux/initrd.img": 1 * MIB,
+        "/EFI/BOOT/BOOTX64.EFI": 4096,
+    }
+    return Source(
+        SourceKind.ISO,
+        "x.iso",
+        "LIVE TEST",
+        {p: SourceFile(p, n, "/dev/null", 0) for p, n in sizes.items()},
+    )
 
 
 def decide(tmp_path: Path, size: int, **opts: object) -> spec.StickSpec:
@@ -38,7 +56,11 @@ def test_ext4_on_msdos_gets_an_esp_and_exact_sectors(tmp_path: Path) -> None:
     assert s.parts is not None and not s.parts.gpt
     assert s.parts.placed == [(MIB, 335 * MIB), (336 * MIB, 64 * MIB)]
     assert (s.fs.device, s.fs.offset, s.fs.fstype, s.fs.label) == (
-        str(tmp_path / "new.img"), MIB, "ext4", "LIVE_TEST")
+        str(tmp_path / "new.img"),
+        MIB,
+        "ext4",
+        "LIVE_TEST",
+    )
     assert s.overlay.action is OverlayAction.NEW and s.overlay.size == 16 * MIB
     assert s.overlay.rel == f"LiveOS/overlay-LIVE_TEST-{s.fs.uuid}"
     assert s.home.action is HomeAction.NONE

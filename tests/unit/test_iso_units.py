@@ -20,8 +20,9 @@ MIB = 1024 * 1024
 
 
 def test_boot_args_follow_the_contract() -> None:
-    args = bootcfg.BootArgs("ABCD-1234", "vfat", source_args=("quiet", "rhgb"),
-                            extra=("console=ttyS0",))
+    args = bootcfg.BootArgs(
+        "ABCD-1234", "vfat", source_args=("quiet", "rhgb"), extra=("console=ttyS0",)
+    )
     words = args.words()
     assert words[:4] == ["root=live:UUID=ABCD-1234", "rootfstype=vfat", "rw", "rd.live.image"]
     assert "rd.live.overlay=UUID=ABCD-1234" in words
@@ -31,8 +32,9 @@ def test_boot_args_follow_the_contract() -> None:
 
 
 def test_boot_args_overlayfs_and_livedir() -> None:
-    words = bootcfg.BootArgs("u", "ext4", livedir="Live2",
-                             persistence=bootcfg.Persistence.OVERLAYFS).words()
+    words = bootcfg.BootArgs(
+        "u", "ext4", livedir="Live2", persistence=bootcfg.Persistence.OVERLAYFS
+    ).words()
     assert "rd.live.dir=Live2" in words and "rd.live.overlay.overlayfs" in words
     temp = bootcfg.BootArgs("u", "ext4", persistence=bootcfg.Persistence.OVERLAYFS_TEMP).words()
     assert "rd.live.overlay.overlayfs" in temp
@@ -45,9 +47,14 @@ def test_grub_cfg_is_derived_from_the_iso() -> None:
         "menuentry 'Start' {\n\tlinux /images/pxeboot/vmlinuz root=live:CDLABEL=LIVE\\x20TEST"
         " rd.live.image quiet\n\tinitrd /images/pxeboot/initrd.img\n}\n"
     )
-    out = bootcfg.grub_cfg(src, bootcfg.BootArgs("ABCD-1234", "vfat"), title="t",
-                           kernel="/syslinux/vmlinuz", initrd="/syslinux/initrd.img",
-                           timeout_s=3)
+    out = bootcfg.grub_cfg(
+        src,
+        bootcfg.BootArgs("ABCD-1234", "vfat"),
+        title="t",
+        kernel="/syslinux/vmlinuz",
+        initrd="/syslinux/initrd.img",
+        timeout_s=3,
+    )
     assert "search --no-floppy --fs-uuid --set=root ABCD-1234" in out
     assert "\tlinux /syslinux/vmlinuz root=live:UUID=ABCD-1234 rootfstype=vfat rw" in out
     assert "\tinitrd /syslinux/initrd.img" in out
@@ -55,39 +62,55 @@ def test_grub_cfg_is_derived_from_the_iso() -> None:
 
 
 def test_syslinux_cfg_timeout_and_menu() -> None:
-    cfg = bootcfg.syslinux_cfg(bootcfg.BootArgs("U", "vfat"), title="X", timeout_s=0,
-                               menu=False)
+    cfg = bootcfg.syslinux_cfg(bootcfg.BootArgs("U", "vfat"), title="X", timeout_s=0, menu=False)
     assert "ui menu.c32" not in cfg and "prompt 0" in cfg
     assert "  append initrd=initrd.img root=live:UUID=U rootfstype=vfat rw rd.live.image" in cfg
 
 
-@pytest.mark.parametrize(("text", "fs", "want"), [
-    ("LIVE TEST", "vfat", "LIVE_TEST"),
-    ("Fedora-WS-Live 40", "vfat", "Fedora-WS-L"),
-    ("Fedora-WS-Live 40", "ext4", "Fedora-WS-Live_4"),
-    (None, "vfat", "LIVE"),
-])
+@pytest.mark.parametrize(
+    ("text", "fs", "want"),
+    [
+        ("LIVE TEST", "vfat", "LIVE_TEST"),
+        ("Fedora-WS-Live 40", "vfat", "Fedora-WS-L"),
+        ("Fedora-WS-Live 40", "ext4", "Fedora-WS-Live_4"),
+        (None, "vfat", "LIVE"),
+    ],
+)
 def test_labels_lose_spaces(text: str | None, fs: str, want: str) -> None:
     assert clean_label(text, fs) == want
 
 
 def _src(paths: dict[str, bytes]) -> Source:
-    return Source(SourceKind.ISO, "x.iso", "L",
-                  {p: SourceFile(p, len(d), "/dev/null", 0) for p, d in paths.items()})
+    return Source(
+        SourceKind.ISO,
+        "x.iso",
+        "L",
+        {p: SourceFile(p, len(d), "/dev/null", 0) for p, d in paths.items()},
+    )
 
 
 def test_layout_detection_by_kernel_place() -> None:
-    grub = _src({"/LiveOS/squashfs.img": b"", "/images/pxeboot/vmlinuz": b"",
-                 "/images/pxeboot/initrd.img": b"", "/EFI/BOOT/grub.cfg": b""})
+    grub = _src(
+        {
+            "/LiveOS/squashfs.img": b"",
+            "/images/pxeboot/vmlinuz": b"",
+            "/images/pxeboot/initrd.img": b"",
+            "/EFI/BOOT/grub.cfg": b"",
+        }
+    )
     found = lay.detect(grub, squash_holds_nested=True)
     assert found.kind is lay.LayoutKind.GRUB and found.kernel == "/images/pxeboot/vmlinuz"
     flat = lay.detect(grub, squash_holds_nested=False)
     assert flat.kind is lay.LayoutKind.FLAT and not flat.nested
-    loader = _src({"/LiveOS/squashfs.img": b"", "/boot/aarch64/loader/linux": b"",
-                   "/boot/aarch64/loader/initrd": b""})
+    loader = _src(
+        {
+            "/LiveOS/squashfs.img": b"",
+            "/boot/aarch64/loader/linux": b"",
+            "/boot/aarch64/loader/initrd": b"",
+        }
+    )
     assert lay.detect(loader, squash_holds_nested=True).kernel == "/boot/aarch64/loader/linux"
-    unc = _src({"/LiveOS/rootfs.img": b"", "/syslinux/vmlinuz": b"",
-                "/syslinux/initrd.img": b""})
+    unc = _src({"/LiveOS/rootfs.img": b"", "/syslinux/vmlinuz": b"", "/syslinux/initrd.img": b""})
     assert lay.detect(unc).kind is lay.LayoutKind.UNCOMPRESSED
 
 
@@ -135,8 +158,11 @@ def test_fat32_geometry_from_a_boot_sector() -> None:
 def test_partition_layout_is_mib_aligned() -> None:
     msdos = layout(256 * MIB, [PartSpec("LIVE", "vfat", None)], gpt=False)
     assert msdos == [(MIB, 255 * MIB)]
-    gpt = layout(256 * MIB, [PartSpec("ESP", "vfat", 64 * MIB, esp=True),
-                             PartSpec("LIVE", "vfat", None)], gpt=True)
+    gpt = layout(
+        256 * MIB,
+        [PartSpec("ESP", "vfat", 64 * MIB, esp=True), PartSpec("LIVE", "vfat", None)],
+        gpt=True,
+    )
     assert gpt[0] == (MIB, 64 * MIB) and gpt[1][0] == 65 * MIB
     assert gpt[1][0] + gpt[1][1] <= 256 * MIB - 34 * 512
 
@@ -145,8 +171,11 @@ def test_iso_to_disk_cli_imports_light() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, liveos_tools.cli.iso_to_disk as m; m.build_parser(); "
-            "print(sorted(k for k in ('parted', 'pycdlib', 'textual') if k in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys, liveos_tools.cli.iso_to_disk as m; m.build_parser(); "
+        "print(sorted(k for k in ('parted', 'pycdlib', 'textual') if k in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
