@@ -172,8 +172,9 @@ def kernel_paths(config: Path, root: Path) -> tuple[str, str] | None:
             if kernel is None and (m := _SYS_KERNEL.match(line)):
                 kernel = m.group(4)
             if initrd is None and (m := _APPEND.match(line)):
-                initrd = next((w[7:] for w in m.group(4).split()
-                               if w.lower().startswith("initrd=")), None)  # fmt: skip
+                initrd = next(
+                    (w[7:] for w in m.group(4).split() if w.lower().startswith("initrd=")), None
+                )
         else:
             if kernel is None and (m := _LINUX.match(line)):
                 kernel = m.group(4)

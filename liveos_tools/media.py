@@ -500,15 +500,24 @@ def _from_image(
                 "or point at its mounted directory instead",
             )
         return _from_device(
-            stack, attached[0].name, source=Source.IMAGE, target=str(path), livedir=livedir,
+            stack,
+            attached[0].name,
+            source=Source.IMAGE,
+            target=str(path),
+            livedir=livedir,
             rec=rec,
-        )  # fmt: skip
+        )
     loop = rec.attach(path, readonly=not writable)
     stack.callback(losetup.detach, loop)
     return _from_device(
-        stack, loop, source=Source.IMAGE, target=str(path), livedir=livedir, writable=writable,
+        stack,
+        loop,
+        source=Source.IMAGE,
+        target=str(path),
+        livedir=livedir,
+        writable=writable,
         rec=rec,
-    )  # fmt: skip
+    )
 
 
 def _recorder(stack: contextlib.ExitStack, subject: Path, directory: Path, target: str) -> Recorder:

@@ -177,31 +177,47 @@ def qemu_argv(
     argv = [
         QEMU,
         # KVM hangs on this CI host; TCG is slow but dependable.
-        "-accel", "tcg",
-        "-cpu", "max",
-        "-m", str(mem_mb),
-        "-smp", str(smp),
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        str(mem_mb),
+        "-smp",
+        str(smp),
         "-nodefaults",
-        "-display", "none",
-        "-monitor", "none",
-        "-serial", f"file:{console}",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        f"file:{console}",
         "-no-reboot",
-        "-kernel", str(kernel),
-        "-initrd", str(initrd),
+        "-kernel",
+        str(kernel),
+        "-initrd",
+        str(initrd),
         # panic=-1 + -no-reboot: a panic ends qemu instead of hanging until the timeout.
-        "-append", "console=ttyS0 quiet panic=-1",
+        "-append",
+        "console=ttyS0 quiet panic=-1",
         # multidevs=remap: the host root spans several filesystems (proc, sys, ...);
         # without it inode numbers collide and the guest sees garbage.
-        "-fsdev", "local,id=r,path=/,readonly=on,security_model=none,multidevs=remap",
-        "-device", "virtio-9p-pci,fsdev=r,mount_tag=hostroot",
-        "-fsdev", f"local,id=o,path={_qemu_opt(outdir)},security_model=none",
-        "-device", "virtio-9p-pci,fsdev=o,mount_tag=out",
-    ]  # fmt: skip
+        "-fsdev",
+        "local,id=r,path=/,readonly=on,security_model=none,multidevs=remap",
+        "-device",
+        "virtio-9p-pci,fsdev=r,mount_tag=hostroot",
+        "-fsdev",
+        f"local,id=o,path={_qemu_opt(outdir)},security_model=none",
+        "-device",
+        "virtio-9p-pci,fsdev=o,mount_tag=out",
+    ]
     if share is not None:
         argv += [
-            "-fsdev", f"local,id=s,path={_qemu_opt(share)},security_model=none,multidevs=remap",
-            "-device", "virtio-9p-pci,fsdev=s,mount_tag=share",
-        ]  # fmt: skip
+            "-fsdev",
+            f"local,id=s,path={_qemu_opt(share)},security_model=none,multidevs=remap",
+            "-device",
+            "virtio-9p-pci,fsdev=s,mount_tag=share",
+        ]
     return argv
 
 
@@ -453,13 +469,16 @@ def inner_pytest_script(
     # guest, environment-dependent parametrization).  The plugin deselects
     # everything not in GUEST_NODEIDS and reports what it could not find.
     args = [
-        "-m", "pytest",
-        "-p", plugin,
-        "-p", "no:cacheprovider",
+        "-m",
+        "pytest",
+        "-p",
+        plugin,
+        "-p",
+        "no:cacheprovider",
         "--continue-on-collection-errors",
         "-q",
         *nodeid_files(nodeids),
-    ]  # fmt: skip
+    ]
     q = shlex.quote
     return (
         f"cd {q(str(rootdir))} || exit 126\n"

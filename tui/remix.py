@@ -36,8 +36,10 @@ class StageReporter:
         elapsed = max(now - self._start, 1e-6)
         rate = done / elapsed
         eta = (total - done) / rate if rate > 0 else 0
-        return (f"{STAGES.get(stage, stage)}: {format_size(done)} / {format_size(total)}, "
-                f"{format_size(int(rate))}/s, ETA {eta:.0f} s")  # fmt: skip
+        return (
+            f"{STAGES.get(stage, stage)}: {format_size(done)} / {format_size(total)}, "
+            f"{format_size(int(rate))}/s, ETA {eta:.0f} s"
+        )
 
     def on_bytes(self, stage: str, done: int, total: int) -> None:
         now = self.clock()

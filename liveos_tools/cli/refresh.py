@@ -48,8 +48,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "its overlay (the changes made on it) and its kernel stay bootable as the previous "
         "image until `rollback --drop-previous`. home.img and swap.img are kept.",
     )
-    p.add_argument("--from", dest="source", required=True, metavar="SOURCE",
-                   help="the new release: an .iso or a directory holding LiveOS/")  # fmt: skip
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="SOURCE",
+        help="the new release: an .iso or a directory holding LiveOS/",
+    )
     _common(p)
     p.add_argument(
         "--no-keep-previous",

@@ -20,13 +20,22 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "stick is only read. Exit codes: 4 not a LiveOS stick, 5 overlay in use, 6 no room, "
         "7 a program is missing, 9 interrupted, 10 corrupt overlay (repair it first).",
     )
-    p.add_argument("target", nargs="?", metavar="TARGET",
-                   help="the stick: its mount point, device or disk image")  # fmt: skip
+    p.add_argument(
+        "target",
+        nargs="?",
+        metavar="TARGET",
+        help="the stick: its mount point, device or disk image",
+    )
     p.add_argument("-o", "--output", required=True, metavar="NEW.iso", help="the ISO to write")
-    p.add_argument("--label", help="the ISO's volume label (at most 32 characters; default: "
-                   "the stick's or --base-iso's)")  # fmt: skip
-    p.add_argument("--base-iso", metavar="ORIGINAL.iso",
-                   help="take the boot files (kernel, initrd, EFI) from this ISO")  # fmt: skip
+    p.add_argument(
+        "--label",
+        help="the ISO's volume label (at most 32 characters; default: the stick's or --base-iso's)",
+    )
+    p.add_argument(
+        "--base-iso",
+        metavar="ORIGINAL.iso",
+        help="take the boot files (kernel, initrd, EFI) from this ISO",
+    )
     p.add_argument(
         "--workdir",
         metavar="DIR",
@@ -39,12 +48,23 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="PATH",
         help="also leave out PATH (in the live root, globs allowed); repeatable",
     )
-    p.add_argument("--keep", action="append", default=[], metavar="PATH",
-                   help="keep PATH though the default list leaves it out; repeatable")  # fmt: skip
-    p.add_argument("--no-seclude", action="store_true",
-                   help="leave nothing out (the ISO carries the stick's private data)")  # fmt: skip
-    p.add_argument("--clone", action="store_true",
-                   help="put the stick's home.img into the ISO as LiveOS/home.img")  # fmt: skip
+    p.add_argument(
+        "--keep",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="keep PATH though the default list leaves it out; repeatable",
+    )
+    p.add_argument(
+        "--no-seclude",
+        action="store_true",
+        help="leave nothing out (the ISO carries the stick's private data)",
+    )
+    p.add_argument(
+        "--clone",
+        action="store_true",
+        help="put the stick's home.img into the ISO as LiveOS/home.img",
+    )
     p.add_argument(
         "--include",
         action="append",
@@ -120,8 +140,10 @@ def _print_result(result: RemixResult, as_json: bool) -> None:
             print(f"  {x.line()}")
     else:
         print("left out of the ISO: nothing")
-    print(f"wrote {result.output} ({format_size(result.size_bytes)}, label {result.label!r}, "
-          f"md5 {result.md5})")  # fmt: skip
+    print(
+        f"wrote {result.output} ({format_size(result.size_bytes)}, label {result.label!r}, "
+        f"md5 {result.md5})"
+    )
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
 
@@ -146,8 +168,9 @@ def run(args: argparse.Namespace) -> int:
     )
     bytes_progress = _Bytes()
     with prepared(args.target, opts, livedir=args.livedir, progress=bytes_progress) as (
-        remix, plan,
-    ):  # fmt: skip
+        remix,
+        plan,
+    ):
         show_plan(plan)
         if args.dry_run:
             print("dry run: nothing was written", file=sys.stderr)

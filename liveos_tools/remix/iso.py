@@ -75,23 +75,25 @@ def kernel_args(label: str, source_args: Sequence[str]) -> list[str]:
 
 def isolinux_cfg(label: str, args: Sequence[str], *, timeout_s: int = 5) -> str:
     line = " ".join(args)
-    return "\n".join([
-        "ui menu.c32",
-        f"menu title {label}",
-        "default linux",
-        f"timeout {max(1, timeout_s * 10)}",
-        "",
-        "label linux",
-        f"  menu label ^Start {label}",
-        f"  kernel /{KERNEL}",
-        f"  append initrd=/{INITRD} {line}",
-        "",
-        "label check",
-        f"  menu label Test this ^media & start {label}",
-        f"  kernel /{KERNEL}",
-        f"  append initrd=/{INITRD} {line} rd.live.check",
-        "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "ui menu.c32",
+            f"menu title {label}",
+            "default linux",
+            f"timeout {max(1, timeout_s * 10)}",
+            "",
+            "label linux",
+            f"  menu label ^Start {label}",
+            f"  kernel /{KERNEL}",
+            f"  append initrd=/{INITRD} {line}",
+            "",
+            "label check",
+            f"  menu label Test this ^media & start {label}",
+            f"  kernel /{KERNEL}",
+            f"  append initrd=/{INITRD} {line} rd.live.check",
+            "",
+        ]
+    )
 
 
 _LINUX = re.compile(r"^(\s*)(linux|linuxefi)\s+\S+(.*)$")
@@ -160,9 +162,10 @@ def boot_set(src: Source) -> BootSet:
     kernel, initrd = src.get(layout.kernel), src.get(layout.initrd)
     assert kernel is not None and initrd is not None
     efi = tuple(
-        f for p in layout.efi_files
+        f
+        for p in layout.efi_files
         if (f := src.get(p)) is not None and not p.lower().endswith(".cfg")
-    )  # fmt: skip
+    )
     grub_text = src.read_text(layout.grub_cfg) if layout.grub_cfg else None
     return BootSet(
         origin=src.origin,

@@ -49,14 +49,34 @@ LIVE_USER = "liveuser"
 ACCOUNT_FILES = ("etc/passwd", "etc/shadow", "etc/group", "etc/gshadow")
 
 _HOME_SECRETS = (
-    ".bash_history", ".zsh_history", ".history", ".sh_history", ".ash_history",
-    ".python_history", ".lesshst", ".viminfo", ".wget-hsts", ".sqlite_history",
-    ".mysql_history", ".psql_history", ".node_repl_history", ".local/share/fish/fish_history",
-    ".local/share/recently-used.xbel", ".local/share/keyrings", ".gnupg",
-    ".local/share/Trash", ".cache",
-)  # fmt: skip
-_FIREFOX_SECRETS = ("logins.json", "key4.db", "key3.db", "signons.sqlite", "cookies.sqlite",
-                    "formhistory.sqlite")  # fmt: skip
+    ".bash_history",
+    ".zsh_history",
+    ".history",
+    ".sh_history",
+    ".ash_history",
+    ".python_history",
+    ".lesshst",
+    ".viminfo",
+    ".wget-hsts",
+    ".sqlite_history",
+    ".mysql_history",
+    ".psql_history",
+    ".node_repl_history",
+    ".local/share/fish/fish_history",
+    ".local/share/recently-used.xbel",
+    ".local/share/keyrings",
+    ".gnupg",
+    ".local/share/Trash",
+    ".cache",
+)
+_FIREFOX_SECRETS = (
+    "logins.json",
+    "key4.db",
+    "key3.db",
+    "signons.sqlite",
+    "cookies.sqlite",
+    "formhistory.sqlite",
+)
 
 DEFAULT_RULES: tuple[Rule, ...] = (
     # machine identity
@@ -68,8 +88,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # records its use goes here (the rest is package state, e.g. deb-systemd-helper's)
     Rule("var/lib/systemd/random-seed", Action.REMOVE, "machine identity (random seed)"),
     Rule("var/lib/systemd/credential.secret", Action.REMOVE, "this machine's credential key"),
-    *(Rule(f"var/lib/systemd/{d}", Action.EMPTY, "this machine's history")
-      for d in ("coredump", "timers", "pstore", "backlight", "rfkill")),
+    *(
+        Rule(f"var/lib/systemd/{d}", Action.EMPTY, "this machine's history")
+        for d in ("coredump", "timers", "pstore", "backlight", "rfkill")
+    ),
     Rule("var/lib/random-seed", Action.REMOVE, "machine identity (random seed)"),
     Rule("etc/blkid", Action.EMPTY, "this machine's device cache"),
     Rule("etc/blkid.tab", Action.REMOVE, "this machine's device cache"),
@@ -108,12 +130,16 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("var/cache/cups", Action.REMOVE, "printer cache (editliveos)"),
     # the users' homes: histories, private keys, keyrings, caches (the rest stays: the
     # settings and activities set up for the class are the point of a remix)
-    *(Rule(f"home/*/{name}", Action.REMOVE, "a user's history, keys or cache")
-      for name in _HOME_SECRETS),
+    *(
+        Rule(f"home/*/{name}", Action.REMOVE, "a user's history, keys or cache")
+        for name in _HOME_SECRETS
+    ),
     Rule("home/*/.ssh", Action.EMPTY, "a user's SSH keys"),
-    *(Rule(f"home/*/.mozilla/firefox/*/{name}", Action.REMOVE, "saved browser passwords, cookies")
-      for name in _FIREFOX_SECRETS),
-)  # fmt: skip
+    *(
+        Rule(f"home/*/.mozilla/firefox/*/{name}", Action.REMOVE, "saved browser passwords, cookies")
+        for name in _FIREFOX_SECRETS
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -134,8 +160,10 @@ class LeftOut:
 def _clean(path: str, option: str) -> str:
     rel = os.path.normpath("/" + path.strip()).lstrip("/")
     if not rel or rel == "." or ".." in rel.split("/"):
-        raise UsageError(f"{option} {path!r}: give a path inside the image, like /etc/foo",
-                         "paths are absolute in the live system's root")  # fmt: skip
+        raise UsageError(
+            f"{option} {path!r}: give a path inside the image, like /etc/foo",
+            "paths are absolute in the live system's root",
+        )
     return rel
 
 
@@ -289,8 +317,9 @@ def apply(
             if action is Action.ACCOUNT:
                 changed = reset_accounts(path, base_root / rel if base_root else None)
                 if changed:
-                    out.append(LeftOut("/" + rel, action, 1, 0, f"{rule.why}: "
-                                       + ", ".join(changed)))  # fmt: skip
+                    out.append(
+                        LeftOut("/" + rel, action, 1, 0, f"{rule.why}: " + ", ".join(changed))
+                    )
                 continue
             if action is Action.EMPTY and _is_dir(path):
                 files, size = _empty(root, rel, keep)

@@ -363,9 +363,11 @@ def _plan_build(
         free = _free(stick.ldir)
         if free + prev.size() < size + overlay_size:
             _no_room(free, prev.size(), size + overlay_size, estimated=False)
-        plan.notes.append(f"new squashfs.img: {format_size(size)} (old: "
-                          f"{format_size(cur.base.stat().st_size)} + overlay used "
-                          f"{format_size(report.used_bytes)})")  # fmt: skip
+        plan.notes.append(
+            f"new squashfs.img: {format_size(size)} (old: "
+            f"{format_size(cur.base.stat().st_size)} + overlay used "
+            f"{format_size(report.used_bytes)})"
+        )
 
     def drop_old_previous() -> None:
         switch.drop_previous(stick)

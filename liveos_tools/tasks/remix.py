@@ -38,8 +38,7 @@ from liveos_tools.units import MiB, format_size
 #: progress(stage, done_bytes, total_bytes)
 StageProgress = Callable[[str, int, int], None]
 
-REQUIRED_TOOLS = ("xorriso", "implantisomd5", "mksquashfs", "e2fsck", "tune2fs", "losetup",
-                  "mount")  # fmt: skip
+REQUIRED_TOOLS = ("xorriso", "implantisomd5", "mksquashfs", "e2fsck", "tune2fs", "losetup", "mount")
 #: Room kept free beyond the estimates (filesystem metadata, estimates that run short).
 SLACK = 64 * MiB
 REPAIR_HINT = "run `liveos-overlay repair` on the stick first; nothing was written"
@@ -113,8 +112,9 @@ def check_output(medium: Medium, output: Path, what: str = "the output") -> Path
     for f in stick_files:
         with contextlib.suppress(OSError):
             if output.exists() and os.path.samefile(output, f):
-                raise UsageError(f"{what} {output} is the stick image itself",
-                                 "give a new file name for the ISO")  # fmt: skip
+                raise UsageError(
+                    f"{what} {output} is the stick image itself", "give a new file name for the ISO"
+                )
     return parent
 
 
@@ -138,11 +138,15 @@ def _include_files(medium: Medium, paths: Sequence[str]) -> list[Graft]:
         rel = os.path.normpath("/" + p).lstrip("/")
         host = medium.root / rel
         if not rel or rel.split("/")[0] in reserved:
-            raise UsageError(f"--include {p}: the ISO's own {rel.split('/')[0] or '/'} cannot "
-                             "be replaced", "include your own files and folders")  # fmt: skip
+            raise UsageError(
+                f"--include {p}: the ISO's own {rel.split('/')[0] or '/'} cannot be replaced",
+                "include your own files and folders",
+            )
         if not os.path.lexists(host) or not _inside(host, medium.root):
-            raise TargetError(f"--include {p}: no such file on the stick ({medium.target})",
-                              "paths are relative to the stick's top folder")  # fmt: skip
+            raise TargetError(
+                f"--include {p}: no such file on the stick ({medium.target})",
+                "paths are relative to the stick's top folder",
+            )
         grafts.append(Graft("/" + rel, host))
     return grafts
 
@@ -174,8 +178,9 @@ def _tree_size(path: Path) -> int:
 class Remix:
     """The planned remix of one stick; `plan()` lists it, `execute()` runs it."""
 
-    def __init__(self, medium: Medium, opts: RemixOptions,
-                 progress: StageProgress | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, medium: Medium, opts: RemixOptions, progress: StageProgress | None = None
+    ) -> None:
         self.medium = medium
         self.opts = opts
         self.progress = progress
@@ -202,16 +207,19 @@ class Remix:
         self.work: Path | None = None
         self.partial: Path | None = None
         self.had_journal = False
-        self.stale, self.stale_mounted = leftovers(opts.output.name,
-                                                   {self.out_dir, self.work_parent})  # fmt: skip
+        self.stale, self.stale_mounted = leftovers(
+            opts.output.name, {self.out_dir, self.work_parent}
+        )
 
     # -- checks -------------------------------------------------------------------------
 
     def _check_medium(self) -> None:
         m = self.medium
         if m.root is None or m.image_layout is ImageLayout.NONE:
-            raise TargetError(f"{m.target} holds no LiveOS image to remix",
-                              "point at a LiveOS stick: its device, image or mount")  # fmt: skip
+            raise TargetError(
+                f"{m.target} holds no LiveOS image to remix",
+                "point at a LiveOS stick: its device, image or mount",
+            )
         if m.overlay_kind in (OverlayKind.OVERLAYFS_DIR, OverlayKind.OVERLAYFS_IMAGE):
             raise TargetError(
                 f"{m.overlay_path} is an OverlayFS overlay: remix merges device-mapper overlays",
@@ -253,8 +261,10 @@ class Remix:
     def _plan_clone(self) -> None:
         m = self.medium
         if m.home_path is None:
-            raise TargetError(f"--clone: {m.target} has no {m.livedir}/home.img",
-                              "drop --clone; the ISO gets the root filesystem only")  # fmt: skip
+            raise TargetError(
+                f"--clone: {m.target} has no {m.livedir}/home.img",
+                "drop --clone; the ISO gets the root filesystem only",
+            )
         _check_not_in_use(m.home_path, "home.img")
         self.extra.append(Graft("/LiveOS/home.img", m.home_path))
         if m.home_kind is HomeKind.LUKS:
@@ -287,10 +297,14 @@ class Remix:
             ]
         else:
             places = [
-                (work, e.scratch + e.squashfs + SLACK, f"work files (merged image "
-                 f"{format_size(e.scratch)}, squashfs {format_size(e.squashfs)})"),
+                (
+                    work,
+                    e.scratch + e.squashfs + SLACK,
+                    f"work files (merged image "
+                    f"{format_size(e.scratch)}, squashfs {format_size(e.squashfs)})",
+                ),
                 (out, e.iso + SLACK, f"the ISO ({format_size(e.iso)})"),
-            ]  # fmt: skip
+            ]
         for where, need, what in places:
             free = _free(where)
             if need > free:
@@ -307,33 +321,50 @@ class Remix:
         plan = Plan("remix", m.target)
         b = self.boot
         if self.stale:
-            plan.add("remove what an interrupted remix of the same name left: "
-                     + ", ".join(map(str, self.stale)), self._remove_stale)  # fmt: skip
+            plan.add(
+                "remove what an interrupted remix of the same name left: "
+                + ", ".join(map(str, self.stale)),
+                self._remove_stale,
+            )
         for where in self.stale_mounted:
-            plan.notes.append(f"{where} is left from an interrupted remix and still has a "
-                              "mount in it: unmount it and remove it")  # fmt: skip
+            plan.notes.append(
+                f"{where} is left from an interrupted remix and still has a "
+                "mount in it: unmount it and remove it"
+            )
         assert m.overlay_path is not None
-        plan.add(f"merge the base image and the overlay {m.livedir}/{m.overlay_path.name} "
-                 "into a scratch "
-                 f"image in {self.work_parent} (about {format_size(self.estimate.scratch)})",
-                 self._merge)  # fmt: skip
-        plan.add("check the merged root with e2fsck (journal replay and preen only)",
-                 self._check)  # fmt: skip
+        plan.add(
+            f"merge the base image and the overlay {m.livedir}/{m.overlay_path.name} "
+            "into a scratch "
+            f"image in {self.work_parent} (about {format_size(self.estimate.scratch)})",
+            self._merge,
+        )
+        plan.add("check the merged root with e2fsck (journal replay and preen only)", self._check)
         if o.no_seclude:
             plan.notes.append("--no-seclude: nothing is left out; private data goes into the ISO")
         else:
-            plan.add(f"leave out private data ({len(self.rules)} rules: machine identity, "
-                     "network secrets, logs, histories, root's home, caches, liveuser's "
-                     "password)" + (f", keeping {', '.join(o.keep)}" if o.keep else ""),
-                     self._seclude)  # fmt: skip
-        plan.add("rewrite the root's directories (e2fsck -D) and drop its journal: both keep "
-                 "names and metadata of what was deleted", self._scrub)  # fmt: skip
-        plan.add("zero the free blocks of the merged root (deleted data is not shipped), "
-                 "then give it a new, empty journal", self._zero)  # fmt: skip
-        plan.add(f"make squashfs.img ({self._compressor()}) holding LiveOS/rootfs.img",
-                 self._squash)  # fmt: skip
-        boots = ["BIOS (isolinux)" if b.bios else None, "EFI (images/efiboot.img)" if b.efi
-                 else None]  # fmt: skip
+            plan.add(
+                f"leave out private data ({len(self.rules)} rules: machine identity, "
+                "network secrets, logs, histories, root's home, caches, liveuser's "
+                "password)" + (f", keeping {', '.join(o.keep)}" if o.keep else ""),
+                self._seclude,
+            )
+        plan.add(
+            "rewrite the root's directories (e2fsck -D) and drop its journal: both keep "
+            "names and metadata of what was deleted",
+            self._scrub,
+        )
+        plan.add(
+            "zero the free blocks of the merged root (deleted data is not shipped), "
+            "then give it a new, empty journal",
+            self._zero,
+        )
+        plan.add(
+            f"make squashfs.img ({self._compressor()}) holding LiveOS/rootfs.img", self._squash
+        )
+        boots = [
+            "BIOS (isolinux)" if b.bios else None,
+            "EFI (images/efiboot.img)" if b.efi else None,
+        ]
         plan.add(
             f"write the ISO {o.output} (label {self.label!r}, boot: "
             f"{', '.join(x for x in boots if x) or 'none'}, isohybrid"
@@ -346,15 +377,17 @@ class Remix:
             "kernel arguments: " + " ".join(iso.kernel_args(self.label, b.source_args))
         )
         if self.label != self.asked_label:
-            plan.notes.append(f"the label is {self.label!r}: dracut cannot find a CD by a "
-                              "label with spaces")  # fmt: skip
+            plan.notes.append(
+                f"the label is {self.label!r}: dracut cannot find a CD by a label with spaces"
+            )
         plan.notes.append(f"the stick {m.target} is only read")
         plan.notes.extend(self.result.warnings)
         if not b.bios:
             plan.notes.append(f"{b.origin} has no syslinux: the ISO boots by EFI only")
         if o.output.exists():
-            plan.destroys.append(f"the existing file {o.output} (replaced when the new ISO "
-                                 "is complete)")  # fmt: skip
+            plan.destroys.append(
+                f"the existing file {o.output} (replaced when the new ISO is complete)"
+            )
         return plan
 
     def _compressor(self) -> str:
@@ -383,8 +416,9 @@ class Remix:
     def _merge(self) -> None:
         from liveos_tools import merge, rebuild
 
-        self.work = Path(tempfile.mkdtemp(prefix=f".{self.opts.output.name}.remix-",
-                                          dir=self.work_parent))  # fmt: skip
+        self.work = Path(
+            tempfile.mkdtemp(prefix=f".{self.opts.output.name}.remix-", dir=self.work_parent)
+        )
         with merge.merged(self.medium) as view:
             self.scratch = rebuild.scratch_image(view, self.work, progress=self._report("merge"))
 
@@ -396,11 +430,12 @@ class Remix:
     def _seclude(self) -> None:
         from liveos_tools import merge
 
-        with merge.open_base(self.medium) as base, \
-                seclude.mounted(base, writable=False) as base_root, \
-                seclude.mounted(self.scratch, writable=True) as root:  # fmt: skip
-            self.result.left_out = seclude.apply(root, self.rules, self.keep,
-                                                 base_root=base_root)  # fmt: skip
+        with (
+            merge.open_base(self.medium) as base,
+            seclude.mounted(base, writable=False) as base_root,
+            seclude.mounted(self.scratch, writable=True) as root,
+        ):
+            self.result.left_out = seclude.apply(root, self.rules, self.keep, base_root=base_root)
 
     def _scrub(self) -> None:
         from liveos_tools.tools import e2fsck, tune2fs
@@ -425,16 +460,22 @@ class Remix:
 
         assert self.work is not None
         self.squashfs = self.work / "squashfs.img"
-        rebuild.make_squashfs(self.scratch, self.squashfs, compressor=self._compressor(),
-                              progress=self._report("squashfs"))  # fmt: skip
+        rebuild.make_squashfs(
+            self.scratch,
+            self.squashfs,
+            compressor=self._compressor(),
+            progress=self._report("squashfs"),
+        )
         rebuild.remove_scratch(self.scratch)  # its room is the ISO's now
 
     def _iso(self) -> None:
         assert self.work is not None
-        layout = iso.stage(self.work, label=self.label, squashfs=self.squashfs, boot=self.boot,
-                           extra=self.extra)  # fmt: skip
-        fd, name = tempfile.mkstemp(prefix=f".{self.opts.output.name}.", suffix=".partial",
-                                    dir=self.out_dir)  # fmt: skip
+        layout = iso.stage(
+            self.work, label=self.label, squashfs=self.squashfs, boot=self.boot, extra=self.extra
+        )
+        fd, name = tempfile.mkstemp(
+            prefix=f".{self.opts.output.name}.", suffix=".partial", dir=self.out_dir
+        )
         os.close(fd)
         self.partial = Path(name)
         iso.write_iso(layout, self.partial, progress=self._report("iso"))
@@ -465,8 +506,9 @@ class Remix:
             shutil.rmtree(self.work, ignore_errors=True)
             self.work = None
 
-    def execute(self, plan: Plan, step_progress: Callable[[int, int, str], None] | None = None
-                ) -> RemixResult:  # fmt: skip
+    def execute(
+        self, plan: Plan, step_progress: Callable[[int, int, str], None] | None = None
+    ) -> RemixResult:
         try:
             plan.execute(step_progress)
         except KeyboardInterrupt:
@@ -479,8 +521,13 @@ class Remix:
 
 
 @contextlib.contextmanager
-def prepared(target: str | None, opts: RemixOptions, *, livedir: str | None = None,
-             progress: StageProgress | None = None) -> Iterator[tuple[Remix, Plan]]:  # fmt: skip
+def prepared(
+    target: str | None,
+    opts: RemixOptions,
+    *,
+    livedir: str | None = None,
+    progress: StageProgress | None = None,
+) -> Iterator[tuple[Remix, Plan]]:
     """Locate the stick (read-only) and plan its remix; the stick stays open meanwhile."""
     from liveos_tools.media import open_medium
 

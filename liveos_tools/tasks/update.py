@@ -54,8 +54,11 @@ def _read_release(spec: str) -> tuple[dict[str, tuple[str, int, int]], str]:
                     "write the stick afresh with liveos-iso-to-disk",
                 )
             out = {}
-            for key, path in (("image", layout.image), ("kernel", layout.kernel),
-                              ("initrd", layout.initrd)):  # fmt: skip
+            for key, path in (
+                ("image", layout.image),
+                ("kernel", layout.kernel),
+                ("initrd", layout.initrd),
+            ):
                 sf = src.get(path)
                 assert sf is not None
                 out[key] = (sf.backing, sf.offset, sf.size)
@@ -119,8 +122,9 @@ def plan_update(
     cur = stick.pair(Slot.CURRENT)
     overlay_size = cur.overlay.stat().st_size
     need = sum(size for _, _, size in release.values()) + overlay_size
-    check_fat_limit(release["image"][2], medium.volume.fstype if medium.volume else None,
-                    "squashfs.img")  # fmt: skip
+    check_fat_limit(
+        release["image"][2], medium.volume.fstype if medium.volume else None, "squashfs.img"
+    )
     prev = stick.pair(Slot.PREVIOUS)
     prev_bytes = prev.size() + sum(
         p.stat().st_size for p in stick.kernel_files(Slot.PREVIOUS) or () if p.exists()

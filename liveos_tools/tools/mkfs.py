@@ -48,8 +48,16 @@ def make_swap(target: str | Path, *, label: str | None = None) -> None:
     run([*argv, str(target)])
 
 
-def ext_argv(device: str | Path, *, fstype: str, label: str, uuid: str, blocksize: int,
-             offset: int = 0, length: int) -> list[str]:  # fmt: skip
+def ext_argv(
+    device: str | Path,
+    *,
+    fstype: str,
+    label: str,
+    uuid: str,
+    blocksize: int,
+    offset: int = 0,
+    length: int,
+) -> list[str]:
     """mke2fs for a stick: `length` bytes at `offset` of `device` (a partition node: 0).
     nodiscard: a discard punches holes in an image file, undoing the preallocation."""
     if fstype not in EXT_TYPES:

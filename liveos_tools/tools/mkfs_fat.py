@@ -23,12 +23,20 @@ def argv(
     # fat_bits 0 lets mkfs.fat choose: FAT32 below ~512 MiB has too few clusters to be valid.
     bits = ["-F", str(fat_bits)] if fat_bits else []
     return [
-        "mkfs.fat", *bits, "-n", label, "-i", volume_id,
+        "mkfs.fat",
+        *bits,
+        "-n",
+        label,
+        "-i",
+        volume_id,
         # hidden sectors = the partition's start: the boot sector syslinux writes uses it.
-        "-h", str(hidden_sectors),
-        "--offset", str(offset // SECTOR),
-        str(device), str(size // 1024),
-    ]  # fmt: skip
+        "-h",
+        str(hidden_sectors),
+        "--offset",
+        str(offset // SECTOR),
+        str(device),
+        str(size // 1024),
+    ]
 
 
 def make(
@@ -41,8 +49,17 @@ def make(
     hidden_sectors: int,
     fat_bits: int = 0,
 ) -> None:
-    run(argv(device, offset, size, label=label, volume_id=volume_id,
-             hidden_sectors=hidden_sectors, fat_bits=fat_bits))  # fmt: skip
+    run(
+        argv(
+            device,
+            offset,
+            size,
+            label=label,
+            volume_id=volume_id,
+            hidden_sectors=hidden_sectors,
+            fat_bits=fat_bits,
+        )
+    )
 
 
 def run_argv(argv: list[str]) -> None:

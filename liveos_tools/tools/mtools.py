@@ -38,31 +38,55 @@ def make_dirs(device: str | Path, offset: int, paths: list[str]) -> None:
 
 
 def exists(device: str | Path, offset: int, path: str) -> bool:
-    res = run(["mdir", "-b", "-a", "-i", drive(device, offset), f"::/{path.strip('/')}"],
-              check=False)  # fmt: skip
+    res = run(
+        ["mdir", "-b", "-a", "-i", drive(device, offset), f"::/{path.strip('/')}"], check=False
+    )
     return res.returncode == 0
 
 
 def listing(device: str | Path, offset: int, path: str = "") -> list[str]:
     """Full paths under `path` (recursive, `mdir -/ -b`), without the leading ::/."""
-    res = run(["mdir", "-/", "-b", "-a", "-i", drive(device, offset), f"::/{path.strip('/')}"],
-              check=False)  # fmt: skip
+    res = run(
+        ["mdir", "-/", "-b", "-a", "-i", drive(device, offset), f"::/{path.strip('/')}"],
+        check=False,
+    )
     if res.returncode != 0:
         return []
-    return [line.strip()[3:].rstrip("/") for line in res.stdout.splitlines()
-            if line.startswith("::/")]  # fmt: skip
+    return [
+        line.strip()[3:].rstrip("/") for line in res.stdout.splitlines() if line.startswith("::/")
+    ]
 
 
 def copy_in(device: str | Path, offset: int, source: str | Path, dest: str) -> None:
     """Copy a host file (or a FIFO, read to its end) to `dest`, replacing what is there."""
-    run(["mcopy", "-D", "o", "-n", "-i", drive(device, offset), str(source),
-         f"::/{dest.strip('/')}"])  # fmt: skip
+    run(
+        [
+            "mcopy",
+            "-D",
+            "o",
+            "-n",
+            "-i",
+            drive(device, offset),
+            str(source),
+            f"::/{dest.strip('/')}",
+        ]
+    )
 
 
 def copy_many(device: str | Path, offset: int, sources: list[Path], dest_dir: str) -> None:
     """Copy host files into a directory under their own names, in one mcopy run."""
-    run(["mcopy", "-D", "o", "-n", "-i", drive(device, offset), *map(str, sources),
-         f"::/{dest_dir.strip('/')}"])  # fmt: skip
+    run(
+        [
+            "mcopy",
+            "-D",
+            "o",
+            "-n",
+            "-i",
+            drive(device, offset),
+            *map(str, sources),
+            f"::/{dest_dir.strip('/')}",
+        ]
+    )
 
 
 def delete(device: str | Path, offset: int, path: str) -> None:
@@ -90,11 +114,11 @@ def clusters(device: str | Path, offset: int, path: str) -> list[tuple[int, int]
     return parse_showfat(out)
 
 
-def clusters_many(device: str | Path, offset: int, paths: list[str]
-                  ) -> list[list[tuple[int, int]]]:  # fmt: skip
+def clusters_many(device: str | Path, offset: int, paths: list[str]) -> list[list[tuple[int, int]]]:
     """`clusters` of several paths from one mshowfat run (it prints a line for each)."""
-    out = run(["mshowfat", "-i", drive(device, offset),
-               *[f"::/{p.strip('/')}" for p in paths]]).stdout  # fmt: skip
+    out = run(
+        ["mshowfat", "-i", drive(device, offset), *[f"::/{p.strip('/')}" for p in paths]]
+    ).stdout
     lines = [line for line in out.splitlines() if line.startswith("::")]
     if len(lines) != len(paths):  # not one line each: ask one by one
         return [clusters(device, offset, p) for p in paths]
@@ -193,8 +217,15 @@ def read_head(device: str | Path, offset: int, path: str, length: int) -> bytes:
     return b"".join(_read_runs(device, offset, geo, runs, path, size, 1 << 20))
 
 
-def _read_runs(device: str | Path, offset: int, geo: FatGeometry, runs: list[tuple[int, int]],
-               path: str, size: int, chunk: int) -> Iterator[bytes]:  # fmt: skip
+def _read_runs(
+    device: str | Path,
+    offset: int,
+    geo: FatGeometry,
+    runs: list[tuple[int, int]],
+    path: str,
+    size: int,
+    chunk: int,
+) -> Iterator[bytes]:
     left = size
     with open(device, "rb", buffering=0) as f:
         for first, last in runs:

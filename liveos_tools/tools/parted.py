@@ -61,8 +61,9 @@ def alignment(optimal_io: int) -> int:
     return ALIGN
 
 
-def layout(disk_size: int, specs: list[PartSpec], *, gpt: bool,
-           align: int = ALIGN) -> list[tuple[int, int]]:  # fmt: skip
+def layout(
+    disk_size: int, specs: list[PartSpec], *, gpt: bool, align: int = ALIGN
+) -> list[tuple[int, int]]:
     """(start, length) in bytes for each spec: aligned to `align`, the last one takes the
     rest. Pure: the plan shows these numbers before anything is written, and the table
     read back after writing must show them too.
@@ -157,12 +158,20 @@ def read_table(path: str | Path) -> TableInfo:
 
 #: libparted's PED_PARTITION_ESP (pyparted names no constant for it)
 _PED_PARTITION_ESP = 18
-_FS_TYPES = {"vfat": "fat32", "fat32": "fat32", "ext4": "ext4", "ext3": "ext3", "ext2": "ext2",
-             "btrfs": "btrfs", "xfs": "xfs"}  # fmt: skip
+_FS_TYPES = {
+    "vfat": "fat32",
+    "fat32": "fat32",
+    "ext4": "ext4",
+    "ext3": "ext3",
+    "ext2": "ext2",
+    "btrfs": "btrfs",
+    "xfs": "xfs",
+}
 
 
-def write_table(path: str | Path, specs: list[PartSpec], placed: list[tuple[int, int]], *,
-                gpt: bool) -> TableInfo:  # fmt: skip
+def write_table(
+    path: str | Path, specs: list[PartSpec], placed: list[tuple[int, int]], *, gpt: bool
+) -> TableInfo:
     """Replace the partition table of `path` with `specs` at exactly the `placed` byte
     ranges, then read it back: a table that differs from the plan raises
     TableMismatchError. Returns the table read back.
@@ -197,8 +206,13 @@ def write_table(path: str | Path, specs: list[PartSpec], placed: list[tuple[int,
             if spec.legacy_boot and gpt:
                 part.setFlag(parted.PARTITION_LEGACY_BOOT)
         disk.commit()
-    except (parted.DiskException, parted.PartitionException, parted.IOException,
-            parted.ConstraintException, parted.GeometryException) as exc:  # fmt: skip
+    except (
+        parted.DiskException,
+        parted.PartitionException,
+        parted.IOException,
+        parted.ConstraintException,
+        parted.GeometryException,
+    ) as exc:
         raise LiveOSError(f"writing the partition table of {path} failed: {exc}") from None
     table = read_table(path)
     wrong = mismatches(placed, table, label=label)

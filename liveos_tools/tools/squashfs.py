@@ -37,8 +37,10 @@ def parse_lls_size(text: str, path: str) -> int | None:
 
 def file_size(image: str | Path, path: str, *, offset: int = 0) -> int | None:
     """The size of `path` inside a squashfs at `offset` of `image` (None: not there)."""
-    res = run(["unsquashfs", "-no-progress", "-o", str(offset), "-lls", "-d", "", str(image),
-               path], check=False)  # fmt: skip
+    res = run(
+        ["unsquashfs", "-no-progress", "-o", str(offset), "-lls", "-d", "", str(image), path],
+        check=False,
+    )
     return parse_lls_size(res.stdout, path)
 
 

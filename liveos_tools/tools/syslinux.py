@@ -51,8 +51,7 @@ def module_paths() -> list[Path]:
 
 def install_fat(device: str | Path, offset: int, directory: str = "/syslinux") -> None:
     """Write ldlinux.sys/ldlinux.c32 and the boot sector into a FAT at `offset` bytes."""
-    run(["syslinux", "--install", "--offset", str(offset), "--directory", directory,
-         str(device)])  # fmt: skip
+    run(["syslinux", "--install", "--offset", str(offset), "--directory", directory, str(device)])
 
 
 def install_ext(mounted_dir: str | Path) -> None:

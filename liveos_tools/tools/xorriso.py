@@ -43,15 +43,33 @@ class ElTorito:
 
 def mkisofs_argv(output: Path, label: str, grafts: Sequence[Graft], boot: ElTorito) -> list[str]:
     argv = [
-        "xorriso", "-as", "mkisofs", "-o", str(output), "-V", label,
+        "xorriso",
+        "-as",
+        "mkisofs",
+        "-o",
+        str(output),
+        "-V",
+        label,
         # level 3: a squashfs.img of 4 GiB or more is stored in several extents
-        "-iso-level", "3", "-R", "-J", "-joliet-long",
-    ]  # fmt: skip
+        "-iso-level",
+        "3",
+        "-R",
+        "-J",
+        "-joliet-long",
+    ]
     if boot.isohybrid_mbr is not None:
         argv += ["-isohybrid-mbr", str(boot.isohybrid_mbr)]
     if boot.bios_image is not None:
-        argv += ["-b", boot.bios_image, "-c", boot.catalog, "-no-emul-boot",
-                 "-boot-load-size", "4", "-boot-info-table"]  # fmt: skip
+        argv += [
+            "-b",
+            boot.bios_image,
+            "-c",
+            boot.catalog,
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+        ]
     if boot.efi_image is not None:
         if boot.bios_image is not None:
             argv.append("-eltorito-alt-boot")

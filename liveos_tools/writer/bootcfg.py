@@ -38,9 +38,8 @@ ENTRY_ARGS = frozenset({"rd.live.check"})
 def entry_words(line: str) -> tuple[str, ...]:
     """The words of one menu entry's command line that it keeps on the stick."""
     return tuple(
-        w for w in line.split()
-        if (w in ENTRY_ARGS or not OWN_ARGS.match(w)) and "CDLABEL" not in w
-    )  # fmt: skip
+        w for w in line.split() if (w in ENTRY_ARGS or not OWN_ARGS.match(w)) and "CDLABEL" not in w
+    )
 
 
 @dataclass(frozen=True)
@@ -117,12 +116,14 @@ def _sl_blocks(text: str) -> list[list[str]]:
     return [b for b in blocks if b]
 
 
-def _sl_entry(block: list[str], args: BootArgs, kernel: str, initrd: str,
-              source_kernel: str) -> list[str] | None:  # fmt: skip
+def _sl_entry(
+    block: list[str], args: BootArgs, kernel: str, initrd: str, source_kernel: str
+) -> list[str] | None:
     """One label block rewritten for the stick; None drops it."""
     kernels = [m.group(3) for x in block if (m := _SL_KERNEL.match(x))]
-    if any(not k.lower().endswith(".c32") and not _is_live_kernel(k, source_kernel)
-           for k in kernels):  # fmt: skip
+    if any(
+        not k.lower().endswith(".c32") and not _is_live_kernel(k, source_kernel) for k in kernels
+    ):
         return None  # memtest and the like: not copied to the stick
     live = any(not k.lower().endswith(".c32") for k in kernels)
     out: list[str] = []
@@ -148,8 +149,9 @@ def live_labels(source_cfg: str) -> list[str]:
     return labels
 
 
-def _sl_header(block: list[str], labels: list[str], timeout_s: int | None, menu: bool,
-               bootmsg: bool) -> list[str]:  # fmt: skip
+def _sl_header(
+    block: list[str], labels: list[str], timeout_s: int | None, menu: bool, bootmsg: bool
+) -> list[str]:
     out: list[str] = []
     placed = timeout_s is None
     for line in block:
@@ -210,14 +212,23 @@ def syslinux_cfg(
     (`grub_source`) or a plain one. timeout 0 boots at once; -1 waits for ever; None
     keeps the ISO's."""
     if source_cfg and live_labels(source_cfg):
-        return rewrite_syslinux(source_cfg, args, kernel=kernel, initrd=initrd,
-                                source_kernel=source_kernel, timeout_s=timeout_s,
-                                menu=menu, bootmsg=bootmsg)  # fmt: skip
+        return rewrite_syslinux(
+            source_cfg,
+            args,
+            kernel=kernel,
+            initrd=initrd,
+            source_kernel=source_kernel,
+            timeout_s=timeout_s,
+            menu=menu,
+            bootmsg=bootmsg,
+        )
     entries = grub_entries(grub_source, source_kernel) if grub_source else []
     if not entries:
         own = " ".join(args.source_args)
-        entries = [(f"Start {title}", own), (f"Test this media & start {title}",
-                                             f"{own} rd.live.check")]  # fmt: skip
+        entries = [
+            (f"Start {title}", own),
+            (f"Test this media & start {title}", f"{own} rd.live.check"),
+        ]
     timeout = 10 if timeout_s is None else timeout_s
     lines = []
     if menu:
@@ -226,8 +237,10 @@ def syslinux_cfg(
     if timeout < 0:
         lines.append("timeout 0")
     else:
-        lines += ["prompt 0" if timeout == 0 or not menu else "prompt 1",
-                  f"timeout {max(1, timeout * 10)}"]  # fmt: skip
+        lines += [
+            "prompt 0" if timeout == 0 or not menu else "prompt 1",
+            f"timeout {max(1, timeout * 10)}",
+        ]
     if not bootmsg:
         lines.append("# --nobootmsg: no boot message")
     for n, (entry_title, words) in enumerate(entries):
@@ -252,8 +265,16 @@ _INSMOD_PART = re.compile(r"^(\s*)insmod\s+part_(gpt|msdos)\s*$")
 _INSMOD_FS = re.compile(r"^(\s*)insmod\s+(ext2|fat|xfs|f2fs|btrfs|iso9660)\s*$")
 _TIMEOUT = re.compile(r"^(\s*)set\s+timeout=")
 _DEFAULT = re.compile(r"^(\s*)set\s+default=")
-GRUB_FS = {"vfat": "fat", "msdos": "fat", "ext2": "ext2", "ext3": "ext2", "ext4": "ext2",
-           "btrfs": "btrfs", "xfs": "xfs", "f2fs": "f2fs"}  # fmt: skip
+GRUB_FS = {
+    "vfat": "fat",
+    "msdos": "fat",
+    "ext2": "ext2",
+    "ext3": "ext2",
+    "ext4": "ext2",
+    "btrfs": "btrfs",
+    "xfs": "xfs",
+    "f2fs": "f2fs",
+}
 
 
 def grub_entries(source_cfg: str, source_kernel: str = "vmlinuz") -> list[tuple[str, str]]:

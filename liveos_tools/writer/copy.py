@@ -122,8 +122,9 @@ class Board:
     On a terminal: one line for all targets together (bytes, rate, ETA), redrawn in
     place. Otherwise: a line per target every few seconds and when it finishes."""
 
-    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False,
-                 tty: bool | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, stream: TextIO | None = None, *, quiet: bool = False, tty: bool | None = None
+    ) -> None:
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.tty = self.stream.isatty() if tty is None else tty
@@ -145,8 +146,10 @@ class Board:
         eta = (self.total - self.done) / rate if rate > 0 else 0
         pct = 100 * self.done / max(self.total, 1)
         who = f"{self._targets} sticks" if self._targets > 1 else "writing"
-        return (f"{who}: {format_size(self.done)} / {format_size(self.total)} ({pct:3.0f}%) "
-                f"{format_size(int(rate))}/s ETA {eta:4.0f} s")  # fmt: skip
+        return (
+            f"{who}: {format_size(self.done)} / {format_size(self.total)} ({pct:3.0f}%) "
+            f"{format_size(int(rate))}/s ETA {eta:4.0f} s"
+        )
 
     def advance(self, n: int) -> None:
         with self._lock:
@@ -168,8 +171,14 @@ class Progress:
     """One target's file: feeds the overall board; on a non-terminal (or without a
     board) prints its own line every 2 s and at the end."""
 
-    def __init__(self, label: str, total: int, stream: TextIO | None = None,
-                 quiet: bool = False, board: Board | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        stream: TextIO | None = None,
+        quiet: bool = False,
+        board: Board | None = None,
+    ) -> None:
         """`board`: the run's overall progress (None: per-target lines only)."""
         self.label = label
         self.total = max(total, 1)
@@ -185,8 +194,10 @@ class Progress:
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else 0
         pct = 100 * self.done / self.total
-        return (f"{self.label}: {format_size(self.done)} / {format_size(self.total)} "
-                f"({pct:3.0f}%) {format_size(int(rate))}/s ETA {eta:4.0f} s")  # fmt: skip
+        return (
+            f"{self.label}: {format_size(self.done)} / {format_size(self.total)} "
+            f"({pct:3.0f}%) {format_size(int(rate))}/s ETA {eta:4.0f} s"
+        )
 
     def update(self, n: int) -> None:
         self.done += n
@@ -263,8 +274,15 @@ def _digest(view: memoryview | bytes | bytearray, algorithm: str) -> bytes:
     return hashlib.sha256(view).digest()
 
 
-def _sendfile_piece(dst: int, src: int, src_off: int, dst_off: int, length: int,
-                    progress: Progress | None, what: str) -> None:  # fmt: skip
+def _sendfile_piece(
+    dst: int,
+    src: int,
+    src_off: int,
+    dst_off: int,
+    length: int,
+    progress: Progress | None,
+    what: str,
+) -> None:
     os.lseek(dst, dst_off, os.SEEK_SET)
     kicked = dst_off
     while length > 0:
@@ -280,9 +298,15 @@ def _sendfile_piece(dst: int, src: int, src_off: int, dst_off: int, length: int,
     _kick(dst, kicked, dst_off - kicked)
 
 
-def transfer(sf: SourceFile, dst: int, pieces: list[Piece], *, checksum: bool,
-             progress: Progress | None = None,
-             algorithm: str = DEFAULT_ALGORITHM) -> Checksum | None:  # fmt: skip
+def transfer(
+    sf: SourceFile,
+    dst: int,
+    pieces: list[Piece],
+    *,
+    checksum: bool,
+    progress: Progress | None = None,
+    algorithm: str = DEFAULT_ALGORITHM,
+) -> Checksum | None:
     """Write the source file's bytes into `pieces` of the open destination `dst`."""
     src = os.open(sf.backing, os.O_RDONLY)
     try:
@@ -329,8 +353,9 @@ class Kicker:
         self.start = self.end
 
 
-def _ring_hash(segs: Iterable[list[Piece]], fill: Callable[[memoryview, list[Piece]], None],
-               algorithm: str) -> tuple[bytes, ...]:  # fmt: skip
+def _ring_hash(
+    segs: Iterable[list[Piece]], fill: Callable[[memoryview, list[Piece]], None], algorithm: str
+) -> tuple[bytes, ...]:
     """For each segment: fill a ring buffer (fill(buf, seg)) and hash it in the pool,
     keeping RING buffers in flight. Digests in segment order."""
     check_algorithm(algorithm)
@@ -348,8 +373,14 @@ def _ring_hash(segs: Iterable[list[Piece]], fill: Callable[[memoryview, list[Pie
     return tuple(digests) or (_digest(b"", algorithm),)
 
 
-def _buffered(sf: SourceFile, src: int, dst: int, pieces: list[Piece],
-              progress: Progress | None, algorithm: str) -> Checksum:  # fmt: skip
+def _buffered(
+    sf: SourceFile,
+    src: int,
+    dst: int,
+    pieces: list[Piece],
+    progress: Progress | None,
+    algorithm: str,
+) -> Checksum:
     pos = [sf.offset]
     kicker = Kicker(dst)
 
@@ -369,9 +400,14 @@ def _buffered(sf: SourceFile, src: int, dst: int, pieces: list[Piece],
     return Checksum(sf.size, digests, algorithm=algorithm)
 
 
-def read_back(dst: int, pieces: list[Piece], size: int, what: str,
-              progress: Progress | None = None,
-              algorithm: str = DEFAULT_ALGORITHM) -> Checksum:  # fmt: skip
+def read_back(
+    dst: int,
+    pieces: list[Piece],
+    size: int,
+    what: str,
+    progress: Progress | None = None,
+    algorithm: str = DEFAULT_ALGORITHM,
+) -> Checksum:
     """Hash what the disk holds: drop the (clean, fsynced) range from the page cache
     first so the bytes come from the device, then read it in segments."""
     for off, length in pieces:
@@ -388,8 +424,9 @@ def read_back(dst: int, pieces: list[Piece], size: int, what: str,
     return Checksum(size, _ring_hash(segments(pieces, size), fill, algorithm), algorithm=algorithm)
 
 
-def source_chunks(sf: SourceFile, hasher: SegmentHasher | None, progress: Progress | None
-                  ) -> Iterator[bytes]:  # fmt: skip
+def source_chunks(
+    sf: SourceFile, hasher: SegmentHasher | None, progress: Progress | None
+) -> Iterator[bytes]:
     """The small-file path: chunks of the source for mcopy, hashed on the way."""
     with open(sf.backing, "rb", buffering=0) as f:
         f.seek(sf.offset)

@@ -63,8 +63,9 @@ class Dest(Protocol):
     def sync(self, drop_cache: bool = True) -> None: ...
 
 
-def verify(dest: Dest, rel: str, expected: copy_mod.Checksum,
-           progress: copy_mod.Progress | None = None) -> None:  # fmt: skip
+def verify(
+    dest: Dest, rel: str, expected: copy_mod.Checksum, progress: copy_mod.Progress | None = None
+) -> None:
     """Read `rel` back from the stick and compare it with the source's checksum."""
     got = dest.checksum(rel, expected.size, progress, expected.algorithm)
     where = expected.first_difference(got)
@@ -157,12 +158,14 @@ class FatDest:
             placeholder.unlink()
         return fatwrite.grow_placeholder(self.device, self.offset, rel, 1, size)
 
-    def write_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
-                   checksum: str | None) -> copy_mod.Checksum | None:  # fmt: skip
+    def write_file(
+        self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *, checksum: str | None
+    ) -> copy_mod.Checksum | None:
         return self.begin_file(rel, sf, progress, checksum=checksum)()
 
-    def begin_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
-                   checksum: str | None) -> Callable[[], copy_mod.Checksum | None]:  # fmt: skip
+    def begin_file(
+        self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *, checksum: str | None
+    ) -> Callable[[], copy_mod.Checksum | None]:
         """Create the file and allocate its clusters now; the returned function writes its
         data. It touches only those clusters, so it may run in a thread while mtools goes
         on changing the rest of the filesystem."""
@@ -331,8 +334,9 @@ class FatDest:
 class MountedDest:
     """A mounted ext* (or other kernel-supported) filesystem."""
 
-    def __init__(self, root: Path, fstype: str, device: str,
-                 backing: tuple[str, int, int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, root: Path, fstype: str, device: str, backing: tuple[str, int, int] | None = None
+    ) -> None:
         self.root = root
         self.fstype = fstype
         self.device = device
@@ -346,12 +350,14 @@ class MountedDest:
         for rel in rels:
             self._p(rel).mkdir(parents=True, exist_ok=True)
 
-    def write_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
-                   checksum: str | None) -> copy_mod.Checksum | None:  # fmt: skip
+    def write_file(
+        self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *, checksum: str | None
+    ) -> copy_mod.Checksum | None:
         return self.begin_file(rel, sf, progress, checksum=checksum)()
 
-    def begin_file(self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *,
-                   checksum: str | None) -> Callable[[], copy_mod.Checksum | None]:  # fmt: skip
+    def begin_file(
+        self, rel: str, sf: SourceFile, progress: copy_mod.Progress | None, *, checksum: str | None
+    ) -> Callable[[], copy_mod.Checksum | None]:
         fd = os.open(self._p(rel), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             if sf.size:

@@ -168,8 +168,7 @@ def home_kind(sf: SourceFile) -> HomeKind:
     return kind
 
 
-def check_same_base(src: Source, layout: Layout, opts: WriteOptions,
-                    fs: StickFs | None) -> str:  # fmt: skip
+def check_same_base(src: Source, layout: Layout, opts: WriteOptions, fs: StickFs | None) -> str:
     """An overlay only means something on top of the image it was made over: refused
     unless it is; returns the note that says why it is."""
     if not opts.skipcopy:

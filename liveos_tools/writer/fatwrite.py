@@ -32,8 +32,9 @@ def fat_bits(geo: mtools.FatGeometry) -> int:
     return 12 if cluster_count(geo) <= FAT12_MAX_CLUSTERS else 16
 
 
-def allocate(fat: bytes | bytearray, bits: int, first: int, need: int, count: int
-             ) -> list[tuple[int, int]]:  # fmt: skip
+def allocate(
+    fat: bytes | bytearray, bits: int, first: int, need: int, count: int
+) -> list[tuple[int, int]]:
     """Clusters for a file of `need` clusters whose first cluster is `first` (already
     allocated): inclusive runs in file order, the first starting at `first`. Takes the
     clusters right after `first` when they are free (a fresh filesystem), else the first
@@ -107,8 +108,13 @@ def _fixed_root(geo: mtools.FatGeometry, parent: str) -> bool:
     return not parent.strip("/") and geo.fat_type != "fat32"
 
 
-def dir_pieces(device: str | Path, offset: int, geo: mtools.FatGeometry, parent: str,
-               runs: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:  # fmt: skip
+def dir_pieces(
+    device: str | Path,
+    offset: int,
+    geo: mtools.FatGeometry,
+    parent: str,
+    runs: list[tuple[int, int]] | None = None,
+) -> list[tuple[int, int]]:
     """Absolute byte ranges of a directory's entries (`runs`: its clusters, if known)."""
     if _fixed_root(geo, parent):
         start = offset + (geo.reserved + geo.fats * geo.fat_sectors) * geo.bytes_per_sector
@@ -123,8 +129,9 @@ def dir_pieces(device: str | Path, offset: int, geo: mtools.FatGeometry, parent:
     return [(offset + geo.cluster_offset(a), (b - a + 1) * geo.cluster_bytes) for a, b in runs]
 
 
-def data_pieces(geo: mtools.FatGeometry, offset: int, runs: list[tuple[int, int]], size: int
-                ) -> list[tuple[int, int]]:  # fmt: skip
+def data_pieces(
+    geo: mtools.FatGeometry, offset: int, runs: list[tuple[int, int]], size: int
+) -> list[tuple[int, int]]:
     """Absolute byte ranges holding a file's `size` bytes, in file order."""
     out = []
     left = size
@@ -137,8 +144,9 @@ def data_pieces(geo: mtools.FatGeometry, offset: int, runs: list[tuple[int, int]
     return out
 
 
-def grow_placeholder(device: str | Path, offset: int, path: str, placeholder: int, size: int
-                     ) -> list[tuple[int, int]]:  # fmt: skip
+def grow_placeholder(
+    device: str | Path, offset: int, path: str, placeholder: int, size: int
+) -> list[tuple[int, int]]:
     """`path` was just written by mcopy with `placeholder` bytes (one cluster). Give it
     `size` bytes: allocate its clusters in every FAT, set its directory entry's size and
     the FAT32 free count. Returns where its data goes (absolute ranges, file order); the

@@ -95,8 +95,9 @@ def extract_rootfs(backing: str, offset: int, scratch: Path) -> Path:
     return squashfs.extract(backing, "LiveOS/rootfs.img", scratch / "unpacked", offset=offset)
 
 
-def overlayfs_image(d: Dest, rel: str, size: int, scratch: Path, fstype: str = "ext4",
-                    blocksize: int | None = None) -> None:  # fmt: skip
+def overlayfs_image(
+    d: Dest, rel: str, size: int, scratch: Path, fstype: str = "ext4", blocksize: int | None = None
+) -> None:
     """On vfat, OverlayFS persistence is a filesystem image (ext4 unless
     --overlay-size-mb N,FSTYPE,BLKSZ says otherwise) holding overlayfs/ and ovlwork/."""
     from liveos_tools.tools import mkfs
@@ -153,10 +154,14 @@ def make_home(d: Dest, home: HomeSpec, scratch: Path) -> None:
     d.private(home.rel)
 
 
-def copy_home(d: Dest, rel: str, sf: SourceFile,
-               record: Callable[[Dest, str, copy.Checksum | None], None],
-               checksum: str | None,
-               progress: copy.Progress | None = None) -> None:  # fmt: skip
+def copy_home(
+    d: Dest,
+    rel: str,
+    sf: SourceFile,
+    record: Callable[[Dest, str, copy.Checksum | None], None],
+    checksum: str | None,
+    progress: copy.Progress | None = None,
+) -> None:
     """Copy the source's home.img (a stick's file, or a byte range of an ISO) with the
     run's checksum, which the final pass verifies.
 

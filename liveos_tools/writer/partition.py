@@ -93,8 +93,9 @@ def check_can_partition(target: Target) -> None:
         )
 
 
-def plan(target: Target, fstype: str, *, gpt: bool, esp: bool, live_size: int | None
-         ) -> Partitioning:  # fmt: skip
+def plan(
+    target: Target, fstype: str, *, gpt: bool, esp: bool, live_size: int | None
+) -> Partitioning:
     """GPT: ESP first (p1), LIVE second. msdos: LIVE first (p1, active), the ESP after
     it (type 0xef), as the reference tool lays out an ext4 stick that also boots UEFI.
     `live_size` None: LIVE takes the rest of the disk."""

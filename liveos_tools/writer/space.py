@@ -60,8 +60,7 @@ def write_order(spec: StickSpec) -> list[tuple[str, int]]:
     return order
 
 
-def check_free_space(fs: StickFs, where: str, order: list[tuple[str, int]],
-                     sizes: Sizes) -> None:  # fmt: skip
+def check_free_space(fs: StickFs, where: str, order: list[tuple[str, int]], sizes: Sizes) -> None:
     """Writing into an existing filesystem: its files stay, so what counts is its free
     space plus what the replaced files free, with 100 MiB left at the end, as the reference
     tool demands. Checked step by step: no write may run out of space half-way."""

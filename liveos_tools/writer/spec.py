@@ -105,8 +105,9 @@ class StickSpec:
         return os.path.basename(self.overlay.rel) if self.overlay.rel else None
 
 
-def persistence_of(opts: WriteOptions, layout: Layout, notes: list[str],
-                   keep: bool = False) -> bootcfg.Persistence:  # fmt: skip
+def persistence_of(
+    opts: WriteOptions, layout: Layout, notes: list[str], keep: bool = False
+) -> bootcfg.Persistence:
     """`keep`: an overlay is copied from the source or kept on the target."""
     p = opts.overlay
     if p is None:
@@ -128,8 +129,9 @@ def wants_esp(opts: WriteOptions, fstype: str, gpt: bool) -> bool:
     return gpt or fstype != "vfat"
 
 
-def firmware_view(target: Target, fs: StickFs, parts: Partitioning | None,
-                  boot_disk: BootDisk | None) -> tuple[str, int]:  # fmt: skip
+def firmware_view(
+    target: Target, fs: StickFs, parts: Partitioning | None, boot_disk: BootDisk | None
+) -> tuple[str, int]:
     """(the disk the firmware reads, the first byte of the LiveOS partition on it)."""
     if parts is not None:
         return target.path, parts.live.start
@@ -151,9 +153,16 @@ def _nested_size(sf: SourceFile) -> int:
     return nested_rootfs_size(sf.backing, sf.offset) or sf.size * 4
 
 
-def decide(src: Source, layout: Layout, target: Target, opts: WriteOptions, *,
-           existing_fs: StickFs | None = None, boot_disk: BootDisk | None = None,
-           table_desc: list[str] | None = None) -> StickSpec:  # fmt: skip
+def decide(
+    src: Source,
+    layout: Layout,
+    target: Target,
+    opts: WriteOptions,
+    *,
+    existing_fs: StickFs | None = None,
+    boot_disk: BootDisk | None = None,
+    table_desc: list[str] | None = None,
+) -> StickSpec:
     """Decide everything about one stick; raise a LiveOSError to refuse."""
     from liveos_tools.tools import syslinux
 
@@ -389,9 +398,15 @@ def decide(src: Source, layout: Layout, target: Target, opts: WriteOptions, *,
     )
 
 
-def _home(opts: WriteOptions, target: Target, ldir: str, pre_fs: StickFs | None,
-          copy_home: SourceFile | None, notes: list[str],
-          destroys: list[str]) -> HomeSpec:  # fmt: skip
+def _home(
+    opts: WriteOptions,
+    target: Target,
+    ldir: str,
+    pre_fs: StickFs | None,
+    copy_home: SourceFile | None,
+    notes: list[str],
+    destroys: list[str],
+) -> HomeSpec:
     rel = f"{ldir}/home.img"
     exists = pre_fs is not None and bool(opts.home_size or copy_home) and fs_has(pre_fs, rel)
     if copy_home is not None:

@@ -67,10 +67,16 @@ def plan_stick(
     return plan, result
 
 
-def plan_run(src: Source, layout: Layout, target: Target, opts: WriteOptions, *,
-             existing_fs: StickFs | None = None, boot_disk: BootDisk | None = None,
-             table_desc: list[str] | None = None,
-             ) -> tuple[Plan, StickResult, steps.StickRun]:  # fmt: skip
+def plan_run(
+    src: Source,
+    layout: Layout,
+    target: Target,
+    opts: WriteOptions,
+    *,
+    existing_fs: StickFs | None = None,
+    boot_disk: BootDisk | None = None,
+    table_desc: list[str] | None = None,
+) -> tuple[Plan, StickResult, steps.StickRun]:
     """plan_stick(), and the StickRun its steps act on (for the run's settings)."""
     decided = spec.decide(
         src,

@@ -69,8 +69,9 @@ def iso(tmp_path_factory: pytest.TempPathFactory) -> isobuild.FixtureIso:
 @contextmanager
 def loop_device(img: Path) -> Iterator[str]:
     """`losetup -f --show -P img`, detached whatever happens."""
-    dev = subprocess.run(["losetup", "-f", "--show", "-P", str(img)], capture_output=True,
-                         text=True, check=True).stdout.strip()  # fmt: skip
+    dev = subprocess.run(
+        ["losetup", "-f", "--show", "-P", str(img)], capture_output=True, text=True, check=True
+    ).stdout.strip()
     try:
         yield dev
     finally:
@@ -78,18 +79,33 @@ def loop_device(img: Path) -> Iterator[str]:
         subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
 
 
-def write_to_device(iso: isobuild.FixtureIso, img: Path, size: int, *opts: str
-                    ) -> tuple[str, str]:  # fmt: skip
+def write_to_device(iso: isobuild.FixtureIso, img: Path, size: int, *opts: str) -> tuple[str, str]:
     """Write the stick through a partition-scanned loop device: (UUID, LABEL) it reports."""
     with open(img, "wb") as f:
         f.truncate(size)
     with loop_device(img) as dev:
         res = subprocess.run(
-            [sys.executable, "-m", "liveos_tools.cli.iso_to_disk", *opts, "--reset-mbr",
-             "--overlay-size-mb", "64", "--timeout", "0", "--nomenu", "--yes",
-             "--extra-kernel-args", KARGS, str(iso.path), dev],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "liveos_tools.cli.iso_to_disk",
+                *opts,
+                "--reset-mbr",
+                "--overlay-size-mb",
+                "64",
+                "--timeout",
+                "0",
+                "--nomenu",
+                "--yes",
+                "--extra-kernel-args",
+                KARGS,
+                str(iso.path),
+                dev,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert res.returncode == 0, res.stdout + res.stderr
         assert " written," in res.stdout, res.stdout
     words = dict(w.split("=", 1) for w in res.stdout.split() if "=" in w)
@@ -98,10 +114,13 @@ def write_to_device(iso: isobuild.FixtureIso, img: Path, size: int, *opts: str
 
 
 def has_esp(img: Path) -> bool:
-    out = subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
-    return any(t in out.lower() for t in ('"type":"ef"', '"type": "ef"',
-                                          "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"))  # fmt: skip
+    out = subprocess.run(
+        ["sfdisk", "--json", str(img)], capture_output=True, text=True, check=True
+    ).stdout
+    return any(
+        t in out.lower()
+        for t in ('"type":"ef"', '"type": "ef"', "c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
+    )
 
 
 def assert_boot(console: str, n: int, uuid: str, fstype: str, loader: str) -> None:
@@ -131,30 +150,46 @@ def overlay_use(img: Path, uuid: str, label: str, fstype: str, workdir: Path) ->
     name = f"LiveOS/overlay-{label}-{uuid}"
     with loop_device(img) as dev:
         parts = losetup.wait_for_partitions(dev)
-        part = next(p for p in parts if subprocess.run(
-            ["blkid", "-p", "-s", "UUID", "-o", "value", p], capture_output=True,
-            text=True).stdout.strip() == uuid)  # fmt: skip
+        part = next(
+            p
+            for p in parts
+            if subprocess.run(
+                ["blkid", "-p", "-s", "UUID", "-o", "value", p], capture_output=True, text=True
+            ).stdout.strip()
+            == uuid
+        )
         if fstype == "vfat":
-            subprocess.run(["mcopy", "-n", "-i", part, f"::{name}", str(out)],
-                           capture_output=True, check=True)  # fmt: skip
+            subprocess.run(
+                ["mcopy", "-n", "-i", part, f"::{name}", str(out)], capture_output=True, check=True
+            )
         else:  # -c: read-only, the journal of a stick that was never cleanly unmounted
-            subprocess.run(["debugfs", "-c", "-R", f"dump /{name} {out}", part],
-                           capture_output=True, check=True)  # fmt: skip
+            subprocess.run(
+                ["debugfs", "-c", "-R", f"dump /{name} {out}", part],
+                capture_output=True,
+                check=True,
+            )
     return read_store(out).sectors_allocated * 512
 
 
-@pytest.mark.parametrize(("opts", "fstype", "firmwares"), [
-    # SeaBIOS -> mbr.bin -> syslinux on p1; then OVMF -> GRUB on the same FAT p1
-    (("--format", ",vfat"), "vfat", ("bios", "uefi")),
-    # SeaBIOS -> mbr.bin -> extlinux; then OVMF -> GRUB on the ESP -> ext4 on msdos
-    (("--format", ",ext4"), "ext4", ("bios", "uefi")),
-    # OVMF -> GRUB on the ESP -> ext4 on GPT, twice
-    (("--efi", "--format", ",ext4"), "ext4", ("uefi", "uefi")),
-], ids=["msdos-vfat", "msdos-ext4-esp", "gpt-esp-ext4"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("opts", "fstype", "firmwares"),
+    [
+        # SeaBIOS -> mbr.bin -> syslinux on p1; then OVMF -> GRUB on the same FAT p1
+        (("--format", ",vfat"), "vfat", ("bios", "uefi")),
+        # SeaBIOS -> mbr.bin -> extlinux; then OVMF -> GRUB on the ESP -> ext4 on msdos
+        (("--format", ",ext4"), "ext4", ("bios", "uefi")),
+        # OVMF -> GRUB on the ESP -> ext4 on GPT, twice
+        (("--efi", "--format", ",ext4"), "ext4", ("uefi", "uefi")),
+    ],
+    ids=["msdos-vfat", "msdos-ext4-esp", "gpt-esp-ext4"],
+)
 def test_stick_written_to_a_device_boots_and_persists(
-    iso: isobuild.FixtureIso, tmp_path: Path, opts: tuple[str, ...], fstype: str,
+    iso: isobuild.FixtureIso,
+    tmp_path: Path,
+    opts: tuple[str, ...],
+    fstype: str,
     firmwares: tuple[str, ...],
-) -> None:  # fmt: skip
+) -> None:
     img = tmp_path / "disk.img"
     uuid, label = write_to_device(iso, img, 1024 * MIB, *opts)
     if fstype != "vfat":

@@ -35,16 +35,33 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def boot(img: Path, console: Path, firmware: Sequence[str] = (),
-         timeout: float = BOOT_TIMEOUT) -> str:  # fmt: skip
+def boot(
+    img: Path, console: Path, firmware: Sequence[str] = (), timeout: float = BOOT_TIMEOUT
+) -> str:
     """Boot the disk image through its own boot loader (SeaBIOS, or the `firmware` qemu
     arguments: see uefi_firmware) and return what the serial console showed."""
     argv = [
-        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
-        "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
-        "-serial", f"file:{console}", *firmware,
-        "-drive", f"file={img},format=raw,if=virtio",
-    ]  # fmt: skip
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "1024",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-serial",
+        f"file:{console}",
+        *firmware,
+        "-drive",
+        f"file={img},format=raw,if=virtio",
+    ]
     # A hang ends at the timeout; the boot is judged by the markers below.
     start = time.monotonic()
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -65,8 +82,12 @@ def uefi_firmware(workdir: Path) -> list[str]:
     nvram = workdir / "OVMF_VARS.fd"
     if not nvram.exists():
         shutil.copyfile(OVMF_VARS, nvram)
-    return ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-            "-drive", f"if=pflash,format=raw,file={nvram}"]  # fmt: skip
+    return [
+        "-drive",
+        f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+        "-drive",
+        f"if=pflash,format=raw,file={nvram}",
+    ]
 
 
 def test_written_stick_boots_and_persists(tmp_path: Path) -> None:
@@ -74,12 +95,28 @@ def test_written_stick_boots_and_persists(tmp_path: Path) -> None:
     iso = isobuild.build_iso(tmp_path / "live.iso", "classic", initramfs=initrd)
     img = tmp_path / "stick.img"
     res = subprocess.run(
-        [sys.executable, "-m", "liveos_tools.cli.iso_to_disk", "--format", "512M,vfat",
-         "--reset-mbr", "--overlay-size-mb", "64", "--timeout", "0", "--nomenu", "--yes",
-         "--extra-kernel-args", "console=ttyS0 rd.emergency=poweroff rd.shell=0",
-         str(iso.path), str(img)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "liveos_tools.cli.iso_to_disk",
+            "--format",
+            "512M,vfat",
+            "--reset-mbr",
+            "--overlay-size-mb",
+            "64",
+            "--timeout",
+            "0",
+            "--nomenu",
+            "--yes",
+            "--extra-kernel-args",
+            "console=ttyS0 rd.emergency=poweroff rd.shell=0",
+            str(iso.path),
+            str(img),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     line = next(w for w in res.stdout.split() if w.startswith("overlay="))
     overlay = line.removeprefix("overlay=")

@@ -38,13 +38,30 @@ def test_stick_written_into_existing_partition_boots_and_persists(tmp_path: Path
         format_partition(part, "MY STICK", {"NOTES.TXT": notes})
         uuid = blkid(part)["UUID"]
         res = subprocess.run(
-            [sys.executable, "-m", "liveos_tools.cli.iso_to_disk", "--reset-mbr",
-             "--overlay-size-mb", "32", "--home-size-mb", "16", "--delete-home",
-             "--unencrypted-home", "--timeout", "0", "--nomenu", "--yes",
-             "--extra-kernel-args", "console=ttyS0 rd.emergency=poweroff rd.shell=0",
-             str(iso.path), part],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "liveos_tools.cli.iso_to_disk",
+                "--reset-mbr",
+                "--overlay-size-mb",
+                "32",
+                "--home-size-mb",
+                "16",
+                "--delete-home",
+                "--unencrypted-home",
+                "--timeout",
+                "0",
+                "--nomenu",
+                "--yes",
+                "--extra-kernel-args",
+                "console=ttyS0 rd.emergency=poweroff rd.shell=0",
+                str(iso.path),
+                part,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert res.returncode == 0, res.stderr
         assert f"overlay=overlay-MY_STICK-{uuid}" in res.stdout
     # detached: every write the tool made through /dev/loopNp1 is in the image file

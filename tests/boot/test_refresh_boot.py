@@ -47,12 +47,28 @@ def test_refresh_previous_entry_and_rollback_boot(tmp_path: Path) -> None:
     share.mkdir()
     img = share / "stick.img"
     res = subprocess.run(
-        [sys.executable, "-m", "liveos_tools.cli.iso_to_disk", "--format", "256M,vfat",
-         "--reset-mbr", "--overlay-size-mb", "32", "--timeout", "0", "--nomenu", "--yes",
-         "--extra-kernel-args", "console=ttyS0 rd.emergency=poweroff rd.shell=0",
-         str(iso.path), str(img)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "liveos_tools.cli.iso_to_disk",
+            "--format",
+            "256M,vfat",
+            "--reset-mbr",
+            "--overlay-size-mb",
+            "32",
+            "--timeout",
+            "0",
+            "--nomenu",
+            "--yes",
+            "--extra-kernel-args",
+            "console=ttyS0 rd.emergency=poweroff rd.shell=0",
+            str(iso.path),
+            str(img),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     overlay = next(w for w in res.stdout.split() if w.startswith("overlay=")).split("=", 1)[1]
     uuid = overlay.removeprefix("overlay-LIVE_TEST-")
@@ -73,13 +89,13 @@ def test_refresh_previous_entry_and_rollback_boot(tmp_path: Path) -> None:
     prev = share / "prev.img"
     subprocess.run(["cp", "--sparse=always", str(img), str(prev)], check=True)
     at = f"{prev}@@{MIB}"
-    cfg = subprocess.run(["mtype", "-i", at, "::/syslinux/syslinux.cfg"], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+    cfg = subprocess.run(
+        ["mtype", "-i", at, "::/syslinux/syslinux.cfg"], capture_output=True, text=True, check=True
+    ).stdout
     assert "label liveos-previous" in cfg and "default linux" in cfg, cfg
     edited = tmp_path / "syslinux.cfg"
     edited.write_text(cfg.replace("default linux", "default liveos-previous"))
-    subprocess.run(["mcopy", "-o", "-i", at, str(edited), "::/syslinux/syslinux.cfg"],
-                   check=True)  # fmt: skip
+    subprocess.run(["mcopy", "-o", "-i", at, str(edited), "::/syslinux/syslinux.cfg"], check=True)
 
     second = boot(img, tmp_path / "console2.txt")
     assert FOUND in second, second[-3000:]  # the marker is in the new image now

@@ -123,14 +123,30 @@ def source_iso(work: Path, initrd: Path) -> Path:
     (tree / "var" / "lib").mkdir(parents=True, exist_ok=True)
     sq = work / "squash-tree"
     (sq / "LiveOS").mkdir(parents=True)
-    run(["mkfs.ext4", "-q", "-F", "-L", "Anaconda", "-d", str(tree),
-         str(sq / "LiveOS" / "rootfs.img"), "64M"])  # fmt: skip
+    run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            "Anaconda",
+            "-d",
+            str(tree),
+            str(sq / "LiveOS" / "rootfs.img"),
+            "64M",
+        ]
+    )
     squash = work / "squashfs.img"
-    run(["mksquashfs", str(sq), str(squash), "-comp", "gzip", "-noappend", "-no-progress",
-         "-quiet"])  # fmt: skip
+    run(
+        ["mksquashfs", str(sq), str(squash), "-comp", "gzip", "-noappend", "-no-progress", "-quiet"]
+    )
     (work / "stage-src").mkdir()
-    layout = iso.stage(work / "stage-src", label="LIVE_TEST", squashfs=squash,
-                       boot=iso.boot_set(read_iso(fixture.path)))  # fmt: skip
+    layout = iso.stage(
+        work / "stage-src",
+        label="LIVE_TEST",
+        squashfs=squash,
+        boot=iso.boot_set(read_iso(fixture.path)),
+    )
     out = work / "live.iso"
     iso.write_iso(layout, out)
     return out
@@ -138,23 +154,53 @@ def source_iso(work: Path, initrd: Path) -> Path:
 
 def boot(console: Path, *drive: str) -> str:
     argv = [
-        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
-        "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
-        "-serial", f"file:{console}", *drive,
-    ]  # fmt: skip
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "1024",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-serial",
+        f"file:{console}",
+        *drive,
+    ]
     with contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                       timeout=BOOT_TIMEOUT, check=False)  # fmt: skip
+        subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=BOOT_TIMEOUT, check=False
+        )
     return console.read_text(errors="replace")
 
 
 def iso_to_disk(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "liveos_tools.cli.iso_to_disk", "--reset-mbr",
-         "--overlay-size-mb", "64", "--timeout", "0", "--nomenu", "--yes",
-         "--extra-kernel-args", KERNEL_ARGS, *map(str, args)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "liveos_tools.cli.iso_to_disk",
+            "--reset-mbr",
+            "--overlay-size-mb",
+            "64",
+            "--timeout",
+            "0",
+            "--nomenu",
+            "--yes",
+            "--extra-kernel-args",
+            KERNEL_ARGS,
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _assert_remixed_root(console: str, where: str) -> None:
@@ -187,24 +233,51 @@ def test_remix_boots_as_cd_and_from_a_stick_without_the_secrets(
     before = isobuild.sha256_file(stick)
     out = tmp_path / "remix.iso"
     res = subprocess.run(
-        [sys.executable, "-m", "liveos_tools.cli.main", "remix", str(stick), "-o", str(out),
-         "--label", LABEL, "--clone", "--json"],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "liveos_tools.cli.main",
+            "remix",
+            str(stick),
+            "-o",
+            str(out),
+            "--label",
+            LABEL,
+            "--clone",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr
     assert isobuild.sha256_file(stick) == before  # the stick was only read
     report = json.loads(res.stdout)
     left = {x["path"] for x in report["left_out"]}
-    assert {"/etc/NetworkManager/system-connections", "/etc/ssh/ssh_host_ed25519_key",
-            "/root", "/home/liveuser/.bash_history"} <= left, left  # fmt: skip
+    assert {
+        "/etc/NetworkManager/system-connections",
+        "/etc/ssh/ssh_host_ed25519_key",
+        "/root",
+        "/home/liveuser/.bash_history",
+    } <= left, left
     assert "ETA" in res.stderr  # progress: bytes, rate, ETA
     assert run(["checkisomd5", str(out)], check=False).returncode == 0
     assert not list(tmp_path.glob(".remix.iso*"))  # no partial ISO, no work directory
 
     # The root image inside the ISO holds none of the secrets' bytes, not even in free blocks.
     inner = tmp_path / "inner"
-    run(["xorriso", "-osirrox", "on", "-indev", str(out), "-extract", "/LiveOS/squashfs.img",
-         str(tmp_path / "new-squashfs.img")])  # fmt: skip
+    run(
+        [
+            "xorriso",
+            "-osirrox",
+            "on",
+            "-indev",
+            str(out),
+            "-extract",
+            "/LiveOS/squashfs.img",
+            str(tmp_path / "new-squashfs.img"),
+        ]
+    )
     run(["unsquashfs", "-no-progress", "-d", str(inner), str(tmp_path / "new-squashfs.img")])
     raw = (inner / "LiveOS" / "rootfs.img").read_bytes()
     assert b"customised on boot 1" in raw
@@ -218,8 +291,11 @@ def test_remix_boots_as_cd_and_from_a_stick_without_the_secrets(
     stick2 = tmp_path / "stick2.img"
     res = iso_to_disk("--format", "400M,ext4", "--copy-home", out, stick2)
     assert res.returncode == 0, res.stderr
-    status = subprocess.run([sys.executable, "-m", "liveos_tools.cli.main", "status", "--json",
-                             str(stick2)], capture_output=True, text=True)  # fmt: skip
+    status = subprocess.run(
+        [sys.executable, "-m", "liveos_tools.cli.main", "status", "--json", str(stick2)],
+        capture_output=True,
+        text=True,
+    )
     assert json.loads(status.stdout)["state"] == "new", status.stdout  # a fresh overlay
     second = boot(tmp_path / "console2.txt", "-drive", f"file={stick2},format=raw,if=virtio")
     _assert_remixed_root(second, "a stick written from the ISO")

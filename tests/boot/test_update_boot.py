@@ -28,13 +28,26 @@ def release_b(dest: Path, initrd: Path) -> Path:
     init.write_text(isobuild.INIT_SCRIPT.replace(up, f"echo RELEASE-B\n{up}"))
     sq = work / "sq" / "LiveOS"
     sq.mkdir(parents=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "Anaconda", "-d", str(tree),
-                    str(sq / "rootfs.img"), "24M"], check=True)  # fmt: skip
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", "Anaconda", "-d", str(tree), str(sq / "rootfs.img"), "24M"],
+        check=True,
+    )
     src = dest / "B"
     (src / "LiveOS").mkdir(parents=True)
     out = src / "LiveOS" / "squashfs.img"
-    subprocess.run(["mksquashfs", str(sq.parent), str(out), "-comp", "gzip", "-noappend",
-                    "-quiet", "-no-progress"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "mksquashfs",
+            str(sq.parent),
+            str(out),
+            "-comp",
+            "gzip",
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+        ],
+        check=True,
+    )
     (src / "isolinux").mkdir()
     shutil.copyfile(isobuild.guest_kernel()[1], src / "isolinux" / "vmlinuz")
     shutil.copyfile(initrd, src / "isolinux" / "initrd.img")
@@ -52,12 +65,28 @@ def test_update_boots_the_new_release_and_the_previous_entry_the_old(tmp_path: P
     b = release_b(share, initrd)
     img = share / "stick.img"
     res = subprocess.run(
-        [sys.executable, "-m", "liveos_tools.cli.iso_to_disk", "--format", "256M,vfat",
-         "--reset-mbr", "--overlay-size-mb", "32", "--timeout", "0", "--nomenu", "--yes",
-         "--extra-kernel-args", "console=ttyS0 rd.emergency=poweroff rd.shell=0",
-         str(iso.path), str(img)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "liveos_tools.cli.iso_to_disk",
+            "--format",
+            "256M,vfat",
+            "--reset-mbr",
+            "--overlay-size-mb",
+            "32",
+            "--timeout",
+            "0",
+            "--nomenu",
+            "--yes",
+            "--extra-kernel-args",
+            "console=ttyS0 rd.emergency=poweroff rd.shell=0",
+            str(iso.path),
+            str(img),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
 
     first = boot(img, tmp_path / "console1.txt")
@@ -67,13 +96,13 @@ def test_update_boots_the_new_release_and_the_previous_entry_the_old(tmp_path: P
     prev = share / "prev.img"
     subprocess.run(["cp", "--sparse=always", str(img), str(prev)], check=True)
     at = f"{prev}@@{MIB}"
-    cfg = subprocess.run(["mtype", "-i", at, "::/syslinux/syslinux.cfg"], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+    cfg = subprocess.run(
+        ["mtype", "-i", at, "::/syslinux/syslinux.cfg"], capture_output=True, text=True, check=True
+    ).stdout
     assert "kernel /LiveOS/previous/vmlinuz" in cfg, cfg
     edited = tmp_path / "syslinux.cfg"
     edited.write_text(cfg.replace("default linux", "default liveos-previous"))
-    subprocess.run(["mcopy", "-o", "-i", at, str(edited), "::/syslinux/syslinux.cfg"],
-                   check=True)  # fmt: skip
+    subprocess.run(["mcopy", "-o", "-i", at, str(edited), "::/syslinux/syslinux.cfg"], check=True)
 
     second = boot(img, tmp_path / "console2.txt")
     assert "RELEASE-B" in second and "LIVEOS-BOOT1-WROTE" in second, second[-3000:]

@@ -166,17 +166,24 @@ def test_vfat_stick_sigkill_at_every_switch_and_rollback_step(tmp_path: Path) ->
         (mnt / "syslinux" / "syslinux.cfg").write_text(bootcfg.syslinux_cfg(args, title="T"))
         (mnt / "EFI" / "BOOT").mkdir(parents=True)
         (mnt / "EFI" / "BOOT" / "grub.cfg").write_text(
-            bootcfg.grub_cfg(None, args, title="T", kernel="/syslinux/vmlinuz",
-                             initrd="/syslinux/initrd.img")
-        )  # fmt: skip
+            bootcfg.grub_cfg(
+                None, args, title="T", kernel="/syslinux/vmlinuz", initrd="/syslinux/initrd.img"
+            )
+        )
         os.sync()
         files = switch.StickFiles(mnt, be.Names("LiveOS", OVERLAY))
         old = {"base": sha(live / "squashfs.img"), "overlay": sha(live / OVERLAY)}
         assert read_through_kernel(files.pair(be.Slot.CURRENT), tmp_path / "k") == want
 
         # the new pair staged once (killed right after), then every switch step from there
-        res = cli("refresh", mnt, "--yes", "--workdir", tmp_path,
-                  env={"LIVEOS_TEST_KILL_AT": "refresh-staged"})  # fmt: skip
+        res = cli(
+            "refresh",
+            mnt,
+            "--yes",
+            "--workdir",
+            tmp_path,
+            env={"LIVEOS_TEST_KILL_AT": "refresh-staged"},
+        )
         assert res.returncode == -9, res.stderr
         assert assert_allowed(files, old) == "old"
         staged = tmp_path / "staged"

@@ -120,8 +120,9 @@ def written_uuid(stdout: str) -> str:
     return line.split("UUID=")[1].split()[0]
 
 
-def check_stick(img: Path, target: str, v: Variant, uuid: str, iso: isobuild.FixtureIso,
-                tmp_path: Path) -> None:  # fmt: skip
+def check_stick(
+    img: Path, target: str, v: Variant, uuid: str, iso: isobuild.FixtureIso, tmp_path: Path
+) -> None:
     # the partition table, read back from the disk: exact sectors
     table = parted.read_table(img)
     assert table.label == v.table
@@ -206,8 +207,9 @@ def extract(img: Path, start: int, length: int, dest: Path) -> Path:
     return dest
 
 
-def write_stick(iso: isobuild.FixtureIso, target: str, *args: str,
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def write_stick(
+    iso: isobuild.FixtureIso, target: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return run(
         *CLI,
         *args,
@@ -223,8 +225,9 @@ def write_stick(iso: isobuild.FixtureIso, target: str, *args: str,
 
 @pytest.mark.parametrize("geometry", ["loop", "image"])
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_format_variants(iso: isobuild.FixtureIso, tmp_path: Path, name: str,
-                         geometry: str) -> None:  # fmt: skip
+def test_format_variants(
+    iso: isobuild.FixtureIso, tmp_path: Path, name: str, geometry: str
+) -> None:
     v = VARIANTS[name]
     img = tmp_path / "disk.img"
     with open(img, "wb") as f:
@@ -244,8 +247,7 @@ def error_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.startswith(("error:", "hint:"))]
 
 
-def test_refusals_on_a_loop_device_change_nothing(iso: isobuild.FixtureIso,
-                                                  tmp_path: Path) -> None:  # fmt: skip
+def test_refusals_on_a_loop_device_change_nothing(iso: isobuild.FixtureIso, tmp_path: Path) -> None:
     img = tmp_path / "disk.img"
     with open(img, "wb") as f:
         f.truncate(DISK)
@@ -271,8 +273,9 @@ def test_refusals_on_a_loop_device_change_nothing(iso: isobuild.FixtureIso,
     assert disk_sha(img) == before
 
 
-def test_a_loop_device_without_partition_scanning_is_refused(iso: isobuild.FixtureIso,
-                                                             tmp_path: Path) -> None:  # fmt: skip
+def test_a_loop_device_without_partition_scanning_is_refused(
+    iso: isobuild.FixtureIso, tmp_path: Path
+) -> None:
     img = tmp_path / "disk.img"
     with open(img, "wb") as f:
         f.truncate(DISK)
@@ -310,7 +313,8 @@ def test_a_device_that_vanishes_mid_write(iso: isobuild.FixtureIso, tmp_path: Pa
 
 
 def test_a_table_that_reads_back_different_is_refused(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """libparted writes what it is told now; what it did on 0.1's loop devices (p1 at
     2040) is played back by the read-back, to prove the refusal."""
     img = tmp_path / "disk.img"
@@ -333,7 +337,8 @@ def test_a_table_that_reads_back_different_is_refused(
 
 
 def test_the_stick_check_catches_a_filesystem_off_its_partition(
-        iso: isobuild.FixtureIso, tmp_path: Path) -> None:  # fmt: skip
+    iso: isobuild.FixtureIso, tmp_path: Path
+) -> None:
     """0.1's failure: the table said 2040, the filesystem was at 2048."""
     from liveos_tools.writer import checkstick
     from liveos_tools.writer.dest import FatDest
@@ -385,8 +390,9 @@ def md5_isos(iso: isobuild.FixtureIso, tmp_path: Path) -> tuple[Path, Path]:
     return good, bad
 
 
-def test_source_md5_is_checked_before_writing(iso: isobuild.FixtureIso, tmp_path: Path,
-                                              md5_isos: tuple[Path, Path]) -> None:  # fmt: skip
+def test_source_md5_is_checked_before_writing(
+    iso: isobuild.FixtureIso, tmp_path: Path, md5_isos: tuple[Path, Path]
+) -> None:
     good, bad = md5_isos
     img = tmp_path / "disk.img"
     with open(img, "wb") as f:

@@ -47,8 +47,9 @@ def test_overlayfs_image_block_size(isos: dict[str, isobuild.FixtureIso], tmp_pa
     assert ext_block_size(head) == 2048
 
 
-def test_dm_overlay_notes_that_blksz_does_not_apply(isos: dict[str, isobuild.FixtureIso],
-                                                   tmp_path: Path) -> None:  # fmt: skip
+def test_dm_overlay_notes_that_blksz_does_not_apply(
+    isos: dict[str, isobuild.FixtureIso], tmp_path: Path
+) -> None:
     res = write(
         "--format",
         "256M,vfat",
@@ -90,8 +91,9 @@ def test_plain_home_block_size(isos: dict[str, isobuild.FixtureIso], tmp_path: P
 
 
 @pytest.mark.parametrize("spec", ["32,ext4,999", "32,ext4,big", "32,ext4,4096,x"])
-def test_bad_block_sizes_are_refused(isos: dict[str, isobuild.FixtureIso], tmp_path: Path,
-                                     spec: str) -> None:  # fmt: skip
+def test_bad_block_sizes_are_refused(
+    isos: dict[str, isobuild.FixtureIso], tmp_path: Path, spec: str
+) -> None:
     img = tmp_path / "x.img"
     res = write(
         "--format",

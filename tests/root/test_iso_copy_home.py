@@ -44,8 +44,9 @@ def _ext4_home(work: Path) -> bytes:
     tree.mkdir(parents=True)
     (tree / "lesson.txt").write_text(MARKER)
     img = work / "home.img"
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "home", "-d", str(tree.parent), str(img),
-                    "48M"], check=True)  # fmt: skip
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", "home", "-d", str(tree.parent), str(img), "48M"], check=True
+    )
     data = img.read_bytes()
     img.unlink()
     return data
@@ -76,13 +77,17 @@ def isos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Isos]:
 
 
 def write(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=300,
-                          input=stdin)  # fmt: skip
+    return subprocess.run(
+        [*CLI, *map(str, args)], capture_output=True, text=True, timeout=300, input=stdin
+    )
 
 
 def iso_file(iso: Path, path: str, dest: Path) -> bytes:
-    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", path,
-                    str(dest)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", path, str(dest)],
+        check=True,
+        capture_output=True,
+    )
     data = dest.read_bytes()
     dest.unlink()
     return data
@@ -90,10 +95,12 @@ def iso_file(iso: Path, path: str, dest: Path) -> bytes:
 
 def part1(img: Path | str) -> int:
     """p1's byte offset, from sfdisk's dump (not from the writer's own reader)."""
-    out = subprocess.run(["sfdisk", "-d", str(img)], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
-    line = next(x for x in out.splitlines() if x.lstrip().startswith(("/", str(img))) and
-                "start=" in x)  # fmt: skip
+    out = subprocess.run(
+        ["sfdisk", "-d", str(img)], capture_output=True, text=True, check=True
+    ).stdout
+    line = next(
+        x for x in out.splitlines() if x.lstrip().startswith(("/", str(img))) and "start=" in x
+    )
     return int(line.split("start=")[1].split(",")[0]) * 512
 
 
@@ -153,8 +160,11 @@ def test_clone_iso_to_an_image_file(isos: Isos, tmp_path: Path) -> None:
 
     # replaced from the directory the LUKS ISO was unpacked into (SOURCE a directory)
     unpacked = tmp_path / "unpacked"
-    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(isos.luks), "-extract", "/",
-                    str(unpacked)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["xorriso", "-osirrox", "on", "-indev", str(isos.luks), "-extract", "/", str(unpacked)],
+        check=True,
+        capture_output=True,
+    )
     home = unpacked / "LiveOS" / "home.img"
     home.chmod(0o644)
     home.write_bytes(b"\x00" * 4096 + os.urandom(MiB))  # neither LUKS nor a filesystem
@@ -176,8 +186,9 @@ def test_clone_iso_to_a_loop_device(isos: Isos, tmp_path: Path) -> None:
     disk = tmp_path / "disk.img"
     with open(disk, "wb") as f:
         f.truncate(256 * MiB)
-    loop = subprocess.run(["losetup", "-f", "--show", "-P", str(disk)], capture_output=True,
-                          text=True, check=True).stdout.strip()  # fmt: skip
+    loop = subprocess.run(
+        ["losetup", "-f", "--show", "-P", str(disk)], capture_output=True, text=True, check=True
+    ).stdout.strip()
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
@@ -240,8 +251,12 @@ def test_too_little_space_for_the_home_img(isos: Isos, tmp_path: Path) -> None:
 def test_iso_on_a_device_to_a_fat_stick(isos: Isos, tmp_path: Path) -> None:
     """SOURCE as a block device holding the ISO (a burnt DVD, a `dd`'d stick), written to
     a FAT stick (mtools: no kernel vfat needed)."""
-    src = subprocess.run(["losetup", "-f", "--show", "-r", str(isos.plain)],
-                         capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    src = subprocess.run(
+        ["losetup", "-f", "--show", "-r", str(isos.plain)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     img = tmp_path / "stick.img"
     try:
         res = write("--format", "256M,vfat", "--copy-home", "--yes", src, img)
@@ -249,7 +264,8 @@ def test_iso_on_a_device_to_a_fat_stick(isos: Isos, tmp_path: Path) -> None:
         subprocess.run(["losetup", "-d", src], check=True)
     assert res.returncode == 0, res.stderr
     got = tmp_path / "fat-home.img"
-    subprocess.run(["mcopy", "-n", "-i", f"{img}@@{part1(img)}", "::/LiveOS/home.img",
-                    str(got)], check=True)  # fmt: skip
+    subprocess.run(
+        ["mcopy", "-n", "-i", f"{img}@@{part1(img)}", "::/LiveOS/home.img", str(got)], check=True
+    )
     assert got.read_bytes() == isos.plain_home
     got.unlink()

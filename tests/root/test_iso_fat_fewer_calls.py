@@ -39,8 +39,7 @@ def test_mkdir_makes_every_level_once_and_keeps_existing(tmp_path: Path, bits: i
     img = tmp_path / "fat.img"
     make_fat(img, 64, bits)
     subprocess.run(["mmd", "-i", str(img), "::/SYSLINUX"], check=True)  # another spelling
-    subprocess.run(["mcopy", "-i", str(img), "-", "::/SYSLINUX/keep"], input=b"kept",
-                   check=True)  # fmt: skip
+    subprocess.run(["mcopy", "-i", str(img), "-", "::/SYSLINUX/keep"], input=b"kept", check=True)
     d = FatDest(str(img), 0, tmp_path)
     d.mkdir("LiveOS", "syslinux", "EFI/BOOT", "images", "EFI/BOOT", ".")
     d.mkdir("a/b/c")

@@ -124,8 +124,9 @@ def file_sha(path: Path) -> str:
     return h.hexdigest()
 
 
-def wiki_command(iso: Path, part: str, *extra: str, yes: bool = True
-                 ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def wiki_command(
+    iso: Path, part: str, *extra: str, yes: bool = True
+) -> subprocess.CompletedProcess[str]:
     return run(
         *CLI,
         "--reset-mbr",

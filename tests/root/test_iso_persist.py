@@ -133,8 +133,9 @@ def test_copy_overlay_and_home_from_a_stick(source_stick: Path, tmp_path: Path) 
     assert f"rd.live.overlay=UUID={uuid}" in cfg
 
 
-def test_copy_overlay_refusals_change_nothing(iso: isobuild.FixtureIso, source_stick: Path,
-                                              tmp_path: Path) -> None:  # fmt: skip
+def test_copy_overlay_refusals_change_nothing(
+    iso: isobuild.FixtureIso, source_stick: Path, tmp_path: Path
+) -> None:
     new = tmp_path / "new.img"
     from_iso = write("--format", "300M,vfat", "--copy-overlay", "--yes", str(iso.path), str(new))
     assert from_iso.returncode == 2, from_iso.stderr
@@ -151,8 +152,7 @@ def test_copy_overlay_refusals_change_nothing(iso: isobuild.FixtureIso, source_s
     assert sha(new) == before
 
 
-def test_copy_overlay_onto_the_same_image_with_skipcopy(source_stick: Path,
-                                                        tmp_path: Path) -> None:  # fmt: skip
+def test_copy_overlay_onto_the_same_image_with_skipcopy(source_stick: Path, tmp_path: Path) -> None:
     new = tmp_path / "new.img"
     assert write("--format", "300M,vfat", "--yes", str(source_stick), str(new)).returncode == 0
     res = write("--skipcopy", "--copy-overlay", str(source_stick), str(new))
@@ -184,8 +184,9 @@ def test_reset_overlay_zeroes_the_head_only(iso: isobuild.FixtureIso, tmp_path: 
     assert f"rd.live.overlay=UUID={uuid}" in cfg  # --reconfig keeps the overlay in use
 
 
-def test_reset_overlay_without_an_overlay_is_refused(iso: isobuild.FixtureIso,
-                                                     tmp_path: Path) -> None:  # fmt: skip
+def test_reset_overlay_without_an_overlay_is_refused(
+    iso: isobuild.FixtureIso, tmp_path: Path
+) -> None:
     img = tmp_path / "stick.img"
     assert write("--format", "256M,vfat", "--yes", str(iso.path), str(img)).returncode == 0
     before = sha(img)
@@ -194,8 +195,7 @@ def test_reset_overlay_without_an_overlay_is_refused(iso: isobuild.FixtureIso,
     assert sha(img) == before
 
 
-def test_replacing_an_existing_overlay_asks_first(iso: isobuild.FixtureIso,
-                                                  tmp_path: Path) -> None:  # fmt: skip
+def test_replacing_an_existing_overlay_asks_first(iso: isobuild.FixtureIso, tmp_path: Path) -> None:
     img = tmp_path / "stick.img"
     res = write(
         "--format", "256M,vfat", "--overlay-size-mb", "16", "--yes", str(iso.path), str(img)
@@ -213,8 +213,9 @@ def test_replacing_an_existing_overlay_asks_first(iso: isobuild.FixtureIso,
     assert sha(img) == before
 
 
-def test_copy_overlay_skipcopy_on_ext4_compares_the_image(source_stick: Path,
-                                                          tmp_path: Path) -> None:  # fmt: skip
+def test_copy_overlay_skipcopy_on_ext4_compares_the_image(
+    source_stick: Path, tmp_path: Path
+) -> None:
     new = tmp_path / "new.img"
     assert write("--format", "300M,ext4", "--yes", str(source_stick), str(new)).returncode == 0
     res = write("--skipcopy", "--copy-overlay", str(source_stick), str(new))

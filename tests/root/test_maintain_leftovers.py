@@ -132,9 +132,13 @@ def test_a_loop_not_recorded_or_with_another_file_is_never_touched(
 
 def test_a_foreign_holder_is_named_by_its_process(stick: Stick, tmp_path: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys,time; f=open(sys.argv[1],'rb'); time.sleep(60)",
-         str(stick.overlay)],
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys,time; f=open(sys.argv[1],'rb'); time.sleep(60)",
+            str(stick.overlay),
+        ],
+    )
     try:
         with loop_attached(stick.overlay):
             for _ in range(50):  # until it has the file open

@@ -327,8 +327,15 @@ def test_sigkill_at_every_step_then_rerun(tmp_path: Path) -> None:
         pristine = tree_hashes(stick.root)
         saved = {rel: (stick.root / rel).read_bytes() for rel in pristine if "home" not in rel}
         for i, point in enumerate(SWITCH_KILLS):
-            res = cli("refresh", stick.root, "--yes", "--no-keep-previous", "--workdir",
-                      tmp_path, env={"LIVEOS_TEST_KILL_AT": point})  # fmt: skip
+            res = cli(
+                "refresh",
+                stick.root,
+                "--yes",
+                "--no-keep-previous",
+                "--workdir",
+                tmp_path,
+                env={"LIVEOS_TEST_KILL_AT": point},
+            )
             assert res.returncode == -9, (point, res.stderr)
             assert assert_allowed(stick, old) in ("old", "new"), point
             if point == "switch-moved-old":
@@ -347,8 +354,9 @@ def test_sigkill_at_every_step_then_rerun(tmp_path: Path) -> None:
                 else:
                     assert res.returncode == 0, (point, res.stderr)
             else:  # finish
-                res = cli("refresh", stick.root, "--yes", "--no-keep-previous", "--workdir",
-                          tmp_path)  # fmt: skip
+                res = cli(
+                    "refresh", stick.root, "--yes", "--no-keep-previous", "--workdir", tmp_path
+                )
                 assert res.returncode == 0, (point, res.stderr)
             assert not (live / switch.JOURNAL).exists(), point
             kind = assert_allowed(stick, old)
@@ -417,33 +425,52 @@ def test_dry_run_refusals_and_ctrl_c_leave_the_stick_byte_identical(tmp_path: Pa
         assert "compressed with gzip (as the old one)" in res.stderr
         assert "rename the old squashfs.img, then its overlay, into LiveOS/previous/" in res.stderr
         # no terminal to ask on, no --yes
-        assert_refused(cli("refresh", stick.root, "--workdir", tmp_path), ExitCode.ABORTED,
-                       "needs confirmation")  # fmt: skip
-        assert_refused(cli("rollback", stick.root, "--yes"), ExitCode.BAD_TARGET,
-                       "no previous image is kept")  # fmt: skip
+        assert_refused(
+            cli("refresh", stick.root, "--workdir", tmp_path),
+            ExitCode.ABORTED,
+            "needs confirmation",
+        )
+        assert_refused(
+            cli("rollback", stick.root, "--yes"), ExitCode.BAD_TARGET, "no previous image is kept"
+        )
         with small_fs(tmp_path / "tiny", 8 * MiB) as tiny:
-            assert_refused(cli("refresh", stick.root, "--yes", "--workdir", tiny),
-                           ExitCode.NO_SPACE, "not enough room in the workdir")  # fmt: skip
+            assert_refused(
+                cli("refresh", stick.root, "--yes", "--workdir", tiny),
+                ExitCode.NO_SPACE,
+                "not enough room in the workdir",
+            )
         fake = path_without("mksquashfs", tmp_path / "bin")
         res = cli("refresh", stick.root, "--yes", "--workdir", tmp_path, env={"PATH": fake})
         assert_refused(res, ExitCode.TOOL_MISSING, "mksquashfs is not installed")
         assert "apt-get install squashfs-tools" in res.stderr
         loop = sh("losetup", "--find", "--show", ov).strip()
         try:
-            assert_refused(cli("refresh", stick.root, "--yes", "--workdir", tmp_path),
-                           ExitCode.IN_USE, "is in use: attached to /dev/loop")  # fmt: skip
+            assert_refused(
+                cli("refresh", stick.root, "--yes", "--workdir", tmp_path),
+                ExitCode.IN_USE,
+                "is in use: attached to /dev/loop",
+            )
         finally:
             sh("losetup", "-d", loop)
         sh("mount", "-o", "remount,ro", stick.root)
         try:
-            assert_refused(cli("refresh", stick.root, "--yes", "--workdir", tmp_path),
-                           ExitCode.IN_USE, "mounted read-only")  # fmt: skip
+            assert_refused(
+                cli("refresh", stick.root, "--yes", "--workdir", tmp_path),
+                ExitCode.IN_USE,
+                "mounted read-only",
+            )
         finally:
             sh("mount", "-o", "remount,rw", stick.root)
         # Ctrl-C while building, and after the image was copied onto the stick
         for point in ("refresh-built:INT", "refresh-copied:INT"):
-            res = cli("refresh", stick.root, "--yes", "--workdir", tmp_path,
-                      env={"LIVEOS_TEST_KILL_AT": point})  # fmt: skip
+            res = cli(
+                "refresh",
+                stick.root,
+                "--yes",
+                "--workdir",
+                tmp_path,
+                env={"LIVEOS_TEST_KILL_AT": point},
+            )
             assert_refused(res, ExitCode.ABORTED, "interrupted")
             assert tree_hashes(stick.root) == before, point
             assert not list(tmp_path.glob("liveos-refresh-*")), point
@@ -519,28 +546,44 @@ def test_update_from_a_grub_only_iso_then_rollback(tmp_path: Path) -> None:
     iso = isobuild.build_iso(tmp_path / "b.iso", "grub", kernel=kernel)
     with mounted_stick(tmp_path) as stick:
         live, boot = stick.ldir, stick.root / "syslinux"
-        old = {n: sha(p) for n, p in (("base", live / "squashfs.img"), ("overlay", live / OVERLAY),
-                                       ("kernel", boot / "vmlinuz"),
-                                       ("initrd", boot / "initrd.img"))}  # fmt: skip
+        old = {
+            n: sha(p)
+            for n, p in (
+                ("base", live / "squashfs.img"),
+                ("overlay", live / OVERLAY),
+                ("kernel", boot / "vmlinuz"),
+                ("initrd", boot / "initrd.img"),
+            )
+        }
         home = sha(live / "home.img")
         before = tree_hashes(stick.root)
         # not a LiveOS, and a damaged squashfs: refused, nothing changed
         notlive = tmp_path / "notlive"
         notlive.mkdir()
-        assert_refused(cli("update", "--from", notlive, stick.root, "--yes"),
-                       ExitCode.BAD_TARGET, "no LiveOS/squashfs.img")  # fmt: skip
+        assert_refused(
+            cli("update", "--from", notlive, stick.root, "--yes"),
+            ExitCode.BAD_TARGET,
+            "no LiveOS/squashfs.img",
+        )
         bad = tmp_path / "bad"
         (bad / "LiveOS").mkdir(parents=True)
         (bad / "LiveOS" / "squashfs.img").write_bytes(b"hsqs" + bytes(4000))
         (bad / "isolinux").mkdir()
         (bad / "isolinux" / "vmlinuz").write_bytes(b"k")
         (bad / "isolinux" / "initrd.img").write_bytes(b"i")
-        assert_refused(cli("update", "--from", bad, stick.root, "--yes"),
-                       ExitCode.CORRUPT, "cannot be read")  # fmt: skip
+        assert_refused(
+            cli("update", "--from", bad, stick.root, "--yes"), ExitCode.CORRUPT, "cannot be read"
+        )
         assert tree_hashes(stick.root) == before
 
-        res = cli("update", "--from", iso.path, stick.root, "--yes",
-                  env={"LIVEOS_TEST_KILL_AT": "switch-moved-old"})  # fmt: skip
+        res = cli(
+            "update",
+            "--from",
+            iso.path,
+            stick.root,
+            "--yes",
+            env={"LIVEOS_TEST_KILL_AT": "switch-moved-old"},
+        )
         assert res.returncode == -9, res.stderr
         assert switch.state_problem(stick.files) is None
         res = cli("update", "--from", iso.path, stick.root, "--yes")
@@ -551,9 +594,15 @@ def test_update_from_a_grub_only_iso_then_rollback(tmp_path: Path) -> None:
         with open(live / OVERLAY, "rb") as f:
             assert not any(f.read(64 * 1024))
         prev = live / "previous"
-        assert {n: sha(prev / f) for n, f in (("base", "squashfs.img"), ("overlay", OVERLAY),
-                                                ("kernel", "vmlinuz"),
-                                                ("initrd", "initrd.img"))} == old  # fmt: skip
+        assert {
+            n: sha(prev / f)
+            for n, f in (
+                ("base", "squashfs.img"),
+                ("overlay", OVERLAY),
+                ("kernel", "vmlinuz"),
+                ("initrd", "initrd.img"),
+            )
+        } == old
         assert sha(live / "home.img") == home
         with read_image(live / "squashfs.img", tmp_path / "b") as root:
             assert (root / "etc/fixture-release").read_bytes() == b"liveos-tools fixture 1\n"

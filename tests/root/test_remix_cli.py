@@ -70,8 +70,13 @@ def _used_overlay(tmp: Path, base: Path, store: Path) -> None:
     mnt.rmdir()
 
 
-def build_stick(tmp: Path, *, overlay: bytes = b"", home: bytes | None = None,
-                extra: dict[str, str] | None = None) -> Path:  # fmt: skip
+def build_stick(
+    tmp: Path,
+    *,
+    overlay: bytes = b"",
+    home: bytes | None = None,
+    extra: dict[str, str] | None = None,
+) -> Path:
     """An ext4 stick image as liveos-iso-to-disk writes one (syslinux/, EFI/, images/,
     LiveOS/squashfs.img nested), with a used overlay (its header replaced by `overlay`)."""
     rootfs_tree = tmp / "rootfs-tree"
@@ -87,8 +92,19 @@ def build_stick(tmp: Path, *, overlay: bytes = b"", home: bytes | None = None,
     live = stick / "LiveOS"
     live.mkdir(parents=True)
     _used_overlay(tmp, rootfs, live / f"overlay-{LABEL}-{UUID}")
-    subprocess.run(["mksquashfs", str(sq), str(live / "squashfs.img"), "-comp", "gzip",
-                    "-noappend", "-quiet", "-no-progress"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "mksquashfs",
+            str(sq),
+            str(live / "squashfs.img"),
+            "-comp",
+            "gzip",
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+        ],
+        check=True,
+    )
     if overlay:
         with open(live / f"overlay-{LABEL}-{UUID}", "r+b") as f:
             f.write(overlay)
@@ -107,12 +123,26 @@ def build_stick(tmp: Path, *, overlay: bytes = b"", home: bytes | None = None,
     (stick / "images").mkdir()
     efi = tmp / "efi-stage" / "EFI" / "BOOT"
     efi.mkdir(parents=True)
-    (efi / "grub.cfg").write_text("search --no-floppy --set=root -l 'OLD'\nmenuentry 'x' {\n"
-                                  "\tlinux /x root=live:CDLABEL=OLD\n\tinitrd /y\n}\n")  # fmt: skip
-    subprocess.run(["mkfs.fat", "-C", "-n", "ANACONDA", str(stick / "images" / "efiboot.img"),
-                    "1024"], check=True, capture_output=True)  # fmt: skip
-    subprocess.run(["mcopy", "-s", "-i", str(stick / "images" / "efiboot.img"),
-                    str(tmp / "efi-stage" / "EFI"), "::"], check=True)  # fmt: skip
+    (efi / "grub.cfg").write_text(
+        "search --no-floppy --set=root -l 'OLD'\nmenuentry 'x' {\n"
+        "\tlinux /x root=live:CDLABEL=OLD\n\tinitrd /y\n}\n"
+    )
+    subprocess.run(
+        ["mkfs.fat", "-C", "-n", "ANACONDA", str(stick / "images" / "efiboot.img"), "1024"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "mcopy",
+            "-s",
+            "-i",
+            str(stick / "images" / "efiboot.img"),
+            str(tmp / "efi-stage" / "EFI"),
+            "::",
+        ],
+        check=True,
+    )
     for rel, text in (extra or {}).items():
         (stick / rel).write_text(text)
     img = ext4_image(stick, tmp / "stick.img", label=LABEL, uuid=UUID)
@@ -121,31 +151,40 @@ def build_stick(tmp: Path, *, overlay: bytes = b"", home: bytes | None = None,
     return img
 
 
-def remix(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 600
-          ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def remix(
+    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "liveos_tools.cli.main", "remix", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def _iso_extract(iso: Path, path: str, dest: Path) -> Path:
-    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", path,
-                    str(dest)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", path, str(dest)],
+        check=True,
+        capture_output=True,
+    )
     return dest
 
 
 def _debugfs_cat(img: Path, rel: str) -> str | None:
     res = subprocess.run(["debugfs", "-R", f"cat /{rel}", str(img)], capture_output=True)
-    stat = subprocess.run(["debugfs", "-R", f"stat /{rel}", str(img)], capture_output=True,
-                          text=True)  # fmt: skip
+    stat = subprocess.run(
+        ["debugfs", "-R", f"stat /{rel}", str(img)], capture_output=True, text=True
+    )
     return None if "File not found" in stat.stderr else res.stdout.decode()
 
 
 def _entries(img: Path, rel: str) -> list[str]:
     """Names in a directory of the image (`debugfs ls -p`: /inode/mode/uid/gid/name/size/)."""
-    out = subprocess.run(["debugfs", "-R", f"ls -p /{rel}", str(img)], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["debugfs", "-R", f"ls -p /{rel}", str(img)], capture_output=True, text=True, check=True
+    ).stdout
     names = [ln.split("/")[5] for ln in out.splitlines() if ln.startswith("/")]
     return [n for n in names if n not in (".", "..")]
 
@@ -170,8 +209,18 @@ def test_remix_a_stick_into_an_iso(tmp_path: Path) -> None:
     # what a SIGKILLed remix of the same name leaves: the next run clears it
     (out_dir / ".class.iso.remix-dead" / "liveos-rebuild-x").mkdir(parents=True)
     (out_dir / ".class.iso.k1ll3d.partial").write_bytes(b"half an ISO")
-    res = remix(stick, "-o", out, "--json", "--keep", "/home/liveuser/.bash_history",
-                "--seclude", "/usr/share/class", "--include", "class-notes.txt")  # fmt: skip
+    res = remix(
+        stick,
+        "-o",
+        out,
+        "--json",
+        "--keep",
+        "/home/liveuser/.bash_history",
+        "--seclude",
+        "/usr/share/class",
+        "--include",
+        "class-notes.txt",
+    )
     assert res.returncode == 0, res.stderr
     assert isobuild.sha256_file(stick) == before  # the stick was only read
     assert _leftovers(out_dir) == [] and sorted(p.name for p in out_dir.iterdir()) == ["class.iso"]
@@ -194,17 +243,25 @@ def test_remix_a_stick_into_an_iso(tmp_path: Path) -> None:
     assert checkisomd5.implanted(out) == report["md5"]
     assert [e.platform for e in xorriso.el_torito(out)] == ["BIOS", "UEFI"]
     assert out.read_bytes()[510:512] == b"\x55\xaa"
-    assert _iso_extract(out, "/class-notes.txt", tmp_path / "notes").read_text() == \
-        "notes for the class\n"  # fmt: skip
+    assert (
+        _iso_extract(out, "/class-notes.txt", tmp_path / "notes").read_text()
+        == "notes for the class\n"
+    )
     cfg = _iso_extract(out, "/isolinux/isolinux.cfg", tmp_path / "isolinux.cfg").read_text()
     assert f"root=live:CDLABEL={LABEL} rd.live.image quiet" in cfg and "overlay" not in cfg
 
     squash = _iso_extract(out, "/LiveOS/squashfs.img", tmp_path / "squashfs.img")
-    subprocess.run(["unsquashfs", "-no-progress", "-d", str(tmp_path / "sq"), str(squash)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["unsquashfs", "-no-progress", "-d", str(tmp_path / "sq"), str(squash)],
+        check=True,
+        capture_output=True,
+    )
     rootfs = tmp_path / "sq" / "LiveOS" / "rootfs.img"
-    for rel in ("etc/NetworkManager/system-connections/School.nmconnection",
-                "etc/ssh/ssh_host_rsa_key", "usr/share/class/lesson.txt"):  # fmt: skip
+    for rel in (
+        "etc/NetworkManager/system-connections/School.nmconnection",
+        "etc/ssh/ssh_host_rsa_key",
+        "usr/share/class/lesson.txt",
+    ):
         assert _debugfs_cat(rootfs, rel) is None, rel
     assert _entries(rootfs, "etc/NetworkManager/system-connections") == []  # kept, empty
     assert _debugfs_cat(rootfs, "home/liveuser/.bash_history") == "history-of-liveuser\n"
@@ -218,8 +275,9 @@ def test_remix_a_stick_into_an_iso(tmp_path: Path) -> None:
     # nor their names: not in directory blocks' slack, not in the old journal's copies
     for name in ("School.nmconnection", "ssh_host_rsa_key", ".profile"):
         assert name.encode() not in raw, name
-    features = subprocess.run(["dumpe2fs", "-h", str(rootfs)], capture_output=True,
-                              text=True).stdout  # fmt: skip
+    features = subprocess.run(
+        ["dumpe2fs", "-h", str(rootfs)], capture_output=True, text=True
+    ).stdout
     assert "has_journal" in features  # a new, empty one
     fsck = subprocess.run(["e2fsck", "-fn", str(rootfs)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout
@@ -256,8 +314,12 @@ def test_refusals(tmp_path: Path) -> None:
     # output on the stick being remixed (the stick mounted by the user)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    loop = subprocess.run(["losetup", "--find", "--show", "--read-only", str(stick)],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", "--read-only", str(stick)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     try:
         subprocess.run(["mount", "-o", "ro,noload", loop, str(mnt)], check=True)
         try:
@@ -282,8 +344,20 @@ def test_refusals(tmp_path: Path) -> None:
     # a missing program names its Debian package
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("losetup", "mount", "umount", "blkid", "unsquashfs", "mksquashfs", "e2fsck",
-                 "implantisomd5", "dumpe2fs", "partx", "mcopy", "mdir"):  # fmt: skip
+    for tool in (
+        "losetup",
+        "mount",
+        "umount",
+        "blkid",
+        "unsquashfs",
+        "mksquashfs",
+        "e2fsck",
+        "implantisomd5",
+        "dumpe2fs",
+        "partx",
+        "mcopy",
+        "mdir",
+    ):
         found = shutil.which(tool)
         assert found, tool
         (bin_dir / tool).symlink_to(found)
@@ -294,8 +368,11 @@ def test_refusals(tmp_path: Path) -> None:
     # not a LiveOS
     plain = tmp_path / "plain-tree"
     (plain / "docs").mkdir(parents=True)
-    _assert_refused(remix(ext4_image(plain, tmp_path / "plain.img", label="X", uuid=UUID),
-                          "-o", out), 4, "no LiveOS")  # fmt: skip
+    _assert_refused(
+        remix(ext4_image(plain, tmp_path / "plain.img", label="X", uuid=UUID), "-o", out),
+        4,
+        "no LiveOS",
+    )
 
     assert not out.exists() and _leftovers(tmp_path) == []
     assert isobuild.sha256_file(stick) == before
@@ -303,8 +380,13 @@ def test_refusals(tmp_path: Path) -> None:
 
 def test_an_invalid_overlay_is_refused(tmp_path: Path) -> None:
     # the header of a store the kernel invalidated: SnAp, valid 0, version 1, chunk 8
-    stick = build_stick(tmp_path, overlay=b"SnAp" + (0).to_bytes(4, "little")
-                        + (1).to_bytes(4, "little") + (8).to_bytes(4, "little"))  # fmt: skip
+    stick = build_stick(
+        tmp_path,
+        overlay=b"SnAp"
+        + (0).to_bytes(4, "little")
+        + (1).to_bytes(4, "little")
+        + (8).to_bytes(4, "little"),
+    )
     res = remix(stick, "-o", tmp_path / "new.iso")
     _assert_refused(res, 10, "invalid")
     assert "repair" in res.stderr
@@ -329,11 +411,21 @@ def test_ctrl_c_leaves_no_partial_iso(tmp_path: Path) -> None:
     out_dir.mkdir()
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "liveos_tools.cli.main", "remix", str(stick), "-o",
-         str(out_dir / "new.iso")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "liveos_tools.cli.main",
+            "remix",
+            str(stick),
+            "-o",
+            str(out_dir / "new.iso"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         deadline = time.monotonic() + 300
         while not any(p.suffix == ".partial" and p.stat().st_size for p in out_dir.iterdir()):

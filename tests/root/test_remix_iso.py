@@ -18,8 +18,10 @@ from liveos_tools.tools import checkisomd5, xorriso
 from liveos_tools.writer.source import read_directory, read_iso
 from tests.fixtures import isobuild
 
-STICK_APPEND = ("initrd=initrd.img root=live:UUID=4C2A-11F0 rootfstype=vfat rw rd.live.image "
-                "rd.live.overlay=UUID=4C2A-11F0 console=ttyS0 quiet")  # fmt: skip
+STICK_APPEND = (
+    "initrd=initrd.img root=live:UUID=4C2A-11F0 rootfstype=vfat rw rd.live.image "
+    "rd.live.overlay=UUID=4C2A-11F0 console=ttyS0 quiet"
+)
 
 
 def _sha(path: Path) -> str:
@@ -41,11 +43,13 @@ def _stick_tree(tmp: Path, src_iso: Path) -> Path:
     """The files a stick written by liveos-iso-to-disk holds (syslinux/, EFI/, images/)."""
     tree = tmp / "stick"
     src = read_iso(src_iso)
-    for iso_path, rel in (("/isolinux/vmlinuz", "syslinux/vmlinuz"),
-                          ("/isolinux/initrd.img", "syslinux/initrd.img"),
-                          ("/EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/BOOTX64.EFI"),
-                          ("/images/efiboot.img", "images/efiboot.img"),
-                          ("/LiveOS/squashfs.img", "LiveOS/squashfs.img")):  # fmt: skip
+    for iso_path, rel in (
+        ("/isolinux/vmlinuz", "syslinux/vmlinuz"),
+        ("/isolinux/initrd.img", "syslinux/initrd.img"),
+        ("/EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/BOOTX64.EFI"),
+        ("/images/efiboot.img", "images/efiboot.img"),
+        ("/LiveOS/squashfs.img", "LiveOS/squashfs.img"),
+    ):
         sf = src.get(iso_path)
         assert sf is not None
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -80,8 +84,10 @@ def test_iso_from_a_stick_boots_by_bios_efi_and_dd(tmp_path: Path, fixture_iso: 
 
     # El Torito: BIOS isolinux and UEFI efiboot.img; the isohybrid MBR is a real one
     entries = xorriso.el_torito(out)
-    assert entries == [xorriso.BootEntry("BIOS", "/isolinux/isolinux.bin"),
-                       xorriso.BootEntry("UEFI", "/images/efiboot.img")]  # fmt: skip
+    assert entries == [
+        xorriso.BootEntry("BIOS", "/isolinux/isolinux.bin"),
+        xorriso.BootEntry("UEFI", "/images/efiboot.img"),
+    ]
     head = out.read_bytes()[:512]
     assert head[510:512] == b"\x55\xaa"
     # isohdpfx.bin, with the boot image's address patched in from byte 432 on
@@ -116,20 +122,29 @@ def test_iso_from_a_stick_boots_by_bios_efi_and_dd(tmp_path: Path, fixture_iso: 
         efiboot.write_bytes(_iso_file(pc, "/images/efiboot.img"))
         names = set()
         for d in ("/", "/isolinux", "/LiveOS"):
-            names |= {c.rock_ridge.name().decode() for c in pc.list_children(rr_path=d)
-                      if c.rock_ridge is not None}  # fmt: skip
+            names |= {
+                c.rock_ridge.name().decode()
+                for c in pc.list_children(rr_path=d)
+                if c.rock_ridge is not None
+            }
     finally:
         pc.close()
-    cfgs["efiboot"] = subprocess.run(["mtype", "-i", str(efiboot), "::EFI/BOOT/grub.cfg"],
-                                     capture_output=True, text=True, check=True).stdout  # fmt: skip
+    cfgs["efiboot"] = subprocess.run(
+        ["mtype", "-i", str(efiboot), "::EFI/BOOT/grub.cfg"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert not any(n.startswith("overlay-") for n in names)
     assert {"isolinux.bin", "ldlinux.c32", "squashfs.img"} <= names
     for name, text in cfgs.items():
         lines = [ln for ln in text.splitlines() if ln.strip().startswith(("append", "linux"))]
         assert lines, name
         for ln in lines:
-            assert "root=live:CDLABEL=Class_Remix_1 rd.live.image console=ttyS0 quiet" \
-                in ln, (name, ln)  # fmt: skip
+            assert "root=live:CDLABEL=Class_Remix_1 rd.live.image console=ttyS0 quiet" in ln, (
+                name,
+                ln,
+            )
             assert "rd.live.overlay" not in ln and "UUID" not in ln and " rw " not in ln
     assert "search --no-floppy --set=root -l 'Class_Remix_1'" in cfgs["efiboot"]
     # nothing of the stick changed
@@ -160,8 +175,9 @@ def test_a_stick_without_efiboot_img_gets_one_made_of_its_efi_loaders(
     assert boot.efiboot is None and boot.efi
     (tmp_path / "w").mkdir()
     out = tmp_path / "made.iso"
-    layout = iso.stage(tmp_path / "w", label="MADE", squashfs=tree / "LiveOS" / "squashfs.img",
-                       boot=boot)  # fmt: skip
+    layout = iso.stage(
+        tmp_path / "w", label="MADE", squashfs=tree / "LiveOS" / "squashfs.img", boot=boot
+    )
     iso.write_iso(layout, out)
     assert [e.platform for e in xorriso.el_torito(out)] == ["BIOS", "UEFI"]
     efiboot = tmp_path / "efiboot.img"
@@ -179,10 +195,15 @@ def test_a_stick_without_efiboot_img_gets_one_made_of_its_efi_loaders(
         check=True,
         capture_output=True,
     )
-    loader = subprocess.run(["mtype", "-i", str(efiboot), "::EFI/BOOT/BOOTX64.EFI"],
-                            capture_output=True, check=True).stdout  # fmt: skip
+    loader = subprocess.run(
+        ["mtype", "-i", str(efiboot), "::EFI/BOOT/BOOTX64.EFI"], capture_output=True, check=True
+    ).stdout
     assert loader == (tree / "EFI" / "BOOT" / "BOOTX64.EFI").read_bytes()
-    cfg = subprocess.run(["mtype", "-i", str(efiboot), "::EFI/BOOT/grub.cfg"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    cfg = subprocess.run(
+        ["mtype", "-i", str(efiboot), "::EFI/BOOT/grub.cfg"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "search --no-floppy --set=root -l 'MADE'" in cfg
     assert "root=live:CDLABEL=MADE rd.live.image" in cfg

@@ -69,8 +69,9 @@ def _image(tmp: Path, name: str, files: dict[str, str], extra=None) -> Path:  # 
 
 def _read(img: Path, rel: str) -> bytes | None:
     out = subprocess.run(["debugfs", "-R", f"cat /{rel}", str(img)], capture_output=True)
-    probe = subprocess.run(["debugfs", "-R", f"stat /{rel}", str(img)], capture_output=True,
-                           text=True)  # fmt: skip
+    probe = subprocess.run(
+        ["debugfs", "-R", f"stat /{rel}", str(img)], capture_output=True, text=True
+    )
     if "File not found" in probe.stderr:
         return None
     return out.stdout
@@ -103,11 +104,20 @@ def test_default_seclusion_on_a_mounted_image(tmp_path: Path, bait: Path) -> Non
         "etc/group": "root:x:0:\nwheel:x:10:liveuser\nliveuser:x:1000:\n",
     }
     img = _image(tmp_path, "merged", {**SECRETS, **KEPT, **TRUNCATED, **accounts}, _traps)
-    base = _image(tmp_path, "base", {"etc/passwd": PASSWD_BASE, "etc/shadow": SHADOW_BASE,
-                                     "etc/group": "root:x:0:\nwheel:x:10:\n"})  # fmt: skip
+    base = _image(
+        tmp_path,
+        "base",
+        {
+            "etc/passwd": PASSWD_BASE,
+            "etc/shadow": SHADOW_BASE,
+            "etc/group": "root:x:0:\nwheel:x:10:\n",
+        },
+    )
     rule_list, keep = seclude.rules()
-    with seclude.mounted(base, writable=False) as base_root, \
-            seclude.mounted(img, writable=True) as root:  # fmt: skip
+    with (
+        seclude.mounted(base, writable=False) as base_root,
+        seclude.mounted(img, writable=True) as root,
+    ):
         assert root.parent == img.parent
         left = seclude.apply(root, rule_list, keep, base_root=base_root)
     report = {x.path: x for x in left}
@@ -129,8 +139,10 @@ def test_default_seclusion_on_a_mounted_image(tmp_path: Path, bait: Path) -> Non
     assert _read(img, "etc/passwd") == PASSWD_BASE.encode()
     assert _read(img, "etc/shadow") == SHADOW_BASE.encode()
     assert _read(img, "etc/group") == b"root:x:0:\nwheel:x:10:liveuser\n"
-    assert "root (" not in report["/etc/shadow"].why and "liveuser (removed)" in \
-        report["/etc/shadow"].why  # fmt: skip
+    assert (
+        "root (" not in report["/etc/shadow"].why
+        and "liveuser (removed)" in report["/etc/shadow"].why
+    )
 
     # the report names what went, with real sizes
     ssh = report["/etc/ssh/ssh_host_ed25519_key"]
@@ -156,9 +168,12 @@ def test_keep_and_seclude(tmp_path: Path) -> None:
     img = _image(tmp_path, "merged", {**SECRETS, **KEPT})
     rule_list, keep = seclude.rules(
         seclude=["/usr/share/class/lesson1.txt", "/home/*/.config"],
-        keep=["/etc/NetworkManager/system-connections", "/root/.bash_history",
-              "/home/liveuser/.cache"],
-    )  # fmt: skip
+        keep=[
+            "/etc/NetworkManager/system-connections",
+            "/root/.bash_history",
+            "/home/liveuser/.cache",
+        ],
+    )
     with seclude.mounted(img, writable=True) as root:
         left = seclude.apply(root, rule_list, keep)
     paths = {x.path for x in left}

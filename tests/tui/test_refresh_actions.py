@@ -92,6 +92,10 @@ async def test_refresh_and_rollback_a_real_stick_from_the_ui(tmp_path: Path) -> 
         assert OVERLAY in listing and "squashfs.img" in listing
         shown = await _run(app, pilot, "b")
         assert "roll back to the previous image" in shown
-    out = subprocess.run(["debugfs", "-R", "cat /syslinux/extlinux.conf", str(image)],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["debugfs", "-R", "cat /syslinux/extlinux.conf", str(image)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "label liveos-previous" in out  # the refreshed image is now the previous one

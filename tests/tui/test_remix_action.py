@@ -64,8 +64,15 @@ def test_the_privileged_route_runs_the_same_command() -> None:
     stick = Stick("/dev/sdb1", "/dev/sdb1", "stick", StickOrigin.PLUGGED)
     params = ActionParams(output="/srv/class.iso", label="CLASS", clone=True)
     assert command_for(stick, Action.REMIX, params) == [
-        "remix", "/dev/sdb1", "-o", "/srv/class.iso", "--label", "CLASS", "--clone", "--yes",
-    ]  # fmt: skip
+        "remix",
+        "/dev/sdb1",
+        "-o",
+        "/srv/class.iso",
+        "--label",
+        "CLASS",
+        "--clone",
+        "--yes",
+    ]
 
 
 def test_stage_reporter_shows_bytes_rate_and_eta() -> None:

@@ -39,17 +39,24 @@ def test_fedora_isolinux_keeps_its_entries_with_the_sticks_arguments() -> None:
     ]
     assert "CDLABEL" not in out and "memtest" not in out
     # the ISO's timeout, menu, boot message, default entry and submenu are all there
-    for line in ("default vesamenu.c32", "timeout 600", "display boot.msg",
-                 "  menu default", "menu begin ^Troubleshooting", "  localboot 0xffff",
-                 "menu end", "  menu label Start Fedora-Workstation-Live 36 in ^basic "
-                 "graphics mode"):  # fmt: skip
+    for line in (
+        "default vesamenu.c32",
+        "timeout 600",
+        "display boot.msg",
+        "  menu default",
+        "menu begin ^Troubleshooting",
+        "  localboot 0xffff",
+        "menu end",
+        "  menu label Start Fedora-Workstation-Live 36 in ^basic graphics mode",
+    ):
         assert line in out.splitlines(), line
 
 
 def test_isolinux_timeout_nomenu_nobootmsg() -> None:
     src = (CFGS / "fedora36-isolinux.cfg").read_text()
-    out = bootcfg.syslinux_cfg(ARGS, title="t", timeout_s=5, source_cfg=src, menu=False,
-                               bootmsg=False)  # fmt: skip
+    out = bootcfg.syslinux_cfg(
+        ARGS, title="t", timeout_s=5, source_cfg=src, menu=False, bootmsg=False
+    )
     lines = out.splitlines()
     assert "timeout 50" in lines and "timeout 600" not in lines
     assert "default linux" in lines and "default vesamenu.c32" not in lines

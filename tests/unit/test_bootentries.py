@@ -48,20 +48,28 @@ def test_the_previous_entry_names_the_kept_pair_with_dracuts_arguments() -> None
     assert block.count("menuentry ") == 1 and "--id liveos-previous" in block
     line = next(ln for ln in block.splitlines() if "linuxefi" in ln)
     assert line.split()[1:] == [
-        "/images/pxeboot/vmlinuz", "root=live:UUID=ABCD-1234", "rd.live.image",
-        "rd.live.dir=LiveOS", "rd.live.squashimg=previous/squashfs.img",
-        f"rd.live.overlay=UUID=ABCD-1234:/LiveOS/previous/overlay-LIVE-{UUID}", "quiet",
-    ]  # fmt: skip
+        "/images/pxeboot/vmlinuz",
+        "root=live:UUID=ABCD-1234",
+        "rd.live.image",
+        "rd.live.dir=LiveOS",
+        "rd.live.squashimg=previous/squashfs.img",
+        f"rd.live.overlay=UUID=ABCD-1234:/LiveOS/previous/overlay-LIVE-{UUID}",
+        "quiet",
+    ]
     sys_out = be.render(SYSLINUX, Kind.SYSLINUX, NAMES, default=Slot.NEXT, previous=Slot.CURRENT)
     assert "label liveos-previous" in sys_out and "menu label Previous image" in sys_out
     assert sys_out.count("rd.live.squashimg=.liveos-next/squashfs.img") == 2  # linux + check
 
 
 def test_a_slot_with_its_own_kernel_gets_it_in_every_kernel_line() -> None:
-    names = Names(NAMES.livedir, NAMES.overlay, kernels=(
-        ("previous", "/LiveOS/previous/vmlinuz", "/LiveOS/previous/initrd.img"),
-        ("", "/images/pxeboot/vmlinuz", "/images/pxeboot/initrd.img"),
-    ))  # fmt: skip
+    names = Names(
+        NAMES.livedir,
+        NAMES.overlay,
+        kernels=(
+            ("previous", "/LiveOS/previous/vmlinuz", "/LiveOS/previous/initrd.img"),
+            ("", "/images/pxeboot/vmlinuz", "/images/pxeboot/initrd.img"),
+        ),
+    )
     out = be.render(GRUB, Kind.GRUB, names, default=Slot.CURRENT, previous=Slot.PREVIOUS)
     head, _, block = out.partition(be.BEGIN)
     assert head == GRUB

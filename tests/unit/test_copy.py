@@ -25,8 +25,9 @@ def test_segments_split_pieces_at_segment_boundaries() -> None:
 
 @pytest.mark.parametrize("algorithm", copy.ALGORITHMS)
 @pytest.mark.parametrize("checksum", [True, False])
-def test_transfer_into_scattered_pieces_and_read_back(tmp_path: Path, algorithm: str,
-                                                      checksum: bool) -> None:  # fmt: skip
+def test_transfer_into_scattered_pieces_and_read_back(
+    tmp_path: Path, algorithm: str, checksum: bool
+) -> None:
     data = os.urandom(copy.SEGMENT + 3 * MIB + 123)
     src = tmp_path / "src.bin"
     src.write_bytes(b"HEAD" + data)  # the file starts 4 bytes into its backing

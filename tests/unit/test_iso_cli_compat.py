@@ -41,8 +41,9 @@ def files(tmp_path: Path) -> tuple[str, str]:
         ("1G,fat32", 1024 * MIB, "vfat", None),
     ],
 )
-def test_format_values(files: tuple[str, str], value: str | None, size: int | None,
-                       fstype: str, blksz: int | None) -> None:  # fmt: skip
+def test_format_values(
+    files: tuple[str, str], value: str | None, size: int | None, fstype: str, blksz: int | None
+) -> None:
     iso, disk = files
     argv = ["--format", *([value] if value else []), iso, disk]
     args, o = parse(*argv)
@@ -71,9 +72,21 @@ def test_other_types_are_usage_errors(files: tuple[str, str], value: str) -> Non
 def test_bad_type_is_one_line_and_exit_2(files: tuple[str, str]) -> None:
     iso, disk = files
     before = Path(disk).read_bytes()
-    res = subprocess.run([sys.executable, "-m", "liveos_tools.cli.iso_to_disk", "--format",
-                          "xfs", "--yes", iso, disk], capture_output=True, text=True,
-                         check=False)  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "liveos_tools.cli.iso_to_disk",
+            "--format",
+            "xfs",
+            "--yes",
+            iso,
+            disk,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert lines[0].startswith("error: --format xfs: 'xfs' is not a filesystem"), lines
@@ -82,7 +95,8 @@ def test_bad_type_is_one_line_and_exit_2(files: tuple[str, str]) -> None:
 
 
 def test_an_existing_path_is_never_taken_as_the_format_value(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     Path("vfat").write_bytes(b"x")  # an ISO that happens to be called like a filesystem
     args, o = parse("--format", "vfat", "disk.img")

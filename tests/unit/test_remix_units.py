@@ -29,8 +29,13 @@ def test_label_limits() -> None:
 
 def test_kernel_args_are_the_cd_contract_without_persistence() -> None:
     args = iso.kernel_args("SoaS_Remix", STICK_SYSLINUX_APPEND.split())
-    assert args == ["root=live:CDLABEL=SoaS_Remix", "rd.live.image", "quiet",
-                    "console=ttyS0", "rhgb"]  # fmt: skip
+    assert args == [
+        "root=live:CDLABEL=SoaS_Remix",
+        "rd.live.image",
+        "quiet",
+        "console=ttyS0",
+        "rhgb",
+    ]
     assert not any(w.startswith(("rd.live.overlay", "rootfstype", "persistenthome")) for w in args)
 
 
@@ -73,8 +78,12 @@ def test_grub_cfg_rewrites_a_sticks_menu_for_the_cd() -> None:
 
 
 def test_mkisofs_argv_hybrid_bios_and_efi() -> None:
-    boot = xorriso.ElTorito("isolinux/isolinux.bin", "isolinux/boot.cat", "images/efiboot.img",
-                            Path("/usr/lib/ISOLINUX/isohdpfx.bin"))  # fmt: skip
+    boot = xorriso.ElTorito(
+        "isolinux/isolinux.bin",
+        "isolinux/boot.cat",
+        "images/efiboot.img",
+        Path("/usr/lib/ISOLINUX/isohdpfx.bin"),
+    )
     argv = xorriso.mkisofs_argv(Path("/o.iso"), "L", [xorriso.Graft("/a=b", Path("/h/x=y"))], boot)
     assert argv[:3] == ["xorriso", "-as", "mkisofs"]
     assert argv[argv.index("-V") + 1] == "L"
@@ -133,8 +142,11 @@ def test_rules_from_options() -> None:
     assert seclude.rules(keep=["../etc/x", "/a/../../b"])[1] == ["etc/x", "b"]
     patterns = {r.pattern for r in seclude.DEFAULT_RULES}
     # what editliveos misses (docs/ARCHITECTURE.md F5) is on the default list
-    assert {"etc/NetworkManager/system-connections", "etc/ssh/ssh_host_*",
-            "home/*/.bash_history"} <= patterns  # fmt: skip
+    assert {
+        "etc/NetworkManager/system-connections",
+        "etc/ssh/ssh_host_*",
+        "home/*/.bash_history",
+    } <= patterns
 
 
 def test_tune2fs_features_parser() -> None:
@@ -145,7 +157,13 @@ def test_tune2fs_features_parser() -> None:
         "Filesystem features:      has_journal ext_attr resize_inode dir_index filetype extent\n"
         "Filesystem flags:         signed_directory_hash\n"
     )
-    assert tune2fs.parse_features(text) == {"has_journal", "ext_attr", "resize_inode",
-                                            "dir_index", "filetype", "extent"}  # fmt: skip
+    assert tune2fs.parse_features(text) == {
+        "has_journal",
+        "ext_attr",
+        "resize_inode",
+        "dir_index",
+        "filetype",
+        "extent",
+    }
     assert tune2fs.parse_features("Filesystem features:      (none)\n") == {"(none)"}
     assert tune2fs.parse_features("") == set()

@@ -25,9 +25,13 @@ class RemixDialog(ParamsDialog):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Label(Text(f"{self.action.label}: {self.stick.title}"), id="title")
-            yield Static(Text("A new bootable ISO of this stick, its overlay merged in; "
-                              "Wi-Fi passwords, SSH keys, histories and logs left out. "
-                              "The stick is only read."))  # fmt: skip
+            yield Static(
+                Text(
+                    "A new bootable ISO of this stick, its overlay merged in; "
+                    "Wi-Fi passwords, SSH keys, histories and logs left out. "
+                    "The stick is only read."
+                )
+            )
             yield Label("Write the ISO to (not on this stick):")
             yield Input(value=self.default_output, id="output")
             yield Label("Volume label (empty: the stick's):")
@@ -49,5 +53,6 @@ class RemixDialog(ParamsDialog):
             return None
         label = self.query_one("#label", Input).value.strip() or None
         clone = self.query_one("#clone", Checkbox).value
-        return ActionParams(output=os.path.abspath(os.path.expanduser(output)), label=label,
-                            clone=clone)  # fmt: skip
+        return ActionParams(
+            output=os.path.abspath(os.path.expanduser(output)), label=label, clone=clone
+        )
