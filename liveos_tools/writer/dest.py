@@ -80,8 +80,8 @@ def verify(
 def fsync_path(path: str, drop_cache: bool = True) -> None:
     """fsync, then (drop_cache) drop the file's cached pages so a read-back comes from the
     disk. Dropping is not free: on a busy machine the kernel's LRU drain behind
-    FADV_DONTNEED took 0.6 s for a 1.6 GiB image, 12x the fsync (docs/parts/
-    iso-to-disk-speed.md)."""
+    FADV_DONTNEED took 0.6 s for a 1.6 GiB image, 12x the fsync (docs/ARCHITECTURE.md,
+    "how the bytes are written")."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
