@@ -476,6 +476,10 @@ def inner_pytest_script(
         "-p",
         "no:cacheprovider",
         "--continue-on-collection-errors",
+        # All guest tests share one boot and its /run tmpfs (half the guest's memory):
+        # a passing test's tmp_path goes as soon as it ends, or the tier runs out of room.
+        "-o",
+        "tmp_path_retention_policy=failed",
         "-q",
         *nodeid_files(nodeids),
     ]
@@ -493,7 +497,7 @@ def run_guest_pytest(
     rootdir: Path,
     *,
     timeout: float = 1200,
-    mem_mb: int = 2048,
+    mem_mb: int = 4096,
 ) -> GuestPytestRun:
     """Run the given tests with pytest inside one guest boot."""
     script = inner_pytest_script(python=sys.executable, rootdir=rootdir, nodeids=nodeids)
