@@ -182,7 +182,15 @@ def _file_size(fd: int) -> int:
     return os.lseek(fd, 0, os.SEEK_END)
 
 
-def _open(path: str | Path) -> int:
+def open_readonly(
+    path: str | Path,
+    what: str = "overlay",
+    *,
+    not_a: str | None = None,
+    dir_hint: str | None = None,
+) -> int:
+    """An O_RDONLY descriptor of a file or device; every failure as a TargetError naming
+    `what` (and `not_a`, what a directory is not)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         if stat.S_ISDIR(os.fstat(fd).st_mode):
@@ -190,16 +198,21 @@ def _open(path: str | Path) -> int:
             raise IsADirectoryError
         return fd
     except FileNotFoundError:
-        raise TargetError(f"{path}: no such file", "check the path to the overlay") from None
+        raise TargetError(f"{path}: no such file", f"check the path to the {what}") from None
     except IsADirectoryError:
-        raise TargetError(
-            f"{path} is a directory, not a device-mapper overlay file",
-            "an OverlayFS overlay has no snapshot store to read",
-        ) from None
+        raise TargetError(f"{path} is a directory, not a {not_a or what}", dir_hint) from None
     except PermissionError:
         raise TargetError(f"{path}: permission denied", "run as root (sudo)") from None
     except OSError as exc:
         raise TargetError(f"{path}: {exc.strerror}") from None
+
+
+def _open(path: str | Path) -> int:
+    return open_readonly(
+        path,
+        not_a="device-mapper overlay file",
+        dir_hint="an OverlayFS overlay has no snapshot store to read",
+    )
 
 
 class CowStore:

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from liveos_tools.cow import MAGIC, SECTOR, CowStore
+from liveos_tools.cow import MAGIC, SECTOR, CowStore, open_readonly
 from liveos_tools.errors import CorruptError, LiveOSError, TargetError, UsageError
 
 if TYPE_CHECKING:
@@ -93,21 +93,6 @@ def _replay_group(entries: list[tuple[int, int]]) -> dict[int, int]:
     return resolved
 
 
-def _open_ro(path: str | Path, what: str) -> int:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise TargetError(f"{path}: no such file", f"check the path to the {what}") from None
-    except PermissionError:
-        raise TargetError(f"{path}: permission denied", "run as root (sudo)") from None
-    except OSError as exc:
-        raise TargetError(f"{path}: {exc.strerror}") from None
-    if stat.S_ISDIR(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise TargetError(f"{path} is a directory, not a {what}")
-    return fd
-
-
 def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     """[start, end) ranges of the file that hold data; a block device is all data."""
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -162,11 +147,11 @@ class MergedView:
             except CorruptError as err:
                 raise CorruptError(err.message, REPAIR_HINT) from None
         self._map = table
-        self._base_fd = _open_ro(base, "base image")
+        self._base_fd = open_readonly(base, "base image")
         try:
             # The snapshot device has the origin's size in whole sectors.
             self.size_bytes = os.lseek(self._base_fd, 0, os.SEEK_END) // SECTOR * SECTOR
-            self._cow_fd = _open_ro(store, "overlay")
+            self._cow_fd = open_readonly(store, "overlay")
         except BaseException:
             self.close()
             raise

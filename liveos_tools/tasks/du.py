@@ -61,12 +61,12 @@ class RawReads:
     """The origin and the store read directly: du compares a chunk's two copies."""
 
     def __init__(self, base: str, store: str) -> None:
-        from liveos_tools.merge import _open_ro
+        from liveos_tools.cow import open_readonly
 
         self.base_path, self.store_path = base, store
-        self._base = _open_ro(base, "base image")
+        self._base = open_readonly(base, "base image")
         try:
-            self._store = _open_ro(store, "overlay")
+            self._store = open_readonly(store, "overlay")
         except BaseException:
             os.close(self._base)
             raise
@@ -87,12 +87,13 @@ class LiveView:
     the store device (resolved the way the kernel resolves it)."""
 
     def __init__(self, device: str, store: str) -> None:
-        from liveos_tools.merge import _open_ro, kernel_lookup
+        from liveos_tools.cow import open_readonly
+        from liveos_tools.merge import kernel_lookup
 
         with CowStore(store) as cs:
             self.chunk_bytes = cs.geometry().chunk_bytes
             self._map = kernel_lookup(cs.exceptions())
-        self._fd = _open_ro(device, "live root device")
+        self._fd = open_readonly(device, "live root device")
         self.size_bytes = os.lseek(self._fd, 0, os.SEEK_END)
         self.device = device
 
