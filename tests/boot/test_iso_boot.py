@@ -90,27 +90,26 @@ def uefi_firmware(workdir: Path) -> list[str]:
     ]
 
 
-def test_written_stick_boots_and_persists(tmp_path: Path) -> None:
-    initrd = isobuild.dracut_initramfs()
-    iso = isobuild.build_iso(tmp_path / "live.iso", "classic", initramfs=initrd)
-    img = tmp_path / "stick.img"
+def write_stick(iso: Path, img: Path, *, size: str, overlay_mb: int) -> str:
+    """liveos-iso-to-disk of the fixture ISO onto a vfat stick image that boots
+    straight into dracut on the serial console; its stdout."""
     res = subprocess.run(
         [
             sys.executable,
             "-m",
             "liveos_tools.cli.iso_to_disk",
             "--format",
-            "512M,vfat",
+            f"{size},vfat",
             "--reset-mbr",
             "--overlay-size-mb",
-            "64",
+            str(overlay_mb),
             "--timeout",
             "0",
             "--nomenu",
             "--yes",
             "--extra-kernel-args",
             "console=ttyS0 rd.emergency=poweroff rd.shell=0",
-            str(iso.path),
+            str(iso),
             str(img),
         ],
         capture_output=True,
@@ -118,7 +117,15 @@ def test_written_stick_boots_and_persists(tmp_path: Path) -> None:
         timeout=300,
     )
     assert res.returncode == 0, res.stderr
-    line = next(w for w in res.stdout.split() if w.startswith("overlay="))
+    return res.stdout
+
+
+def test_written_stick_boots_and_persists(tmp_path: Path) -> None:
+    initrd = isobuild.dracut_initramfs()
+    iso = isobuild.build_iso(tmp_path / "live.iso", "classic", initramfs=initrd)
+    img = tmp_path / "stick.img"
+    stdout = write_stick(iso.path, img, size="512M", overlay_mb=64)
+    line = next(w for w in stdout.split() if w.startswith("overlay="))
     overlay = line.removeprefix("overlay=")
     uuid = overlay.removeprefix("overlay-LIVE_TEST-")
 

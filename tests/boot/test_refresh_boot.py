@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.boot.test_iso_boot import boot, pytestmark  # noqa: F401  (the same skip)
+from tests.boot.test_iso_boot import boot, pytestmark, write_stick  # noqa: F401  (the same skip)
 from tests.fixtures import isobuild
 from tests.guestvm import guest_unavailable_reason, run_in_guest
 
@@ -46,31 +45,8 @@ def test_refresh_previous_entry_and_rollback_boot(tmp_path: Path) -> None:
     share = tmp_path / "share"
     share.mkdir()
     img = share / "stick.img"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "liveos_tools.cli.iso_to_disk",
-            "--format",
-            "256M,vfat",
-            "--reset-mbr",
-            "--overlay-size-mb",
-            "32",
-            "--timeout",
-            "0",
-            "--nomenu",
-            "--yes",
-            "--extra-kernel-args",
-            "console=ttyS0 rd.emergency=poweroff rd.shell=0",
-            str(iso.path),
-            str(img),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr
-    overlay = next(w for w in res.stdout.split() if w.startswith("overlay=")).split("=", 1)[1]
+    stdout = write_stick(iso.path, img, size="256M", overlay_mb=32)
+    overlay = next(w for w in stdout.split() if w.startswith("overlay=")).split("=", 1)[1]
     uuid = overlay.removeprefix("overlay-LIVE_TEST-")
 
     first = boot(img, tmp_path / "console1.txt")

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.boot.test_iso_boot import boot, pytestmark  # noqa: F401  (the same skip)
+from tests.boot.test_iso_boot import boot, pytestmark, write_stick  # noqa: F401  (the same skip)
 from tests.boot.test_refresh_boot import FOUND, MIB, cli, in_guest
 from tests.fixtures import isobuild
 from tests.guestvm import guest_unavailable_reason
@@ -64,30 +63,7 @@ def test_update_boots_the_new_release_and_the_previous_entry_the_old(tmp_path: P
     share.mkdir()
     b = release_b(share, initrd)
     img = share / "stick.img"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "liveos_tools.cli.iso_to_disk",
-            "--format",
-            "256M,vfat",
-            "--reset-mbr",
-            "--overlay-size-mb",
-            "32",
-            "--timeout",
-            "0",
-            "--nomenu",
-            "--yes",
-            "--extra-kernel-args",
-            "console=ttyS0 rd.emergency=poweroff rd.shell=0",
-            str(iso.path),
-            str(img),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr
+    write_stick(iso.path, img, size="256M", overlay_mb=32)
 
     first = boot(img, tmp_path / "console1.txt")
     assert "LIVEOS-BOOT1-WROTE" in first and "RELEASE-B" not in first, first[-3000:]
