@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Protocol
 
 from liveos_tools.errors import LiveOSError, TargetError
 
@@ -80,6 +82,24 @@ class Names:
     def overlay_path(self, slot: Slot) -> str:
         sub = f"/{slot.value}" if slot.value else ""
         return f"/{self.livedir}{sub}/{self.overlay}"
+
+
+class ConfigFile(Protocol):
+    """A boot config not reachable as a path: one on the stick's EFI system partition,
+    read and replaced through mtools (liveos_tools/espcfg.py)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def read_text(self) -> str: ...
+
+    def replace_text(self, text: str) -> bool:
+        """Replace the whole file atomically; False when it already holds `text`."""
+        ...
+
+
+#: a config on the mounted stick, or one elsewhere (the ESP)
+Config = Path | ConfigFile
 
 
 def kind_of(path: Path | str) -> Kind:
@@ -342,13 +362,14 @@ def write_atomic(path: Path, text: str) -> bool:
 
 
 def point_configs(
-    configs: list[Path], names: Names, *, default: Slot, previous: Slot | None
-) -> list[Path]:
+    configs: Sequence[Config], names: Names, *, default: Slot, previous: Slot | None
+) -> list[Config]:
     """Point every config at `default` (+ a previous entry); return the ones changed."""
-    changed = []
-    for path in configs:
-        text = path.read_text()
-        new = render(text, kind_of(path), names, default=default, previous=previous)
-        if write_atomic(path, new):
-            changed.append(path)
+    changed: list[Config] = []
+    for cfg in configs:
+        text = cfg.read_text()
+        new = render(text, kind_of(cfg.name), names, default=default, previous=previous)
+        done = write_atomic(cfg, new) if isinstance(cfg, Path) else cfg.replace_text(new)
+        if done:
+            changed.append(cfg)
     return changed

@@ -51,6 +51,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "mmd": "mtools",
     "mdel": "mtools",
     "mdeltree": "mtools",
+    "mmove": "mtools",
     "mshowfat": "mtools",
     "mattrib": "mtools",
     "mlabel": "mtools",

@@ -101,6 +101,10 @@ class StickFiles:
     base_names: Names
     #: the kernel and initrd the default names go with (absolute on the stick)
     kernel: tuple[str, str] | None = None
+    #: boot configs elsewhere that boot this stick's pairs (its EFI system partition's:
+    #: espcfg.py), switched with the others; and what the plan says about them
+    esp: tuple[be.ConfigFile, ...] = ()
+    esp_notes: tuple[str, ...] = ()
 
     @property
     def ldir(self) -> Path:
@@ -141,8 +145,8 @@ class StickFiles:
     def journal_path(self) -> Path:
         return self.ldir / JOURNAL
 
-    def configs(self) -> list[Path]:
-        return be.find_configs(self.root)
+    def configs(self) -> list[be.Config]:
+        return [*be.find_configs(self.root), *self.esp]
 
 
 # --- the journal ---------------------------------------------------------------------------

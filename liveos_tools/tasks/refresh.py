@@ -119,7 +119,12 @@ def stick_files(medium: Medium) -> switch.StickFiles:
             kernel = kernel_paths(cfg, medium.root)
             if kernel is not None:
                 break
-    return switch.StickFiles(medium.root, Names(medium.livedir, name), kernel)
+    from liveos_tools import espcfg
+
+    esp = espcfg.find(medium)
+    return switch.StickFiles(
+        medium.root, Names(medium.livedir, name), kernel, esp=esp.configs, esp_notes=esp.notes
+    )
 
 
 def require_configs(stick: switch.StickFiles) -> None:
@@ -442,6 +447,7 @@ def _no_room(free: int, prev: int, need: int, *, estimated: bool) -> None:
 
 
 def _add_switch_steps(plan: SwitchPlan, stick: switch.StickFiles, keep_previous: bool) -> None:
+    plan.notes.extend(stick.esp_notes)
     stops = ("boot-next", "moved-old", "boot-previous", "moved-new", "")
     for summary, until in zip(switch.describe_steps(keep_previous), stops, strict=True):
 

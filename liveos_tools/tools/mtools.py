@@ -89,6 +89,28 @@ def copy_many(device: str | Path, offset: int, sources: list[Path], dest_dir: st
     )
 
 
+def read_text(device: str | Path, offset: int, path: str) -> str:
+    """A small text file's contents (a boot config), copied out to stdout."""
+    return run(["mcopy", "-n", "-i", drive(device, offset), f"::/{path.strip('/')}", "-"]).stdout
+
+
+def move_over(device: str | Path, offset: int, src: str, dest: str) -> None:
+    """Rename `src` to `dest` in the same directory, replacing `dest`. mtools writes the
+    directory's changed sector (the new entry and both removals) in one write, then the
+    FAT: a sector write is the unit a power cut leaves whole."""
+    run(
+        [
+            "mmove",
+            "-D",
+            "o",
+            "-i",
+            drive(device, offset),
+            f"::/{src.strip('/')}",
+            f"::/{dest.strip('/')}",
+        ]
+    )
+
+
 def delete(device: str | Path, offset: int, path: str) -> None:
     run(["mdel", "-i", drive(device, offset), f"::/{path.strip('/')}"])
 
