@@ -30,11 +30,9 @@ from pathlib import Path
 from liveos_tools import bootentries as be
 from liveos_tools import mounts
 from liveos_tools.errors import InUseError, LiveOSError
-from liveos_tools.media import Medium, Source
+from liveos_tools.media import ESP_PART_TYPES, Medium, Source
 from liveos_tools.tools import mtools
 
-#: partition types of an EFI system partition, as blkid -p prints PART_ENTRY_TYPE
-ESP_TYPES = ("0xef", "c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
 TMP_SUFFIX = ".new"
 BACKUP_DIR = ".liveos-esp"
 #: where on an ESP a GRUB config that boots the stick can be (any grub.cfg, and these)
@@ -128,7 +126,7 @@ def esp_nodes(partition: str) -> list[str]:
         if not os.path.exists(node):
             continue
         info = blkid.probe(node)
-        if info.get("PART_ENTRY_TYPE", "").lower() in ESP_TYPES:
+        if info.get("PART_ENTRY_TYPE", "").lower() in ESP_PART_TYPES:
             found.append(node)
     return found
 

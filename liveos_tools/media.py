@@ -36,6 +36,9 @@ LUKS_MAGIC = b"LUKS\xba\xbe"  # LUKS1 and LUKS2 both start so
 HEAD_BYTES = EXT_MAGIC_OFFSET + 2
 
 
+#: an EFI system partition's type, as blkid -p prints PART_ENTRY_TYPE (msdos, GPT)
+ESP_PART_TYPES = ("0xef", "c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
+
 #: Mount points this process makes for a moment (read-only, writable).
 TEMP_MOUNT_PREFIXES = ("liveos-ro-", "liveos-rw-")
 
@@ -451,9 +454,12 @@ def _from_device(
 
     whole = blkid.probe(device)
     parts = losetup.wait_for_partitions(device) if whole.get("PTTYPE") else []
+    probed = [(dev, blkid.probe(dev)) for dev in parts or [device]]
+    # An EFI system partition is looked at last (the writer's GPT layout puts it first):
+    # mounted here, it would be in use while refresh rewrites its grub.cfg (espcfg.py).
+    probed.sort(key=lambda p: p[1].get("PART_ENTRY_TYPE", "").lower() in ESP_PART_TYPES)
     seen = []
-    for dev in parts or [device]:
-        info = blkid.probe(dev)
+    for dev, info in probed:
         fstype = info.get("TYPE")
         if info.get("USAGE") != "filesystem" or fstype in (None, "squashfs", "iso9660"):
             continue
