@@ -328,7 +328,9 @@ class FatDest:
         """FAT has no permissions: anyone who can mount the stick can read it."""
 
     def sync(self, drop_cache: bool = True) -> None:
-        fsync_path(self.device, drop_cache)
+        """fsync only: copy.read_back reads with O_DIRECT, or drops each range it reads
+        itself, so dropping the whole disk's cache here (`drop_cache`) is not needed."""
+        fsync_path(self.device, drop_cache=False)
 
 
 class MountedDest:
@@ -464,8 +466,7 @@ class MountedDest:
         os.chmod(self._p(rel), 0o600)
 
     def sync(self, drop_cache: bool = True) -> None:
-        # os.syncfs is not in Python 3.11; sync(2) covers this filesystem too.
-        os.sync()
+        _syncfs(self.root)
         if self.backing:
             # The loop device writes through the image's page cache: sync it, and drop it
             # too, so a read-back comes from the disk.
@@ -478,6 +479,26 @@ class MountedDest:
                         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
                 finally:
                     os.close(fd)
+
+
+def _syncfs(root: Path) -> None:
+    """syncfs(2) of the filesystem mounted at `root`: only its own dirty data, where
+    sync(2) waits for every filesystem's (other users' too). os.syncfs is not in Python
+    3.11; sync(2) where libc has no syncfs."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    syncfs = getattr(libc, "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(root))
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

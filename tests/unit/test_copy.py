@@ -87,3 +87,78 @@ def test_digests_differ_by_algorithm_and_are_what_the_libraries_say() -> None:
     assert copy._digest(data, "sha256") == hashlib.sha256(data).digest()
     with pytest.raises(ValueError):
         copy.check_algorithm("md5")
+
+
+def test_direct_reads_are_aligned_and_cover_exactly_the_pieces() -> None:
+    # FAT clusters start on 512-byte sectors, not on 4 KiB; the last piece runs past the file
+    pieces = [(1536, 5000), (3 * MIB + 512, copy.DIRECT_READ + 7000), (100 * MIB, 9000)]
+    size = 5000 + copy.DIRECT_READ + 7000 + 1234
+    wanted: list[tuple[int, int]] = []
+    for start, span, first, stop in copy._direct_reads(pieces, size):
+        assert start % copy.DIRECT_ALIGN == 0 and span % copy.DIRECT_ALIGN == 0
+        assert start <= first < stop <= start + span <= start + copy.DIRECT_READ + 4096
+        if wanted and wanted[-1][1] == first:
+            wanted[-1] = (wanted[-1][0], stop)
+        else:
+            wanted.append((first, stop))
+    assert wanted == [
+        (1536, 6536),
+        (3 * MIB + 512, 3 * MIB + 512 + copy.DIRECT_READ + 7000),
+        (100 * MIB, 100 * MIB + 1234),
+    ]
+    with pytest.raises(CorruptError):
+        list(copy._direct_reads([(0, 4096)], 5000))
+
+
+def test_read_back_uses_o_direct_and_its_fallback_gives_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(copy.SEGMENT + 5 * MIB + 77)
+    dst = tmp_path / "dst.img"
+    dst.write_bytes(b"\0" * 1536 + data)
+    pieces = [(1536, 3 * MIB), (1536 + 3 * MIB, len(data))]
+    expected = copy.checksum_of([data])
+    calls: list[int] = []
+    direct = copy._direct_read_back
+
+    def spy(*args: object, **kwargs: object) -> copy.Checksum:
+        calls.append(1)
+        return direct(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(copy, "_direct_read_back", spy)
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        assert copy.read_back(fd, pieces, len(data), "x") == expected
+        assert calls == [1]  # the host's ext4 takes O_DIRECT
+
+        def refused(*args: object, **kwargs: object) -> copy.Checksum:
+            raise copy._NoDirect
+
+        monkeypatch.setattr(copy, "_direct_read_back", refused)
+        assert copy.read_back(fd, pieces, len(data), "x") == expected
+        # a changed byte in the second segment is found by both ways of reading
+        with open(dst, "r+b") as f:
+            f.seek(1536 + copy.SEGMENT + 10)
+            f.write(bytes([data[copy.SEGMENT + 10] ^ 1]))
+        assert expected.first_difference(copy.read_back(fd, pieces, len(data), "x")) == (
+            copy.SEGMENT
+        )
+        monkeypatch.setattr(copy, "_direct_read_back", direct)
+        assert expected.first_difference(copy.read_back(fd, pieces, len(data), "x")) == (
+            copy.SEGMENT
+        )
+    finally:
+        os.close(fd)
+
+
+def test_a_verified_copy_that_fails_stops_its_source_hash(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(4 * MIB))
+    sf = SourceFile("/x.img", 4 * MIB, str(src), 0)
+    fd = os.open(src, os.O_RDONLY)  # not writable: sendfile fails with EBADF
+    try:
+        with pytest.raises(OSError):
+            copy.transfer(sf, fd, [(0, 4 * MIB)], checksum=True)
+    finally:
+        os.close(fd)
+    assert copy.hash_source(sf, "xxh3") == copy.checksum_of([src.read_bytes()])
