@@ -19,23 +19,18 @@ def make(
     compressor: str,
     block_size: int | None = None,
     while_running: Callable[[int], None] | None = None,
+    keep_owners: bool = False,
 ) -> None:
     """dest = a new squashfs of the tree `source` (never appended to an existing one).
 
     Owners become root and extended attributes are left out: the tree is a staging
-    directory on the machine doing the build, not the image's own files.
+    directory on the machine doing the build, not the image's own files — unless
+    `keep_owners`: the tree is a root filesystem itself (a flat image).
     """
-    argv = [
-        "mksquashfs",
-        str(source),
-        str(dest),
-        "-noappend",
-        "-no-progress",
-        "-all-root",
-        "-no-xattrs",
-        "-comp",
-        compressor,
-    ]
+    argv = ["mksquashfs", str(source), str(dest), "-noappend", "-no-progress"]
+    if not keep_owners:
+        argv += ["-all-root", "-no-xattrs"]
+    argv += ["-comp", compressor]
     if block_size:
         argv += ["-b", str(block_size)]
     try:
