@@ -50,6 +50,23 @@ def extract(image: str | Path, path: str, dest: str | Path, *, offset: int = 0) 
     return Path(dest) / path.strip("/")
 
 
+def unpack(image: str | Path, dest: str | Path) -> None:
+    """Unpack the whole squashfs into the new directory `dest` (owners, modes, xattrs,
+    hard links and device nodes kept: run as root)."""
+    run(["unsquashfs", "-no-progress", "-quiet", "-d", str(dest), str(image)])
+
+
+def tree_bytes(image: str | Path) -> int:
+    """The sum of the file sizes inside a squashfs (`unsquashfs -lls`: directory tables)."""
+    out = run(["unsquashfs", "-no-progress", "-lls", "-d", "", str(image)]).stdout
+    total = 0
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and line.startswith("-") and parts[2].isdigit():
+            total += int(parts[2])
+    return total
+
+
 # -- the superblock (squashfs-tools squashfs_fs.h: struct squashfs_super_block) --------------
 
 SQUASHFS_MAGIC = b"hsqs"
