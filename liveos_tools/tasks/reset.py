@@ -49,10 +49,12 @@ def empty_dir(path: Path) -> None:
             entry.unlink()
 
 
-def remake_image(path: Path) -> None:
+def remake_image(path: Path, like: Path | None = None) -> None:
+    """A new empty overlay filesystem in `path`, of the type, label and UUID of `like`
+    (default: the one it replaces)."""
     from liveos_tools.tools import blkid, mkfs
 
-    info = blkid.probe(path)
+    info = blkid.probe(like or path)
     fstype = info.get("TYPE", "ext4")
     if fstype not in mkfs.EXT_TYPES:
         raise LiveOSError(
