@@ -36,6 +36,7 @@ fsck.fat, rather than delete either.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -79,6 +80,9 @@ class Journal:
 class Pair:
     base: Path
     overlay: Path
+    #: an OverlayFS directory's work directory, dracut's `<overlay>/../ovlwork`: scratch
+    #: of the kernel, emptied at each mount, but it must exist or dracut boots no overlay.
+    work: Path | None = None
 
     def files(self) -> tuple[Path, Path]:
         return (self.base, self.overlay)
@@ -87,10 +91,28 @@ class Pair:
         return self.base.exists() and self.overlay.exists()
 
     def size(self) -> int:
-        return sum(p.stat().st_size for p in self.files() if p.exists())
+        return sum(tree_size(p) for p in (*self.files(), self.work) if p is not None)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of a file, or of every file below a directory (0 if missing)."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return 0
+    if not path.is_dir() or path.is_symlink():
+        return st.st_size
+    total = 0
+    for dirpath, _dirs, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
 
 
 KERNEL_NAMES = ("vmlinuz", "initrd.img")
+#: dracut 059 dmsquash-live-root.sh: workdir=$pathspec/../ovlwork
+OVLWORK = "ovlwork"
 
 
 @dataclass(frozen=True)
@@ -134,12 +156,19 @@ class StickFiles:
             kernels.append((Slot.CURRENT.value, *self.kernel))
         return replace(self.base_names, kernels=tuple(kernels))
 
+    @property
+    def overlay_dir(self) -> bool:
+        """The overlay is an OverlayFS directory, with an ovlwork/ sibling in its slot
+        (mid-switch it may be in any slot)."""
+        return any((self.slot_dir(s) / self.base_names.overlay).is_dir() for s in Slot)
+
     def slot_dir(self, slot: Slot) -> Path:
         return self.ldir / slot.value if slot.value else self.ldir
 
     def pair(self, slot: Slot) -> Pair:
         d = self.slot_dir(slot)
-        return Pair(d / "squashfs.img", d / self.base_names.overlay)
+        work = d / OVLWORK if self.overlay_dir else None
+        return Pair(d / "squashfs.img", d / self.base_names.overlay, work)
 
     @property
     def journal_path(self) -> Path:
@@ -217,16 +246,36 @@ def move(src: Path, dst: Path) -> None:
         be.fsync_dir(src.parent)
 
 
+def move_work(a: Pair, b: Pair) -> None:
+    """Move an OverlayFS work directory with its pair. It is the kernel's scratch
+    (emptied at each mount): one missing on both sides is made anew, empty, and a
+    stale one left at the source by an interrupted move is deleted."""
+    if a.work is None or b.work is None:
+        return
+    if a.work.is_dir() and b.work.is_dir():
+        shutil.rmtree(a.work)
+        be.fsync_dir(a.work.parent)
+    elif a.work.is_dir():
+        move(a.work, b.work)
+    elif not b.work.is_dir():
+        b.work.parent.mkdir(exist_ok=True)
+        b.work.mkdir(0o755)
+        be.fsync_dir(b.work.parent)
+
+
 def move_pair(a: Pair, b: Pair, kill: Kill, point: str) -> None:
     # The base first, the overlay last: a default name left alone is then an overlay
     # with no base (dracut finds no root and stops), never a base under a stranger.
     move(a.base, b.base)
     kill(point)
     move(a.overlay, b.overlay)
+    move_work(a, b)
 
 
 def move_pair_in(a: Pair, b: Pair, kill: Kill, point: str) -> None:
     # Into the default names the overlay goes first, the base last, for the same reason.
+    # An OverlayFS work directory goes before both: dracut uses the overlay only with it.
+    move_work(a, b)
     move(a.overlay, b.overlay)
     kill(point)
     move(a.base, b.base)
@@ -245,8 +294,11 @@ def move_kernel(stick: StickFiles, src: Slot, dst: Slot) -> None:
 
 def drop(pair: Pair, extra: tuple[Path, ...] = ()) -> int:
     freed = 0
-    for p in (*pair.files(), *extra):
-        if p.exists():
+    for p in (*pair.files(), *extra, *((pair.work,) if pair.work else ())):
+        if p.is_dir() and not p.is_symlink():
+            freed += tree_size(p)
+            shutil.rmtree(p)
+        elif p.exists():
             freed += p.stat().st_size
             p.unlink()
     d = pair.base.parent

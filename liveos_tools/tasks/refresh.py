@@ -137,11 +137,19 @@ def require_configs(stick: switch.StickFiles) -> None:
         )
 
 
-def _refuse_in_use(medium: Medium, stick: switch.StickFiles) -> None:
+def _refuse_pairs_in_use(stick: switch.StickFiles) -> None:
     for slot in Slot:
         for path in stick.pair(slot).files():
             if path.is_file():
                 bk.refuse_in_use(path, "replaced")
+            elif path.is_dir():
+                from liveos_tools.tasks.refresh_ovl import refuse_dir_in_use
+
+                refuse_dir_in_use(path)
+
+
+def _refuse_in_use(medium: Medium, stick: switch.StickFiles) -> None:
+    _refuse_pairs_in_use(stick)
     if not medium.opened_readonly:
         bk.refuse_readonly(stick.ldir)
 
@@ -245,14 +253,18 @@ def _plan_build(
 
     cur = stick.pair(Slot.CURRENT)
     require_configs(stick)
-    if medium.overlay_kind is not OverlayKind.DM:
+    ovl = medium.overlay_kind in (OverlayKind.OVERLAYFS_DIR, OverlayKind.OVERLAYFS_IMAGE)
+    if medium.overlay_kind is not OverlayKind.DM and not ovl:
         raise UsageError(
             f"{medium.target} uses {medium.overlay_kind.value} persistence; refresh "
             "handles device-mapper overlays only (so far)",
             "copy your files out, then rewrite the stick with liveos-iso-to-disk",
         )
     bk.refuse_unreadable_image(medium, "refresh")
-    if medium.image_layout is not ImageLayout.NESTED or medium.squashfs_path is None:
+    nested = medium.image_layout is ImageLayout.NESTED
+    if not (nested or (ovl and medium.image_layout is ImageLayout.FLAT)) or (
+        medium.squashfs_path is None
+    ):
         raise UsageError(
             f"the live image on {medium.target} has the {medium.image_layout.value} layout; "
             "refresh rebuilds a squashfs.img holding LiveOS/rootfs.img",
@@ -260,13 +272,21 @@ def _plan_build(
         )
     for tool in ("mksquashfs", "unsquashfs", "e2fsck"):
         require(tool)
-    report = read_store(cur.overlay)
-    if report.state in (StoreState.CORRUPT, StoreState.INVALID):
-        raise CorruptError(
-            f"the overlay {cur.overlay.name} is {report.state.value}"
-            + (f" ({report.problem})" if report.problem else ""),
-            "repair it first: liveos-overlay repair",
-        )
+    fold = None
+    if ovl:
+        from liveos_tools.tasks import refresh_ovl
+
+        fold = refresh_ovl.prepare(medium, cur)
+        used = fold.upper_bytes
+    else:
+        report = read_store(cur.overlay)
+        if report.state in (StoreState.CORRUPT, StoreState.INVALID):
+            raise CorruptError(
+                f"the overlay {cur.overlay.name} is {report.state.value}"
+                + (f" ({report.problem})" if report.problem else ""),
+                "repair it first: liveos-overlay repair",
+            )
+        used = report.used_bytes
     old_comp = rebuild.squashfs_compressor(cur.base)
     comp = compress or old_comp
     from liveos_tools.tools import mksquashfs
@@ -277,10 +297,15 @@ def _plan_build(
             + ("" if compress else " (the old image's compressor)"),
             f"choose one with --compress: {', '.join(mksquashfs.WRITABLE_COMPRESSORS)}",
         )
-    with merge.open_base(medium) as rootfs:  # also proves squashfs.img readable
-        rootfs_bytes = rootfs.stat().st_size
-    overlay_size = cur.overlay.stat().st_size
-    estimate = cur.base.stat().st_size + report.used_bytes
+    if fold is not None:
+        rootfs_bytes, overlay_size = fold.work_bytes, fold.overlay_size
+        scratch_what = "the unpacked base with the upper layer applied"
+    else:
+        with merge.open_base(medium) as rootfs:  # also proves squashfs.img readable
+            rootfs_bytes = rootfs.stat().st_size
+        overlay_size = cur.overlay.stat().st_size
+        scratch_what = "the merged root filesystem"
+    estimate = cur.base.stat().st_size + used
 
     workdir = Path(workdir_arg) if workdir_arg is not None else DEFAULT_WORKDIR
     if not workdir.is_dir():
@@ -294,7 +319,7 @@ def _plan_build(
     if _free(workdir) < need_work:
         raise NoSpaceError(
             f"not enough room in the workdir {workdir}: {format_size(_free(workdir))} free, "
-            f"up to {format_size(need_work)} needed (the merged root filesystem "
+            f"up to {format_size(need_work)} needed ({scratch_what} "
             f"{format_size(rootfs_bytes)} and the new image)",
             "give --workdir on a disk with more room",
         )
@@ -309,10 +334,11 @@ def _plan_build(
         f"the new image is compressed with {comp}"
         + (" (as the old one)" if comp == old_comp else f" (the old one used {old_comp})")
     )
-    plan.notes.append(
-        "home.img and swap.img are not touched; the new overlay is empty and has the same "
-        f"size ({format_size(overlay_size)})"
-    )
+    if fold is not None and not fold.image_overlay:
+        fresh = "the new overlay is an empty directory, with an empty ovlwork/ beside it"
+    else:
+        fresh = f"the new overlay is empty and has the same size ({format_size(overlay_size)})"
+    plan.notes.append(f"home.img and swap.img are not touched; {fresh}")
     if keep_previous:
         plan.notes.append(
             "the old image and its overlay are kept in LiveOS/previous/ with a boot entry "
@@ -349,17 +375,17 @@ def _plan_build(
     plan.interrupted_hint = "run refresh again"
 
     def preflight() -> None:
-        for slot in Slot:
-            for path in stick.pair(slot).files():
-                if path.is_file():
-                    bk.refuse_in_use(path, "replaced")
+        _refuse_pairs_in_use(stick)
         bk.refuse_readonly(stick.ldir)
 
     def build() -> None:
         sweep_scratch(workdir)
         scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=workdir))
         scratch_box.append(scratch)
-        built.append(build_image(medium, scratch, comp, meter))
+        if fold is not None:
+            built.append(refresh_ovl.build(medium, cur, fold, scratch, comp, meter))
+        else:
+            built.append(build_image(medium, scratch, comp, meter))
         bk.kill_point("refresh-built")
 
     def check_room() -> None:
@@ -371,7 +397,7 @@ def _plan_build(
         plan.notes.append(
             f"new squashfs.img: {format_size(size)} (old: "
             f"{format_size(cur.base.stat().st_size)} + overlay used "
-            f"{format_size(report.used_bytes)})"
+            f"{format_size(used)})"
         )
 
     def drop_old_previous() -> None:
@@ -392,7 +418,10 @@ def _plan_build(
         nxt = stick.pair(Slot.NEXT)
         copy_synced(built[0], nxt.base, meter("copy"))
         bk.kill_point("refresh-copied")
-        make_fresh_overlay(nxt.overlay, overlay_size)
+        if fold is not None:
+            refresh_ovl.make_fresh(stick, cur, nxt)
+        else:
+            make_fresh_overlay(nxt.overlay, overlay_size)
         fsync_dir(next_dir)
         switch.write_journal(stick.ldir, switch.Journal(**{**new.__dict__, "step": "staged"}))
         staged.append(True)
@@ -401,10 +430,25 @@ def _plan_build(
         plan.interrupted_hint = "run refresh again to finish, or rollback to go back"
 
     plan.add("check again that nothing uses the stick's files and it is writable", preflight)
+    if fold is not None:
+        merge_step = f"in {workdir}/liveos-refresh-*/: {refresh_ovl.describe(fold)}"
+        fresh_step = (
+            f"a new empty overlay image ({format_size(overlay_size)}, same type, label and "
+            "UUID, holding empty overlayfs/ and ovlwork/)"
+            if fold.image_overlay
+            else "an empty overlay directory and an empty ovlwork/"
+        )
+    else:
+        merge_step = (
+            f"merge squashfs.img ({format_size(cur.base.stat().st_size)}) and the overlay "
+            f"({format_size(used)} used) into {workdir}/liveos-refresh-*/, "
+            "check it with e2fsck, zero its free blocks, compress it with mksquashfs"
+        )
+        fresh_step = (
+            f"a fresh overlay beside it ({format_size(overlay_size)}, preallocated, mode 0600)"
+        )
     plan.add(
-        f"merge squashfs.img ({format_size(cur.base.stat().st_size)}) and the overlay "
-        f"({format_size(report.used_bytes)} used) into {workdir}/liveos-refresh-*/, "
-        "check it with e2fsck, zero its free blocks, compress it with mksquashfs",
+        merge_step,
         build,
         argv=["mksquashfs", "<merged>", "<workdir>/squashfs.img", "-comp", comp, "-noappend"],
     )
@@ -413,8 +457,7 @@ def _plan_build(
         plan.add("remove the previous-image boot entry, delete LiveOS/previous/", drop_old_previous)
     plan.add(
         f"write the journal {switch.JOURNAL}; copy the new image to "
-        f"{names.livedir}/{Slot.NEXT.value}/squashfs.img and create a fresh overlay beside "
-        f"it ({format_size(overlay_size)}, preallocated, mode 0600), fsynced",
+        f"{names.livedir}/{Slot.NEXT.value}/squashfs.img and create {fresh_step}, fsynced",
         stage,
     )
     _add_switch_steps(plan, stick, keep_previous)
