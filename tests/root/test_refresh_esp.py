@@ -24,6 +24,7 @@ from liveos_tools import espcfg, mounts, switch
 from liveos_tools.errors import ExitCode
 from liveos_tools.tools import losetup
 from tests.fixtures import isobuild
+from tests.root.test_iso_blockdev import pytestmark  # noqa: F401  (root, and the same skip)
 from tests.root.test_refresh import (
     LEARNER,
     SWITCH_KILLS,
@@ -38,14 +39,6 @@ from tests.support.shell import cli_process as cli
 MIB = 1024 * 1024
 DISK = 256 * MIB
 GRUB = "EFI/BOOT/grub.cfg"
-
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(
-        not (isobuild.GUEST_CACHE / "kver").is_file(),
-        reason="no guest kernel to put in the fixture ISO (run scripts/setup-guest-kernel)",
-    ),
-]
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +88,19 @@ def write(iso: isobuild.FixtureIso, img: Path, target: str, *opts: str) -> str:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     return next(w for w in res.stdout.split() if w.startswith("overlay=")).split("=", 1)[1]
+
+
+def blank(img: Path) -> Path:
+    with open(img, "wb") as f:
+        f.truncate(DISK)
+    return img
+
+
+def msdos_stick(iso: isobuild.FixtureIso, tmp_path: Path) -> tuple[Path, str, str]:
+    """`--format ,ext4` to an image file: (image, overlay name, the ESP as IMAGE@@OFFSET)."""
+    img = blank(tmp_path / "stick.img")
+    overlay = write(iso, img, str(img))
+    return img, overlay, f"{img}@@{partitions(img)['esp']}"
 
 
 def partitions(img: Path) -> dict[str, int]:
@@ -165,13 +171,8 @@ def check_entries(text: str, uuid: str, overlay: str, *, previous: bool) -> None
 def test_msdos_image_refresh_rollback_drop_and_dry_run(
     iso: isobuild.FixtureIso, tmp_path: Path
 ) -> None:
-    img = tmp_path / "stick.img"
-    with open(img, "wb") as f:
-        f.truncate(DISK)
-    overlay = write(iso, img, str(img))
+    img, overlay, esp = msdos_stick(iso, tmp_path)
     uuid = overlay.removeprefix("overlay-LIVE_TEST-")
-    at = partitions(img)
-    esp = f"{img}@@{at['esp']}"
     original = esp_text(esp)
     assert f"rd.live.overlay=UUID={uuid}" in original and be.BEGIN not in original
     with loop_disk(img) as loop, mounted(f"{loop}p1", tmp_path / "mnt") as root:
@@ -228,9 +229,7 @@ def test_msdos_image_refresh_rollback_drop_and_dry_run(
 
 
 def test_gpt_loop_device_refresh_and_rollback(iso: isobuild.FixtureIso, tmp_path: Path) -> None:
-    img = tmp_path / "stick.img"
-    with open(img, "wb") as f:
-        f.truncate(DISK)
+    img = blank(tmp_path / "stick.img")
     with loop_disk(img) as loop:
         overlay = write(iso, img, loop, "--efi")
         uuid = overlay.removeprefix("overlay-LIVE_TEST-")
@@ -290,17 +289,13 @@ def leftover_root(img: Path) -> tuple[Path, str]:
 def test_sigkill_at_every_step_leaves_both_partitions_consistent(
     iso: isobuild.FixtureIso, tmp_path: Path
 ) -> None:
-    img = tmp_path / "stick.img"
-    with open(img, "wb") as f:
-        f.truncate(DISK)
-    overlay = write(iso, img, str(img))
+    img, overlay, esp = msdos_stick(iso, tmp_path)
     with loop_disk(img) as loop, mounted(f"{loop}p1", tmp_path / "mnt") as root:
         put_learner_change(root, overlay, tmp_path)
         ldir = root / "LiveOS"
         old = {"base": sha(ldir / "squashfs.img"), "overlay": sha(ldir / overlay)}
     pristine = tmp_path / "pristine.img"
     shutil.copyfile(img, pristine)
-    esp = f"{img}@@{partitions(img)['esp']}"
     original = esp_text(esp)
     points = [*SWITCH_KILLS, "esp-written"]
     for i, point in enumerate(points):
@@ -347,10 +342,7 @@ def test_sigkill_at_every_step_leaves_both_partitions_consistent(
 
 
 def test_target_without_findable_esp_says_so(iso: isobuild.FixtureIso, tmp_path: Path) -> None:
-    img = tmp_path / "stick.img"
-    with open(img, "wb") as f:
-        f.truncate(DISK)
-    write(iso, img, str(img))
+    img, _, _ = msdos_stick(iso, tmp_path)
     with loop_disk(img) as loop, mounted(f"{loop}p1", tmp_path / "mnt") as root:
         # a mounted directory: its ESP is not looked for, and the plan says so
         res = cli("refresh", root, "--dry-run", "--workdir", tmp_path)
@@ -378,12 +370,8 @@ def test_target_without_findable_esp_says_so(iso: isobuild.FixtureIso, tmp_path:
 def test_update_points_the_esp_at_each_slots_kernel(
     iso: isobuild.FixtureIso, tmp_path: Path
 ) -> None:
-    img = tmp_path / "stick.img"
-    with open(img, "wb") as f:
-        f.truncate(DISK)
-    overlay = write(iso, img, str(img))
+    img, overlay, esp = msdos_stick(iso, tmp_path)
     uuid = overlay.removeprefix("overlay-LIVE_TEST-")
-    esp = f"{img}@@{partitions(img)['esp']}"
     original = esp_text(esp)
     res = cli("update", "--from", iso.path, img, "--yes")
     assert res.returncode == 0, res.stderr
