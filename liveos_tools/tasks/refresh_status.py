@@ -71,6 +71,10 @@ def read_state(medium: Medium) -> RefreshState:
     size = None
     if os.path.isdir(prev):
         size = sum(p.stat().st_size for p in Path(prev).iterdir() if p.is_file())
+        # an OverlayFS upper directory (and its ovlwork/) kept with the old image
+        for sub in (p for p in Path(prev).iterdir() if p.is_dir() and not p.is_symlink()):
+            for dirpath, _dirs, names in os.walk(sub):
+                size += sum(os.lstat(os.path.join(dirpath, n)).st_blocks * 512 for n in names)
     op = step = None
     journal = ldir / JOURNAL
     if journal.exists():
