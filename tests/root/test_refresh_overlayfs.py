@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -408,6 +409,13 @@ def test_refresh_matches_the_kernel_then_rollback(
         assert switch.state_problem(stick.files) is None
         status = cli("status", stick.root)
         assert "Previous image kept" in status.stdout, status.stdout
+        doc = json.loads(cli("status", "--json", stick.root).stdout)
+        kept = stick.files.pair(be.Slot.PREVIOUS).size()
+        assert (
+            doc["refresh"]["previous_bytes"]
+            == kept
+            > (live / "previous/squashfs.img").stat().st_size
+        )
 
         res = cli("rollback", stick.root, "--yes")
         assert res.returncode == 0, res.stderr
@@ -561,3 +569,19 @@ def check_default_pair(
     with lower_of(pair.base, work, flat=False) as root:
         assert walk(root) == truth
     return "new"
+
+
+def test_upper_bigger_than_the_root_filesystems_free_space(tmp_path: Path) -> None:
+    """An OverlayFS upper layer is bounded by the stick, not by rootfs.img: the copy of
+    rootfs.img grows to hold it."""
+    big = os.urandom(512 * 1024) * 56  # 28 MiB, more than the 24 MiB rootfs.img holds
+    with ovl_stick(tmp_path, flat=False) as stick:
+        (stick.ldir / OVERLAY / "home" / "big.bin").write_bytes(big)
+        res = cli("refresh", stick.root, "--yes", "--no-keep-previous", "--workdir", tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert not (stick.ldir / "previous").exists()
+        with lower_of(stick.ldir / "squashfs.img", tmp_path / "new", flat=False) as root:
+            assert (root / "home" / "big.bin").read_bytes() == big
+            assert (root / "opt/recreate/new.txt").exists()
+            grown = (root.parent / "sq" / "LiveOS" / "rootfs.img").stat().st_size
+        assert grown > 24 * MiB  # build_base() made it 24 MiB
