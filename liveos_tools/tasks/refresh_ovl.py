@@ -33,9 +33,8 @@ from liveos_tools.tasks import backup as bk
 from liveos_tools.units import format_size
 
 Meter = Callable[[str], Callable[[int, int], None]]
-#: slack kept inside a grown root filesystem beyond the upper layer's data (metadata,
-#: directories, the journal's own room).
-GROW_SLACK = 64 * 1024 * 1024
+#: room the workdir estimate keeps beyond the data (e2fsck, a grown filesystem's metadata).
+WORK_SLACK = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class Fold:
         """Scratch in the workdir besides the new image: the unpacked base grown by the
         upper's data, and a copy of an overlay image."""
         extra = self.overlay_size if self.image_overlay else 0
-        return self.base_tree_bytes + self.upper_bytes + GROW_SLACK + extra
+        return self.base_tree_bytes + self.upper_bytes + WORK_SLACK + extra
 
 
 def refuse_dir_in_use(path: Path) -> None:
@@ -195,9 +194,11 @@ def _grow_for(image: Path, upper_bytes: int) -> None:
 
     use = e2fs.usage(image)
     free = use.total_bytes - use.used_bytes
-    if free >= upper_bytes + GROW_SLACK:
+    # room for the data plus an eighth for its metadata and directories
+    need = upper_bytes + upper_bytes // 8 + 4 * 1024 * 1024
+    if free >= need:
         return
-    size = use.total_bytes + upper_bytes + GROW_SLACK - free
+    size = use.total_bytes + need - free
     size += -size % (1024 * 1024)
     os.truncate(image, size)
     resize2fs.resize(image, size)
