@@ -90,17 +90,27 @@ def uefi_firmware(workdir: Path) -> list[str]:
     ]
 
 
-def write_stick(iso: Path, img: Path, *, size: str, overlay_mb: int) -> str:
-    """liveos-iso-to-disk of the fixture ISO onto a vfat stick image that boots
-    straight into dracut on the serial console; its stdout."""
+def write_stick(
+    iso: Path,
+    img: Path,
+    *,
+    size: str,
+    overlay_mb: int,
+    fstype: str = "vfat",
+    overlayfs: bool = False,
+) -> str:
+    """liveos-iso-to-disk of the fixture ISO onto a stick image (vfat, or `fstype`) that
+    boots straight into dracut on the serial console; its stdout. `overlayfs`: OverlayFS
+    persistence instead of a dm overlay."""
     res = subprocess.run(
         [
             sys.executable,
             "-m",
             "liveos_tools.cli.iso_to_disk",
             "--format",
-            f"{size},vfat",
+            f"{size},{fstype}",
             "--reset-mbr",
+            *(["--overlayfs"] if overlayfs else []),
             "--overlay-size-mb",
             str(overlay_mb),
             "--timeout",
