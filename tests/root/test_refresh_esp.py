@@ -133,14 +133,16 @@ def mounted(node: str, where: Path) -> Iterator[Path]:
         sh("umount", where)
 
 
-def put_learner_change(live: Path, overlay: str, work: Path) -> None:
+def put_learner_change(
+    live: Path, overlay: str, work: Path, files: dict[str, bytes] = LEARNER
+) -> None:
     """Write the learner's files into the stick's overlay, chunk by chunk."""
     ldir = live / "LiveOS"
     out = work / "unsq"
     sh("unsquashfs", "-q", "-n", "-d", out, ldir / "squashfs.img", "LiveOS/rootfs.img")
     base = out / "LiveOS" / "rootfs.img"
     changed = work / "changed.img"
-    learner_copy(base, changed, LEARNER)
+    learner_copy(base, changed, files)
     size = (ldir / overlay).stat().st_size
     assert write_store(base, changed, ldir / overlay, size) > 3
     shutil.rmtree(out)
