@@ -390,3 +390,42 @@ def test_update_points_the_esp_at_each_slots_kernel(
     assert res.returncode == 0, res.stderr
     with loop_disk(img) as loop, mounted(f"{loop}p1", tmp_path / "mnt") as root:
         assert (root / GRUB).read_text() == esp_text(esp)
+
+
+ROLLBACK_KILLS = [
+    "rollback-journal",
+    "rollback-entries",  # the previous entry gone from every config, the ESP's included
+    "rollback-moving",
+    "rollback-staged",
+    "switch-boot-next",
+    "switch-moved-old",
+    "switch-boot-previous",
+    "switch-moved-new",
+    "switch-done",
+    "esp-written",
+]
+
+
+def test_sigkill_during_rollback_then_rerun(iso: isobuild.FixtureIso, tmp_path: Path) -> None:
+    img, overlay, esp = msdos_stick(iso, tmp_path)
+    with loop_disk(img) as loop, mounted(f"{loop}p1", tmp_path / "mnt") as root:
+        put_learner_change(root, overlay, tmp_path)
+        ldir = root / "LiveOS"
+        old = {"base": sha(ldir / "squashfs.img"), "overlay": sha(ldir / overlay)}
+    res = cli("refresh", img, "--yes", "--workdir", tmp_path)
+    assert res.returncode == 0, res.stderr
+    refreshed = tmp_path / "refreshed.img"
+    shutil.copyfile(img, refreshed)
+    for point in ROLLBACK_KILLS:
+        res = cli("rollback", img, "--yes", env={"LIVEOS_TEST_KILL_AT": point})
+        assert res.returncode == -9, (point, res.stderr)
+        root, node = leftover_root(img)
+        assert assert_allowed(files_of(root, overlay, node), old) in ("old", "new"), point
+        res = cli("rollback", img, "--yes")
+        assert res.returncode == 0, (point, res.stderr)
+        text = esp_text(esp)
+        assert be.previous_slot(text) is be.Slot.PREVIOUS, point
+        with loop_disk(img) as loop, mounted(f"{loop}p1", tmp_path / "mnt") as root:
+            assert (root / GRUB).read_text() == text, point
+            assert assert_allowed(files_of(root, overlay, f"{loop}p2"), old) == "old", point
+        shutil.copyfile(refreshed, img)
