@@ -106,13 +106,15 @@ def _write_zeros(fd: int, pieces: list[tuple[int, int]]) -> None:
 class FatDest:
     fstype = "vfat"
 
-    def __init__(self, device: str, offset: int, scratch: Path) -> None:
+    def __init__(self, device: str, offset: int, scratch: Path, *, fresh: bool = False) -> None:
+        """`fresh`: mkfs.fat made it in this run, so it holds nothing yet and the listing
+        (an mdir before the image copy can start) is skipped."""
         self.device = device
         self.offset = offset
         self.scratch = scratch
         self._n = 0
         #: lower-cased paths known to exist (FAT names are case-blind); None: not listed yet
-        self._known: set[str] | None = None
+        self._known: set[str] | None = set() if fresh else None
 
     def _tmp(self, name: str) -> Path:
         self._n += 1

@@ -79,7 +79,7 @@ class StickRun:
         self._scratch = tempfile.TemporaryDirectory(prefix="liveos-write-")
         fs = spec.fs
         if fs.fstype == "vfat":
-            self._dest = FatDest(fs.device, fs.offset, self.scratch)
+            self._dest = FatDest(fs.device, fs.offset, self.scratch, fresh=fs.new)
         else:
             length = fs.length if fs.offset else 0
             self._dest = self._stack.enter_context(
@@ -122,7 +122,7 @@ class StickRun:
         esp = spec.parts.esp if spec.parts else None
         if esp is not None:
             # The ESP gets the EFI loaders and our grub.cfg (the reference tool left it empty).
-            fat = FatDest(esp.device, esp.offset, self.scratch)
+            fat = FatDest(esp.device, esp.offset, self.scratch, fresh=True)  # made by this run
             fat.mkdir("EFI/BOOT")
             for sf in spec.boot.esp_files:
                 rel = "EFI/BOOT/" + Path(sf.path).name
