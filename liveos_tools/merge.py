@@ -132,6 +132,9 @@ class MergedView:
     def __init__(self, base: str | Path, store: str | Path) -> None:
         self.base_path = str(base)
         self.store_path = str(store)
+        #: (squashfs.img, path inside) when the base is read out of a squashfs: then
+        #: unsquashfs can unpack it faster than the mounted file reads (merged() sets it).
+        self.packed_base: tuple[Path, str] | None = None
         self._base_fd = -1
         self._cow_fd = -1
         with CowStore(store) as cow:
@@ -279,9 +282,39 @@ class MergedView:
             if fsync:
                 os.fsync(fd)
         except OSError as exc:
-            raise _write_error(dest, exc) from None
+            raise write_error(dest, exc) from None
         finally:
             os.close(fd)
+
+    def apply_to(self, fd: int, *, progress: Progress | None = None) -> None:
+        """Write the exception chunks over a copy of the base open in fd (read-write), and
+        trim it to the view's size: fd then holds the merged image.
+
+        The fast road to write_image()'s bytes when something faster than this process
+        can copy the base (unsquashfs unpacks a squashfs base on every core): only the
+        overlay's chunks pass through here. Runs of consecutive chunks that are also
+        consecutive in the store go in one read and one write.
+        """
+        size, cb = self.size_bytes, self.chunk_bytes
+        pairs = sorted((old, new) for old, new in self._map.items() if old * cb < size)
+        total = sum(min(cb, size - old * cb) for old, _ in pairs)
+        done = i = 0
+        max_run = max(1, WINDOW // cb)
+        buf = bytearray(max_run * cb)
+        while i < len(pairs):
+            old, new = pairs[i]
+            n = 1
+            while i + n < len(pairs) and n < max_run and pairs[i + n] == (old + n, new + n):
+                n += 1
+            length = min(n * cb, size - old * cb)
+            mv = memoryview(buf)[:length]
+            self._cow_read(mv, new * cb, f"the data of chunk {old}")
+            _pwrite_all(fd, mv, old * cb)
+            done += length
+            i += n
+            if progress is not None:
+                progress(done, total)
+        os.ftruncate(fd, size)
 
     def _write_windows(
         self,
@@ -309,7 +342,7 @@ class MergedView:
                 progress(end, size)
 
 
-def _write_error(dest: Path, exc: OSError) -> LiveOSError:
+def write_error(dest: Path, exc: OSError) -> LiveOSError:
     import errno
 
     from liveos_tools.errors import NoSpaceError
@@ -468,7 +501,7 @@ def _check_squashfs(path: Path) -> None:
 @contextlib.contextmanager
 def merged(medium: Medium) -> Iterator[MergedView]:
     """open_base() and the medium's device-mapper overlay, as one merged view."""
-    from liveos_tools.media import OverlayKind
+    from liveos_tools.media import ImageLayout, OverlayKind
 
     if medium.overlay_path is None:
         raise TargetError(
@@ -481,4 +514,7 @@ def merged(medium: Medium) -> Iterator[MergedView]:
             "the merged view applies to device-mapper overlays",
         )
     with open_base(medium) as base, MergedView(base, medium.overlay_path) as view:
+        if medium.image_layout is ImageLayout.NESTED:
+            assert medium.squashfs_path is not None and medium.rootfs_path is not None
+            view.packed_base = (medium.squashfs_path, str(medium.rootfs_path))
         yield view

@@ -10,6 +10,7 @@ fixes on the copy are expected; anything more means the overlay needs `repair`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -61,11 +62,56 @@ def scratch_image(
     try:
         image.parent.mkdir()
         # Not fsynced: a scratch copy is rebuilt after a crash, never trusted.
-        view.write_image(image, progress=progress, fsync=False)
+        if view.packed_base is not None:
+            unpack_merged(view, image, progress=progress)
+        else:
+            view.write_image(image, progress=progress, fsync=False)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return image
+
+
+def unpack_merged(view: MergedView, image: Path, *, progress: Progress | None = None) -> None:
+    """write_image()'s bytes by the fast road: unsquashfs unpacks the base (sparse, on
+    every core, several times faster than reading the loop-mounted file), then
+    view.apply_to() writes the overlay's chunks over it. Progress counts the base's
+    size, then the overlay's chunks."""
+    from liveos_tools.merge import write_error
+    from liveos_tools.tools import squashfs
+
+    assert view.packed_base is not None
+    packed, inner = view.packed_base
+    size, cb = view.size_bytes, view.chunk_bytes
+    total = size + sum(1 for c in view.exceptions() if c * cb < size) * cb
+    tree = image.parent / ".unpack"
+    unpacked = tree / inner.strip("/")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            job = pool.submit(squashfs.extract, packed, inner, tree)
+            while not _finished(job, 0.5):
+                if progress is not None:
+                    with contextlib.suppress(OSError):
+                        progress(min(size, unpacked.stat().st_blocks * 512), total)
+            job.result()
+        os.rename(unpacked, image)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+    fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        meter = None if progress is None else (lambda d, _t: progress(size + d, total))
+        view.apply_to(fd, progress=meter)
+    except OSError as exc:
+        raise write_error(image, exc) from None
+    finally:
+        os.close(fd)
+    if progress is not None:
+        progress(total, total)
+
+
+def _finished(job: concurrent.futures.Future[Path], seconds: float) -> bool:
+    done, _ = concurrent.futures.wait([job], timeout=seconds)
+    return bool(done)
 
 
 def remove_scratch(image: Path) -> None:

@@ -73,6 +73,21 @@ def image_sha(base: Path, cow: Path, tmp: Path) -> str:
         out.unlink()
 
 
+def applied_sha(base: Path, cow: Path, tmp: Path) -> str:
+    """The same through apply_to() over a plain copy of the base (refresh's fast road)."""
+    out = tmp / "applied.img"
+    shutil.copyfile(base, out)
+    fd = os.open(out, os.O_RDWR)
+    try:
+        with MergedView(base, cow) as view:
+            view.apply_to(fd)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return _sha_fd(fd)
+    finally:
+        os.close(fd)
+        out.unlink()
+
+
 def noise(n: int) -> bytes:
     # os.urandom: Python's own generator is many times slower under qemu's TCG.
     return os.urandom(n)
@@ -152,6 +167,7 @@ def test_several_areas_and_partial_last_chunk(tmp_path: Path, chunk: int, writes
         assert (size - 1) // cb in view.exceptions()
     assert view_sha(base, cow) == live
     assert image_sha(base, cow, tmp_path) == live
+    assert applied_sha(base, cow, tmp_path) == live
 
 
 def test_store_reopened_and_written_again(tmp_path: Path) -> None:
@@ -217,6 +233,7 @@ def test_duplicate_old_chunks_read_as_the_kernel_resolves_them(tmp_path: Path) -
     with snapshot(_name(), base, cow) as snap:
         live = kernel_sha(snap)
     assert view_sha(base, cow) == live
+    assert applied_sha(base, cow, tmp_path) == live
 
 
 def test_ext4_written_through_a_dracut_like_live_rw(tmp_path: Path) -> None:
@@ -243,6 +260,7 @@ def test_ext4_written_through_a_dracut_like_live_rw(tmp_path: Path) -> None:
     assert read_store(cow).exceptions > 100
     assert view_sha(base, cow) == live
     assert image_sha(base, cow, tmp_path) == live
+    assert applied_sha(base, cow, tmp_path) == live
 
 
 # Each activation costs several tool runs, slow under TCG: the fixtures that add to the

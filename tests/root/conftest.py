@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,10 +28,27 @@ def _needs_root_and_no_leaks(tmp_path: Path) -> Iterator[None]:
     leaked_mounts = [m.mountpoint for m in mounts.mounts() if m.mountpoint.startswith(mine)]
     for where in reversed(leaked_mounts):
         subprocess.run(["umount", "-l", where], check=False)
-    leaked_loops = [
-        d.name for d in losetup.list_devices() if d.back_file and d.back_file.startswith(mine)
-    ]
+    leaked_loops = _loops_under(mine)
+    # `umount` of a `mount -o loop` returns before the kernel clears the autoclear loop
+    # device it leaves behind: give such devices a moment before calling them leaks.
+    deadline = time.monotonic() + 10
+    while leaked_loops and time.monotonic() < deadline and all(map(_autoclear, leaked_loops)):
+        time.sleep(0.2)
+        leaked_loops = _loops_under(mine)
     for dev in leaked_loops:
         subprocess.run(["losetup", "-d", dev], check=False)
     assert not leaked_mounts, f"the test leaked mounts: {leaked_mounts}"
     assert not leaked_loops, f"the test leaked loop devices: {leaked_loops}"
+
+
+def _loops_under(prefix: str) -> list[str]:
+    return [
+        d.name for d in losetup.list_devices() if d.back_file and d.back_file.startswith(prefix)
+    ]
+
+
+def _autoclear(dev: str) -> bool:
+    try:
+        return Path(f"/sys/block/{Path(dev).name}/loop/autoclear").read_text().strip() == "1"
+    except OSError:
+        return True  # gone already

@@ -181,6 +181,19 @@ def test_view_matches_a_chunk_by_chunk_model(tmp_path: Path, chunk_sectors: int)
     assert file_sha(tmp_path / "out.img") == sha(bytes(expected))
     assert seen[-1] == (size, size)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    # apply_to() over a copy of the base, one chunk longer: the same bytes and size.
+    applied = tmp_path / "applied.img"
+    applied.write_bytes(base.read_bytes() + b"\xee" * cb)
+    fd = os.open(applied, os.O_RDWR)
+    try:
+        with MergedView(base, tmp_path / "cow") as view:
+            steps: list[tuple[int, int]] = []
+            view.apply_to(fd, progress=lambda d, t: steps.append((d, t)))
+    finally:
+        os.close(fd)
+    assert file_sha(applied) == sha(bytes(expected))
+    inside = sum(min(cb, size - o * cb) for o in olds)
+    assert steps[-1] == (inside, inside)
 
 
 def _data_ranges(path: Path) -> list[tuple[int, int]]:
@@ -246,6 +259,15 @@ def test_exceptions_past_the_origin_are_loaded_but_never_read(tmp_path: Path) ->
     assert len(data) == 16 * 4096
     assert data == bytes(3 * 4096) + b"\x33" * 4096 + bytes(12 * 4096)
     assert (tmp_path / "out.img").read_bytes() == data
+    copy = tmp_path / "copy.img"
+    shutil.copyfile(base, copy)
+    fd = os.open(copy, os.O_RDWR)
+    try:
+        with MergedView(base, tmp_path / "cow") as view:
+            view.apply_to(fd)
+    finally:
+        os.close(fd)
+    assert copy.read_bytes() == data
 
 
 def test_base_size_is_counted_in_whole_sectors_like_a_loop_device(tmp_path: Path) -> None:
