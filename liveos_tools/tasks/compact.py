@@ -160,6 +160,16 @@ def _write_record(record: Path, data: dict[str, Any]) -> None:
 
 def _check_medium(medium: Medium) -> Path:
     path = medium.overlay_path
+    if path is not None and medium.overlay_kind in (
+        OverlayKind.OVERLAYFS_DIR,
+        OverlayKind.OVERLAYFS_IMAGE,
+    ):
+        raise UsageError(
+            f"{path} is an OverlayFS overlay ({medium.overlay_kind.value}): compact rewrites "
+            "a device-mapper snapshot store",
+            "an OverlayFS overlay gives space back when its files are deleted; "
+            "`liveos-overlay refresh` folds it into the image",
+        )
     if path is None or medium.overlay_kind is not OverlayKind.DM:
         raise TargetError(
             f"{medium.target} has no device-mapper overlay", "compact rewrites a snapshot store"

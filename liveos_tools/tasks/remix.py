@@ -221,7 +221,7 @@ class Remix:
                 "point at a LiveOS stick: its device, image or mount",
             )
         if m.overlay_kind in (OverlayKind.OVERLAYFS_DIR, OverlayKind.OVERLAYFS_IMAGE):
-            raise TargetError(
+            raise UsageError(
                 f"{m.overlay_path} is an OverlayFS overlay: remix merges device-mapper overlays",
                 "remix works on sticks written with a persistent overlay file (the default)",
             )

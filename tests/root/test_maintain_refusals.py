@@ -183,6 +183,11 @@ def test_refusals_leave_every_byte(stick: Stick, tmp_path: Path) -> None:
     before = tree_hashes(tmp_path)
     assert_refused(cli("grow", "--by", "4M", stick.root, "--yes"), ExitCode.USAGE, "OverlayFS")
     assert_refused(cli("repair", stick.root, "--yes"), ExitCode.USAGE, "OverlayFS")
+    # ...nor compacted, measured by du or remixed: the same exit code for each
+    assert_refused(cli("compact", stick.root, "--yes"), ExitCode.USAGE, "OverlayFS")
+    assert_refused(cli("du", stick.root), ExitCode.USAGE, "OverlayFS")
+    out = tmp_path / "out.iso"
+    assert_refused(cli("remix", stick.root, "-o", out, "--yes"), ExitCode.USAGE, "OverlayFS")
     assert tree_hashes(tmp_path) == before
     assert not bk.exists()
 
