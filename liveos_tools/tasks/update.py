@@ -107,7 +107,8 @@ def plan_update(
                 f"run liveos-overlay {journal.op} to finish it first",
             )
     require_configs(stick)
-    if medium.overlay_kind is not OverlayKind.DM:
+    ovl = medium.overlay_kind in (OverlayKind.OVERLAYFS_DIR, OverlayKind.OVERLAYFS_IMAGE)
+    if medium.overlay_kind is not OverlayKind.DM and not ovl:
         raise UsageError(
             f"{medium.target} uses {medium.overlay_kind.value} persistence; update handles "
             "device-mapper overlays only (so far)",
@@ -120,7 +121,8 @@ def plan_update(
         )
     release, name = _read_release(source)
     cur = stick.pair(Slot.CURRENT)
-    overlay_size = cur.overlay.stat().st_size
+    # an OverlayFS directory starts empty; an overlay file (dm or image) keeps its size
+    overlay_size = 0 if stick.overlay_dir else cur.overlay.stat().st_size
     need = sum(size for _, _, size in release.values()) + overlay_size
     check_fat_limit(
         release["image"][2], medium.volume.fstype if medium.volume else None, "squashfs.img"
@@ -190,7 +192,12 @@ def plan_update(
         for key, dst in (("image", nxt.base), ("kernel", kfiles[0]), ("initrd", kfiles[1])):
             backing, offset, size = release[key]
             copy_range(backing, offset, size, dst, meter, key)
-        make_fresh_overlay(nxt.overlay, overlay_size)
+        if ovl:
+            from liveos_tools.tasks import refresh_ovl
+
+            refresh_ovl.make_fresh(stick, cur, nxt)
+        else:
+            make_fresh_overlay(nxt.overlay, overlay_size)
         fsync_dir(nd)
         switch.write_journal(stick.ldir, replace(new, step="staged"))
         staged.append(True)
@@ -206,7 +213,11 @@ def plan_update(
     plan.add(
         f"write the journal; copy the release's squashfs.img, kernel and initrd into "
         f"{stick.base_names.livedir}/{Slot.NEXT.value}/ and create a fresh overlay beside "
-        f"them ({format_size(overlay_size)}, preallocated), fsynced",
+        + (
+            "them (an empty directory and ovlwork/), fsynced"
+            if stick.overlay_dir
+            else f"them ({format_size(overlay_size)}, preallocated), fsynced"
+        ),
         stage,
     )
     _add_switch_steps(plan, stick, keep_previous)
