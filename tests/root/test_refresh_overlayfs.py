@@ -588,3 +588,36 @@ def test_upper_bigger_than_the_root_filesystems_free_space(tmp_path: Path) -> No
             assert (root / "opt/recreate/new.txt").exists()
             grown = (root.parent / "sq" / "LiveOS" / "rootfs.img").stat().st_size
         assert grown > 24 * MiB  # build_base() made it 24 MiB
+
+
+def test_update_gives_the_new_release_an_empty_upper_then_rollback(tmp_path: Path) -> None:
+    """update on an OverlayFS stick: the new base with a fresh upper; the old upper goes
+    to previous/ with the old base and kernel, and rollback brings that pair back."""
+    from tests.fixtures import isobuild
+
+    kernel = tmp_path / "kernel-b"
+    kernel.write_bytes(b"new kernel\n" * 1000)
+    iso = isobuild.build_iso(tmp_path / "b.iso", "grub", kernel=kernel)
+    with ovl_stick(tmp_path, flat=False) as stick:
+        live = stick.ldir
+        truth = kernel_view(stick, tmp_path / "k1")
+        old_upper = upper_raw(stick, tmp_path / "u0")
+        old_base = sha(live / "squashfs.img")
+
+        res = cli("update", "--from", iso.path, stick.root, "--yes")
+        assert res.returncode == 0, res.stderr
+        assert sha(live / "squashfs.img") == iso.sha256["/LiveOS/squashfs.img"]
+        assert sha(stick.root / "syslinux" / "vmlinuz") == sha(kernel)
+        assert upper_raw(stick, tmp_path / "u1") == {} and (live / "ovlwork").is_dir()
+        prev = live / "previous"
+        assert sha(prev / "squashfs.img") == old_base and (prev / "ovlwork").is_dir()
+        assert (prev / "vmlinuz").read_bytes() == b"kernel\n"
+        assert upper_raw(stick, tmp_path / "u2", "previous") == old_upper
+        assert switch.state_problem(stick.files) is None
+
+        res = cli("rollback", stick.root, "--yes")
+        assert res.returncode == 0, res.stderr
+        assert sha(live / "squashfs.img") == old_base
+        assert (stick.root / "syslinux" / "vmlinuz").read_bytes() == b"kernel\n"
+        assert upper_raw(stick, tmp_path / "u3") == old_upper
+        assert kernel_view(stick, tmp_path / "k2") == truth
