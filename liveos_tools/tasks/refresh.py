@@ -107,7 +107,8 @@ def stick_files(medium: Medium) -> switch.StickFiles:
         name = medium.expected_overlay_name
     else:
         raise TargetError(
-            f"{medium.target} has no persistent overlay", "refresh needs a dm overlay file"
+            f"{medium.target} has no persistent overlay",
+            "refresh needs a dm overlay file, or an OverlayFS directory or image",
         )
     kernel: tuple[str, str] | None = None
     if journal is not None and journal.kernel:
@@ -256,9 +257,9 @@ def _plan_build(
     ovl = medium.overlay_kind in (OverlayKind.OVERLAYFS_DIR, OverlayKind.OVERLAYFS_IMAGE)
     if medium.overlay_kind is not OverlayKind.DM and not ovl:
         raise UsageError(
-            f"{medium.target} uses {medium.overlay_kind.value} persistence; refresh "
-            "handles device-mapper overlays only (so far)",
-            "copy your files out, then rewrite the stick with liveos-iso-to-disk",
+            f"{medium.target} has no persistent overlay ({stick.names.overlay} is not in "
+            f"{stick.names.livedir}/): there is nothing to fold into the image",
+            "refresh works on sticks with a dm overlay file or OverlayFS persistence",
         )
     bk.refuse_unreadable_image(medium, "refresh")
     nested = medium.image_layout is ImageLayout.NESTED
