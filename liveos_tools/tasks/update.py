@@ -110,9 +110,10 @@ def plan_update(
     ovl = medium.overlay_kind in (OverlayKind.OVERLAYFS_DIR, OverlayKind.OVERLAYFS_IMAGE)
     if medium.overlay_kind is not OverlayKind.DM and not ovl:
         raise UsageError(
-            f"{medium.target} uses {medium.overlay_kind.value} persistence; update handles "
-            "device-mapper overlays only (so far)",
-            "write the stick afresh with liveos-iso-to-disk",
+            f"{medium.target} has no persistent overlay ({stick.names.overlay} is not in "
+            f"{stick.names.livedir}/)",
+            "update works on sticks with a dm overlay file or OverlayFS persistence; write "
+            "this one afresh with liveos-iso-to-disk",
         )
     if stick.kernel is None or not all(p.exists() for p in stick.kernel_files(Slot.CURRENT) or ()):
         raise TargetError(
