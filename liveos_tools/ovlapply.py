@@ -244,20 +244,13 @@ def apply(
     total = check(upper, userxattr=userxattr)
     prefix = prefix_for(userxattr)
     work = _Applier(target, prefix, progress, total)
-    top = os.lstat(upper)
     try:
-        work.directory(
-            upper,
-            target,
-            top,
-            _xattrs(str(upper)),
-        )
+        work.directory(upper, target, os.lstat(upper), _xattrs(str(upper)))
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise NoSpaceError(
-                f"the root filesystem ran out of room while the overlay was applied to it "
-                f"({target})",
-                "the merged files do not fit the image's size",
+                f"no room left in {target} while the overlay's upper layer was applied to it",
+                "give --workdir on a disk with more room",
             ) from None
         raise
     return Counts(work.entries, work.whiteouts, work.opaque, work.data)
