@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,11 @@ def loop_disk(img: Path) -> Iterator[str]:
         subprocess.run(["partx", "--delete", loop], capture_output=True, check=False)
         with contextlib.suppress(Exception):
             losetup.detach(loop)
+        # A detach while something still has a node open (udev's probe of the partitions)
+        # completes later; the tool would find the image attached and refuse it (exit 5).
+        deadline = time.monotonic() + 20
+        while losetup.find_by_file(img) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def write(iso: isobuild.FixtureIso, img: Path, target: str, *opts: str) -> str:
