@@ -18,6 +18,7 @@ Two boots, each one OVMF + TCG run.
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 from liveos_tools import bootentries as be
@@ -61,6 +62,9 @@ def test_refreshed_gpt_stick_boots_both_pairs_through_the_esp(
             put_learner_change(mnt, overlay, tmp_path, MARKER)
         finally:
             subprocess.run(["umount", str(mnt)], check=True)
+    deadline = time.monotonic() + 20  # a detach under udev's probe completes later
+    while losetup.find_by_file(img) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
     res = cli("refresh", img, "--yes", "--workdir", tmp_path)
     assert res.returncode == 0, res.stderr
