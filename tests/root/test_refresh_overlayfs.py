@@ -269,6 +269,37 @@ def upper_dirs(stick: OStick, work: Path, *, ro: bool = False) -> Iterator[tuple
         yield m / "overlayfs", m / "ovlwork"
 
 
+def make_overlay(stick: OStick, work: Path) -> None:
+    """An empty overlay as liveos-iso-to-disk --overlayfs makes one: a directory with
+    ovlwork/ beside it, or a 24 MiB ext4 image holding overlayfs/ and ovlwork/."""
+    if not stick.image_overlay:
+        (stick.ldir / OVERLAY).mkdir()
+        (stick.ldir / "ovlwork").mkdir()
+        return
+    with open(stick.ldir / OVERLAY, "wb") as f:
+        f.truncate(24 * MiB)
+    empty = work / "ovl-empty"
+    (empty / "overlayfs").mkdir(parents=True)
+    (empty / "ovlwork").mkdir()
+    sh("mkfs.ext4", "-q", "-F", "-L", "OVL", "-d", empty, stick.ldir / OVERLAY)
+
+
+def learn_through_kernel(stick: OStick, work: Path) -> None:
+    """learner_changes() through the kernel's overlayfs on the stick's base and overlay."""
+    with (
+        lower_of(stick.ldir / "squashfs.img", work / "lower", flat=stick.flat) as lower,
+        upper_dirs(stick, work / "ovimg") as (upper, wdir),
+        mounted(
+            "overlay",
+            work / "live",
+            f"lowerdir={lower},upperdir={upper},workdir={wdir}",
+            fstype="overlay",
+        ) as live,
+    ):
+        learner_changes(live)
+    shutil.rmtree(work / "live")
+
+
 @contextlib.contextmanager
 def ovl_stick(work: Path, *, flat: bool, image_overlay: bool = False) -> Iterator[OStick]:
     """A mounted ext4 stick whose overlay holds learner_changes(), made by the kernel."""
@@ -283,29 +314,8 @@ def ovl_stick(work: Path, *, flat: bool, image_overlay: bool = False) -> Iterato
     shutil.rmtree(tree)
     with mounted(img, work / "stick", "loop", "noatime") as root:
         stick = OStick(img, root, flat, image_overlay)
-        if image_overlay:
-            ov = stick.ldir / OVERLAY
-            with open(ov, "wb") as f:
-                f.truncate(24 * MiB)
-            empty = work / "ovl-empty"
-            (empty / "overlayfs").mkdir(parents=True)
-            (empty / "ovlwork").mkdir()
-            sh("mkfs.ext4", "-q", "-F", "-L", "OVL", "-d", empty, ov)
-        else:
-            (stick.ldir / OVERLAY).mkdir()
-            (stick.ldir / "ovlwork").mkdir()
-        with (
-            lower_of(stick.ldir / "squashfs.img", work / "lower", flat=flat) as lower,
-            upper_dirs(stick, work / "ovimg") as (upper, wdir),
-            mounted(
-                "overlay",
-                work / "live",
-                f"lowerdir={lower},upperdir={upper},workdir={wdir}",
-                fstype="overlay",
-            ) as live,
-        ):
-            learner_changes(live)
-        shutil.rmtree(work / "live")
+        make_overlay(stick, work)
+        learn_through_kernel(stick, work)
         yield stick
 
 
