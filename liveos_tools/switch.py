@@ -21,9 +21,11 @@ The switch, once the new pair is complete and fsynced in NEXT:
 
 Each boot config is replaced whole by a rename, so every entry of every config boots
 either the old pair or the new pair at every moment; the files move only while no
-entry names them. A boot loader config this tool does not know (e.g. on a separate
-EFI partition) keeps booting the default names: there a moment between two renames
-has a default name missing, which dracut answers with "no root filesystem" (no
+entry names them. The grub.cfg on a separate EFI system partition is one of these
+configs when the target is the stick's disk, a partition of it or a disk image
+(espcfg.py). A boot loader config this tool does not know (an ESP it was not given
+the disk to find, another loader) keeps booting the default names: there a moment
+between two renames has a default name missing, which dracut answers with "no root filesystem" (no
 base) or "Unable to find a persistent overlay ... Press [Enter]" (no overlay) — never
 a mismatched pair: the overlay leaves first and comes back last.
 
