@@ -7,7 +7,6 @@ does the same on ext4 sticks, on the host).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,11 +17,10 @@ from tests.root.test_refresh_overlayfs import (
     OStick,
     build_base,
     kernel_view,
-    learner_changes,
-    lower_of,
+    learn_through_kernel,
+    make_overlay,
     mounted,
     new_image_view,
-    upper_dirs,
     upper_raw,
     write_configs,
 )
@@ -44,23 +42,8 @@ def test_vfat_overlay_image_refresh_and_rollback(tmp_path: Path) -> None:
         live.mkdir()
         build_base(tmp_path, live / "squashfs.img", flat=False)
         write_configs(root)
-        empty = tmp_path / "ovl-empty"
-        (empty / "overlayfs").mkdir(parents=True)
-        (empty / "ovlwork").mkdir()
-        with open(live / OVERLAY, "wb") as f:
-            f.truncate(24 * MiB)
-        sh("mkfs.ext4", "-q", "-F", "-L", "OVL", "-d", empty, live / OVERLAY)
-        with (
-            lower_of(live / "squashfs.img", tmp_path / "lower", flat=False) as lower,
-            upper_dirs(stick, tmp_path / "ovimg") as (upper, wdir),
-            mounted(
-                "overlay",
-                tmp_path / "live",
-                f"lowerdir={lower},upperdir={upper},workdir={wdir}",
-                fstype="overlay",
-            ) as merged,
-        ):
-            learner_changes(merged)
+        make_overlay(stick, tmp_path)
+        learn_through_kernel(stick, tmp_path)
         truth = kernel_view(stick, tmp_path / "k1")
         old_upper = upper_raw(stick, tmp_path / "u0")
         old_image = (live / OVERLAY).read_bytes()
@@ -77,7 +60,6 @@ def test_vfat_overlay_image_refresh_and_rollback(tmp_path: Path) -> None:
         assert (live / OVERLAY).read_bytes() == old_image
         assert upper_raw(stick, tmp_path / "u2") == old_upper
         assert kernel_view(stick, tmp_path / "k2") == truth
-    shutil.rmtree(tmp_path / "live", ignore_errors=True)
     # whole renames only: the FAT has no cross-linked or lost clusters
     fsck = subprocess.run(["fsck.fat", "-n", str(img)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
