@@ -27,8 +27,8 @@ from liveos_tools import bootentries as be
 from liveos_tools import switch
 from liveos_tools.errors import ExitCode
 from liveos_tools.writer import bootcfg
-from tests.guest.test_refresh_kill import REFRESH_POINTS
-from tests.root.test_refresh import sha
+from tests.guest.test_refresh_kill import REFRESH_POINTS, ROLLBACK_POINTS
+from tests.root.test_refresh import sha, small_fs
 from tests.support.shell import MiB, sh
 from tests.support.shell import cli_process as cli
 
@@ -473,6 +473,11 @@ def test_refusals_leave_the_stick_byte_identical(tmp_path: Path) -> None:
         before = stick_tree(stick)
         res = cli("refresh", stick.root, "--yes", "--workdir", tmp_path / "nowhere")
         assert_refused(res, ExitCode.USAGE, "workdir")
+        # the workdir must hold the unpacked base grown by the upper, and the new image
+        with small_fs(tmp_path / "small", 16 * MiB) as small:
+            res = cli("refresh", stick.root, "--yes", "--workdir", small)
+            assert_refused(res, ExitCode.NO_SPACE, "not enough room in the workdir")
+            assert "the unpacked base with the upper layer applied" in res.stderr
         assert stick_tree(stick) == before
     # the stick as an image file, unmounted: the image is hashed whole
     img_sha = sha(stick.image)
@@ -631,3 +636,55 @@ def test_update_gives_the_new_release_an_empty_upper_then_rollback(tmp_path: Pat
         assert (stick.root / "syslinux" / "vmlinuz").read_bytes() == b"kernel\n"
         assert upper_raw(stick, tmp_path / "u3") == old_upper
         assert kernel_view(stick, tmp_path / "k2") == truth
+
+
+def test_rollback_killed_at_each_step_then_rerun(tmp_path: Path) -> None:
+    """rollback of a refreshed OverlayFS stick, SIGKILLed at each of its steps (the
+    upper directories and their ovlwork/ move with their bases): every entry boots a
+    whole pair, and a re-run ends on the old pair."""
+    with ovl_stick(tmp_path, flat=False) as stick:
+        live = stick.ldir
+        truth = kernel_view(stick, tmp_path / "k0")
+        old_base = sha(live / "squashfs.img")
+        old_upper = upper_raw(stick, tmp_path / "u0")
+        res = cli("refresh", stick.root, "--yes", "--workdir", tmp_path)
+        assert res.returncode == 0, res.stderr
+        done = tmp_path / "done"
+        sh("cp", "-a", live, done)
+        configs = {p: p.read_text() for p in be.find_configs(stick.root)}
+        for i, point in enumerate(ROLLBACK_POINTS):
+            res = cli("rollback", stick.root, "--yes", env={"LIVEOS_TEST_KILL_AT": point})
+            assert res.returncode == -9, (point, res.stderr)
+            assert switch.state_problem(stick.files) is None, point
+            check_default_pair(stick, tmp_path / f"a{i}", truth, old_base, old_upper)
+            res = cli("rollback", stick.root, "--yes")
+            assert res.returncode == 0, (point, res.stderr)
+            kind = check_default_pair(stick, tmp_path / f"b{i}", truth, old_base, old_upper)
+            assert kind == "old", point
+            assert (live / "previous" / "ovlwork").is_dir(), point
+            shutil.rmtree(live)
+            sh("cp", "-a", done, live)
+            for p, text in configs.items():
+                p.write_text(text)
+
+
+def test_xattr_whiteouts_and_non_opaque_marks(tmp_path: Path) -> None:
+    """The forms newer kernels (6.7+) write, which this host kernel does not: an empty
+    file with trusted.overlay.whiteout deletes the lower entry; opaque=x marks a
+    directory holding such whiteouts, not an opaque one."""
+    from liveos_tools import ovlapply
+
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    for rel in ("a", "d/keep", "d/gone"):
+        (lower / rel).parent.mkdir(parents=True, exist_ok=True)
+        (lower / rel).write_bytes(rel.encode())
+    (upper / "d").mkdir(parents=True)
+    os.setxattr(upper / "d", "trusted.overlay.opaque", b"x")
+    (upper / "d" / "gone").write_bytes(b"")
+    os.setxattr(upper / "d" / "gone", "trusted.overlay.whiteout", b"")
+    (upper / "a").write_bytes(b"")  # an empty file that is NOT a whiteout
+    counts = ovlapply.apply(upper, lower)
+    assert sorted(str(p.relative_to(lower)) for p in lower.rglob("*")) == ["a", "d", "d/keep"]
+    assert (lower / "a").read_bytes() == b"" and (lower / "d" / "keep").read_bytes() == b"d/keep"
+    assert not [x for x in os.listxattr(lower / "d") if x.startswith("trusted.overlay.")]
+    assert (counts.whiteouts, counts.opaque) == (1, 0)
