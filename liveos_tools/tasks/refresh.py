@@ -474,6 +474,9 @@ def sweep_scratch(workdir: Path) -> None:
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
+            from liveos_tools.tasks.refresh_ovl import release
+
+            release(d)  # an OverlayFS build mounts its scratch copies
             shutil.rmtree(d, ignore_errors=True)
         except PermissionError:
             pass

@@ -126,6 +126,24 @@ def mounted(image: Path, where: Path, *, writable: bool) -> Iterator[Path]:
         yield where
 
 
+def release(scratch: Path) -> None:
+    """Unmount what a killed refresh left mounted below its scratch directory, then
+    detach the loop devices backed by files there (nothing of the stick's)."""
+    if os.geteuid() != 0:
+        return
+    from liveos_tools import mounts
+    from liveos_tools.tools import losetup
+    from liveos_tools.tools import mount as mount_tool
+
+    mine = os.path.realpath(scratch) + "/"
+    for m in reversed(mounts.mounts()):
+        if m.mountpoint.startswith(mine):
+            mount_tool.umount(m.mountpoint)
+    for dev in losetup.list_devices():
+        if dev.back_file and dev.back_file.startswith(mine):
+            losetup.detach(dev.name)
+
+
 @contextlib.contextmanager
 def upper_layer(medium: Medium, cur: switch.Pair, scratch: Path, meter: Meter) -> Iterator[Path]:
     """The upper directory to apply: the stick's, or the one inside a checked copy of
@@ -185,6 +203,7 @@ def _build_nested(
         _grow_for(image, fold.upper_bytes)
         with mounted(image, scratch / "root", writable=True) as root:
             ovlapply.apply(upper, root, progress=meter("apply"))
+            bk.kill_point("refresh-applied")  # a kill leaves this mounted: release()
         rebuild.zero_free_blocks(image)
         rebuild.make_squashfs(image, dest, compressor=comp, progress=meter("compress"))
     finally:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from liveos_tools import bootentries as be
-from liveos_tools import switch
+from liveos_tools import mounts, switch
 from liveos_tools.errors import ExitCode
 from liveos_tools.writer import bootcfg
 from tests.guest.test_refresh_kill import REFRESH_POINTS, ROLLBACK_POINTS
@@ -688,3 +688,21 @@ def test_xattr_whiteouts_and_non_opaque_marks(tmp_path: Path) -> None:
     assert (lower / "a").read_bytes() == b"" and (lower / "d" / "keep").read_bytes() == b"d/keep"
     assert not [x for x in os.listxattr(lower / "d") if x.startswith("trusted.overlay.")]
     assert (counts.whiteouts, counts.opaque) == (1, 0)
+
+
+def test_killed_while_the_copy_is_mounted_the_next_run_releases_it(tmp_path: Path) -> None:
+    """SIGKILL while the scratch rootfs.img is loop-mounted: the stick is untouched, and
+    the next refresh unmounts and detaches the leftovers before it sweeps them (the
+    fixture fails the test on any leaked mount or loop device)."""
+    with ovl_stick(tmp_path, flat=False) as stick:
+        before = stick_tree(stick)
+        env = {"LIVEOS_TEST_KILL_AT": "refresh-applied"}
+        res = cli("refresh", stick.root, "--yes", "--workdir", tmp_path, env=env)
+        assert res.returncode == -9, res.stderr
+        scratch = str(tmp_path.resolve()) + "/liveos-refresh-"
+        assert any(m.mountpoint.startswith(scratch) for m in mounts.mounts())
+        assert stick_tree(stick) == before
+        res = cli("refresh", stick.root, "--yes", "--workdir", tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert not any(m.mountpoint.startswith(scratch) for m in mounts.mounts())
+        assert len(list(tmp_path.glob("liveos-refresh-*"))) == 0
