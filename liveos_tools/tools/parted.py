@@ -2,10 +2,20 @@
 
 pyparted is imported inside the functions: `liveos-iso-to-disk --help` must not
 pay for it. Works on block devices and on regular image files alike.
+
+One table is written without libparted: an msdos table in an image file this run has
+just made (all zeros). There libparted's import alone took 20-60 ms on the development
+machine, and its commit runs dmidecode and two `udevadm settle` (which wait for other
+users' loop devices too), all before the image copy can start. write_msdos_image()
+writes the same 512 bytes libparted writes there (tests/unit/test_iso_msdos_table.py
+compares them byte for byte) and reads them back.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,6 +225,13 @@ def write_table(
     ) as exc:
         raise LiveOSError(f"writing the partition table of {path} failed: {exc}") from None
     table = read_table(path)
+    return _as_planned(path, placed, table, label)
+
+
+def _as_planned(
+    path: str | Path, placed: list[tuple[int, int]], table: TableInfo, label: str
+) -> TableInfo:
+    """`table`, read back from `path`, if it is the plan; else TableMismatchError."""
     wrong = mismatches(placed, table, label=label)
     if wrong:
         raise TableMismatchError(
@@ -224,3 +241,86 @@ def write_table(
             "and run again",
         )
     return table
+
+
+#: msdos type bytes as libparted writes them for a new partition: its "fat32" without the
+#: lba flag, its "esp" flag, and Linux for the rest
+_MSDOS_FAT32 = 0x0B
+_MSDOS_ESP = 0xEF
+_MSDOS_LINUX = 0x83
+#: libparted's BIOS geometry for a regular file (linux.c init_file): 4 heads, 32 sectors
+_FILE_HEADS = 4
+_FILE_SECTORS = 32
+
+
+def _chs(sector: int) -> bytes:
+    """The 3 CHS bytes libparted writes for `sector` (msdos.c sector_to_chs)."""
+    c = sector // (_FILE_HEADS * _FILE_SECTORS)
+    h = (sector // _FILE_SECTORS) % _FILE_HEADS
+    s = sector % _FILE_SECTORS
+    if c > 1023:
+        c, h, s = 1023, _FILE_HEADS - 1, _FILE_SECTORS - 1
+    return bytes([h, s + 1 + (c >> 8 << 6), c & 0xFF])
+
+
+def msdos_sector(specs: list[PartSpec], placed: list[tuple[int, int]], disk_id: int) -> bytes:
+    """Sector 0 of an image file with this msdos table (no boot code: files.write_mbr
+    writes that after)."""
+    if len(specs) > 4:
+        raise ValueError("an msdos table holds 4 primary partitions")
+    mbr = bytearray(SECTOR)
+    mbr[440:444] = disk_id.to_bytes(4, "little")
+    for i, (spec, (start, length)) in enumerate(zip(specs, placed, strict=True)):
+        if start % SECTOR or length % SECTOR or (start + length) // SECTOR >= 1 << 32:
+            raise ValueError(f"{start}+{length} is not in whole sectors an msdos table holds")
+        first, count = start // SECTOR, length // SECTOR
+        kind = (
+            _MSDOS_ESP
+            if spec.esp
+            else _MSDOS_FAT32
+            if _FS_TYPES.get(spec.fstype, "fat32") == "fat32"
+            else _MSDOS_LINUX
+        )
+        entry = (
+            bytes([0x80 if spec.boot else 0])
+            + _chs(first)
+            + bytes([kind])
+            + _chs(first + count - 1)
+            + struct.pack("<II", first, count)
+        )
+        mbr[446 + 16 * i : 462 + 16 * i] = entry
+    mbr[510:512] = b"\x55\xaa"
+    return bytes(mbr)
+
+
+def read_msdos_sector(data: bytes, size: int) -> TableInfo:
+    """The msdos table in sector 0 `data` of a disk of `size` bytes (no extended
+    partitions: write_msdos_image makes none)."""
+    if len(data) < SECTOR or data[510:512] != b"\x55\xaa":
+        return TableInfo(None, size, ())
+    parts = []
+    for i in range(4):
+        entry = data[446 + 16 * i : 462 + 16 * i]
+        first, count = struct.unpack("<II", entry[8:16])
+        if entry[4] == 0 or count == 0:
+            continue
+        flags = ("boot",) if entry[0] == 0x80 else ()
+        parts.append(PartInfo(i + 1, first * SECTOR, count * SECTOR, None, None, flags))
+    return TableInfo("msdos", size, tuple(parts))
+
+
+def write_msdos_image(
+    path: str | Path, specs: list[PartSpec], placed: list[tuple[int, int]]
+) -> TableInfo:
+    """write_table() for an msdos table in an image file this run made (all zeros, so
+    there is nothing of an older table to clear): the sector, then read back from the
+    file and compared with the plan (TableMismatchError)."""
+    data = msdos_sector(specs, placed, secrets.randbits(32))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if os.pwrite(fd, data, 0) != len(data):
+            raise LiveOSError(f"writing the partition table of {path} failed: a short write")
+        table = read_msdos_sector(os.pread(fd, SECTOR, 0), os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+    return _as_planned(path, placed, table, "msdos")
