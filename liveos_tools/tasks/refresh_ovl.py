@@ -288,9 +288,15 @@ def describe(fold: Fold) -> str:
     what = "rootfs.img" if fold.nested else "the root tree"
     upper = "the overlay image's overlayfs/" if fold.image_overlay else "the overlay directory"
     return (
-        f"unpack {what} of squashfs.img ({format_size(fold.base_tree_bytes)}) into the workdir, "
-        f"apply {upper} ({format_size(fold.upper_bytes)}: whiteouts, opaque directories, "
+        (
+            "copy the overlay image into the workdir and check it with e2fsck; "
+            if fold.image_overlay
+            else ""
+        )
+        + f"unpack {what} of squashfs.img ({format_size(fold.base_tree_bytes)}) into the workdir"
+        + (" and check it with e2fsck (grown if the upper does not fit)" if fold.nested else "")
+        + f", apply {upper} ({format_size(fold.upper_bytes)}: whiteouts, opaque directories, "
         "files, owners, modes, times, xattrs)"
-        + (", check it with e2fsck, zero its free blocks" if fold.nested else "")
+        + (", zero its free blocks" if fold.nested else "")
         + ", compress it with mksquashfs"
     )
