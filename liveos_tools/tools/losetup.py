@@ -96,12 +96,17 @@ def attach(
     device: str | None = None,
     offset: int = 0,
     sizelimit: int = 0,
+    direct_io: bool = False,
 ) -> str:
     """Attach a file to a free loop device (or to `device`); return its node (/dev/loopN).
-    `offset`/`sizelimit` (bytes): only that range of the file."""
+    `offset`/`sizelimit` (bytes): only that range of the file. `direct_io`: the loop
+    device reads and writes the file with O_DIRECT, not through its page cache (where the
+    kernel cannot, it stays buffered)."""
     argv = ["losetup"] if device else ["losetup", "--find", "--show"]
     if readonly:
         argv.append("--read-only")
+    if direct_io:
+        argv.append("--direct-io=on")
     if partscan:
         argv.append("--partscan")
     if offset or sizelimit:
