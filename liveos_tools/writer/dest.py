@@ -517,7 +517,10 @@ def mounted_range(device: str, offset: int, length: int, fstype: str) -> Iterato
         if offset == 0 and stat.S_ISBLK(os.stat(device).st_mode):
             dev, backing = device, None
         else:
-            dev = losetup.attach(device, offset=offset, sizelimit=length)
+            # O_DIRECT to the image: the data is not cached twice (the file system's
+            # pages and the image's), and the final fsync and the read-back need no
+            # second cache to write out or drop
+            dev = losetup.attach(device, offset=offset, sizelimit=length, direct_io=True)
             stack.callback(losetup.detach, dev)
             backing = (device, offset, length)
         where = Path(tempfile.mkdtemp(prefix="liveos-stick-"))
