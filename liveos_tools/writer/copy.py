@@ -10,15 +10,15 @@ little left to do and the page cache does not fill up with 4 sticks' worth of da
 The bytes never enter this process on the way to the stick: os.sendfile copies them in
 the kernel, verified or not. A verified write hashes the source beside it, in a thread
 that reads it in small pieces (the pages sendfile reads too); copying through a
-user-space buffer instead cost 2-4 s of CPU per GiB on the development machine (see
-docs/parts/iso-speed.md). The read-back reads the medium with O_DIRECT (no page cache,
-so no cache drop first, and each read really reaches the disk), hashing each buffer in
-another thread while the next is read. Where O_DIRECT is refused (tmpfs, odd
-alignment) it drops the range from the page cache and reads through it. Both sides
-hash the same 16 MiB segments, so the comparison is a list of per-segment checksums (a
-mismatch says which megabytes differ): xxh3 by default (see ALGORITHMS for why), crc32
-or sha256 with `--verify-hash`. The checksum printed for a file is the sha256 of its
-segment checksums.
+user-space buffer instead cost 1.5-3.4 s of CPU per GiB on the development machine
+(docs/ARCHITECTURE.md, "how the bytes are written"). The read-back reads the medium with
+O_DIRECT (no page cache, so no cache drop first, and each read really reaches the disk),
+hashing each buffer in another thread while the next is read. Where O_DIRECT is refused
+(tmpfs before Linux 6.6, odd alignment) it drops the range from the page cache and reads
+through it. Both sides hash the same 16 MiB segments, so the comparison is a list of
+per-segment checksums (a mismatch says which megabytes differ): xxh3 by default (see
+ALGORITHMS for why), crc32 or sha256 with `--verify-hash`. The checksum printed for a
+file is the sha256 of its segment checksums.
 
 Verification reads back only after every byte is written and fsynced, never chunk by
 chunk behind the writer: a fake-capacity stick that wraps around overwrites early
