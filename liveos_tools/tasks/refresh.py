@@ -251,6 +251,7 @@ def _plan_build(
 ) -> Plan:
     from liveos_tools import merge, rebuild
     from liveos_tools.run import require
+    from liveos_tools.tools import mksquashfs
 
     cur = stick.pair(Slot.CURRENT)
     require_configs(stick)
@@ -290,8 +291,6 @@ def _plan_build(
         used = report.used_bytes
     old_comp = rebuild.squashfs_compressor(cur.base)
     comp = compress or old_comp
-    from liveos_tools.tools import mksquashfs
-
     if comp not in mksquashfs.WRITABLE_COMPRESSORS:
         raise UsageError(
             f"mksquashfs cannot write {comp}-compressed images"
@@ -448,10 +447,16 @@ def _plan_build(
         fresh_step = (
             f"a fresh overlay beside it ({format_size(overlay_size)}, preallocated, mode 0600)"
         )
+    flat = fold is not None and not fold.nested
     plan.add(
         merge_step,
         build,
-        argv=["mksquashfs", "<merged>", "<workdir>/squashfs.img", "-comp", comp, "-noappend"],
+        argv=mksquashfs.command(
+            f"{workdir}/liveos-refresh-*/" + ("<root-tree>" if flat else "<merged-tree>"),
+            f"{workdir}/liveos-refresh-*/squashfs.img",
+            compressor=comp,
+            keep_owners=flat,
+        ),
     )
     plan.add("check that the stick has room for the new image and a fresh overlay", check_room)
     if prev_bytes:

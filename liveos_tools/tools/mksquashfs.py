@@ -16,6 +16,24 @@ WRITABLE_COMPRESSORS = ("gzip", "lzo", "lz4", "xz", "zstd")
 MEMORY = "256M"
 
 
+def command(
+    source: str | Path,
+    dest: str | Path,
+    *,
+    compressor: str,
+    block_size: int | None = None,
+    keep_owners: bool = False,
+) -> list[str]:
+    """The argv make() runs (plans show it)."""
+    argv = ["mksquashfs", str(source), str(dest), "-noappend", "-no-progress"]
+    if not keep_owners:
+        argv += ["-all-root", "-no-xattrs"]
+    argv += ["-comp", compressor, "-mem", MEMORY]
+    if block_size:
+        argv += ["-b", str(block_size)]
+    return argv
+
+
 def make(
     source: str | Path,
     dest: str | Path,
@@ -31,12 +49,9 @@ def make(
     directory on the machine doing the build, not the image's own files — unless
     `keep_owners`: the tree is a root filesystem itself (a flat image).
     """
-    argv = ["mksquashfs", str(source), str(dest), "-noappend", "-no-progress"]
-    if not keep_owners:
-        argv += ["-all-root", "-no-xattrs"]
-    argv += ["-comp", compressor, "-mem", MEMORY]
-    if block_size:
-        argv += ["-b", str(block_size)]
+    argv = command(
+        source, dest, compressor=compressor, block_size=block_size, keep_owners=keep_owners
+    )
     try:
         run(argv, while_running=while_running)
     except ToolError as err:
