@@ -6,11 +6,14 @@ loader (extlinux on ext4) and Debian's dracut (dmsquash-live, rd.live.overlay.ov
 2. `refresh` on the host (the stick is ext4, which the host mounts): the new
    squashfs.img holds the marker and not the deleted file; the upper directory is
    empty, ovlwork/ beside it, and `status` shows the kept previous image;
-3. boot 2 finds the marker and the deletion in the new base, under the fresh overlay.
+3. boot 2 finds the marker and the deletion in the new base, under the fresh overlay;
+4. a copy of the stick whose extlinux default is the "Previous image" entry boots the
+   old base with its own upper layer (LiveOS/previous/overlay-<LABEL>-<UUID>, and
+   previous/ovlwork as dracut's workdir): the marker and the deletion are there too,
+   from the old upper.
 
-Two boots: the previous entry and rollback are proven on the host
-(tests/root/test_refresh_overlayfs.py) and, for the shared switch, by
-tests/boot/test_refresh_boot.py.
+Rollback is proven on the host (tests/root/test_refresh_overlayfs.py) and, for the
+shared switch, by tests/boot/test_refresh_boot.py.
 """
 
 from __future__ import annotations
@@ -108,6 +111,15 @@ def test_refresh_overlayfs_stick_boots_with_the_learners_changes(
         assert (live / "previous" / overlay / "var" / "liveos-marker").exists()
         sq = tmp_path / "sq"
         sh("unsquashfs", "-d", sq, live / "squashfs.img")
+    # a copy whose default is the previous entry (extlinux has no other way to pick one
+    # headless); made before boot 2 changes the new upper
+    prev = tmp_path / "prev.img"
+    sh("cp", "--sparse=always", img, prev)
+    with stick_partition(prev, tmp_path / "mp") as root:
+        conf = root / "syslinux" / "extlinux.conf"
+        text = conf.read_text()
+        assert "label liveos-previous" in text and "default linux" in text, text
+        conf.write_text(text.replace("default linux", "default liveos-previous"))
     rootfs = sq / "LiveOS" / "rootfs.img"
     listing = sh("debugfs", "-R", "ls -l /var", rootfs)
     assert "liveos-marker" in listing, listing
@@ -124,3 +136,11 @@ def test_refresh_overlayfs_stick_boots_with_the_learners_changes(
     with stick_partition(img, tmp_path / "m3") as root:
         # boot 2 wrote into the fresh upper only what it changed (nothing of boot 1's)
         assert not (root / "LiveOS" / overlay / "var" / "liveos-marker").exists()
+
+    third = boot(prev, tmp_path / "console3.txt")
+    assert "LIVEOS-BOOT2-FOUND written on boot 1" in third, third[-3000:]
+    assert "LIVEOS-DELETED-GONE" in third, third[-3000:]
+    up = third.split("LIVEOS-ROOT-UP", 1)[1].splitlines()[0]
+    assert "rd.live.squashimg=previous/squashfs.img" in up, up
+    assert f":/LiveOS/previous/{overlay}" in up and "rd.live.overlay.overlayfs" in up, up
+    prev.unlink()
