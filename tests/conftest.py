@@ -10,6 +10,7 @@ own inner outcome.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -21,6 +22,13 @@ from _pytest.nodes import Node
 from tests import guestvm
 
 DEFAULT_GUEST_TIMEOUT = 1200.0
+
+# The Ctrl-C tests send SIGINT to the commands they run, as a terminal would. A suite
+# started in the background by a non-interactive shell (`bash .ci/run &`) inherits
+# SIGINT ignored, and an ignored signal stays ignored across exec, so those commands
+# would never see it. A handler here is reset to the default in every child.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _NODEIDS = pytest.StashKey[list[str]]()
 _RUN = pytest.StashKey[guestvm.GuestPytestRun]()
