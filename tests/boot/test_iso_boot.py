@@ -40,6 +40,14 @@ def boot(
 ) -> str:
     """Boot the disk image through its own boot loader (SeaBIOS, or the `firmware` qemu
     arguments: see uefi_firmware) and return what the serial console showed."""
+    return run_qemu(
+        console, *firmware, "-drive", f"file={img},format=raw,if=virtio", timeout=timeout
+    )
+
+
+def run_qemu(console: Path, *args: str, timeout: float = BOOT_TIMEOUT) -> str:
+    """qemu (TCG, 1 GiB, one CPU, no display) with `args` (firmware, drives), its serial
+    console into `console`; what the console showed."""
     argv = [
         "qemu-system-x86_64",
         "-accel",
@@ -58,11 +66,9 @@ def boot(
         "-no-reboot",
         "-serial",
         f"file:{console}",
-        *firmware,
-        "-drive",
-        f"file={img},format=raw,if=virtio",
+        *args,
     ]
-    # A hang ends at the timeout; the boot is judged by the markers below.
+    # A hang ends at the timeout; the boot is judged by the markers the callers check.
     start = time.monotonic()
     with contextlib.suppress(subprocess.TimeoutExpired):
         subprocess.run(

@@ -16,7 +16,6 @@ those lines under a timeout (a hang ends at the timeout).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ import pytest
 from liveos_tools.remix import iso
 from liveos_tools.run import run
 from liveos_tools.writer.source import read_iso
+from tests.boot.test_iso_boot import run_qemu
 from tests.fixtures import isobuild
 
 BOOT_TIMEOUT = 400
@@ -153,31 +153,7 @@ def source_iso(work: Path, initrd: Path) -> Path:
 
 
 def boot(console: Path, *drive: str) -> str:
-    argv = [
-        "qemu-system-x86_64",
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-m",
-        "1024",
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-no-reboot",
-        "-serial",
-        f"file:{console}",
-        *drive,
-    ]
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=BOOT_TIMEOUT, check=False
-        )
-    return console.read_text(errors="replace")
+    return run_qemu(console, *drive, timeout=BOOT_TIMEOUT)
 
 
 def iso_to_disk(*args: str | Path) -> subprocess.CompletedProcess[str]:
