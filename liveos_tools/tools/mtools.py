@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,22 +59,15 @@ def listing(device: str | Path, offset: int, path: str = "") -> list[str]:
 
 def copy_in(device: str | Path, offset: int, source: str | Path, dest: str) -> None:
     """Copy a host file (or a FIFO, read to its end) to `dest`, replacing what is there."""
-    run(
-        [
-            "mcopy",
-            "-D",
-            "o",
-            "-n",
-            "-i",
-            drive(device, offset),
-            str(source),
-            f"::/{dest.strip('/')}",
-        ]
-    )
+    _mcopy(device, offset, [source], dest)
 
 
 def copy_many(device: str | Path, offset: int, sources: list[Path], dest_dir: str) -> None:
     """Copy host files into a directory under their own names, in one mcopy run."""
+    _mcopy(device, offset, sources, dest_dir)
+
+
+def _mcopy(device: str | Path, offset: int, sources: Sequence[str | Path], dest: str) -> None:
     run(
         [
             "mcopy",
@@ -84,7 +77,7 @@ def copy_many(device: str | Path, offset: int, sources: list[Path], dest_dir: st
             "-i",
             drive(device, offset),
             *map(str, sources),
-            f"::/{dest_dir.strip('/')}",
+            f"::/{dest.strip('/')}",
         ]
     )
 
