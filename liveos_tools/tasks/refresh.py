@@ -155,11 +155,6 @@ def _refuse_in_use(medium: Medium, stick: switch.StickFiles) -> None:
         bk.refuse_readonly(stick.ldir)
 
 
-def _free(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
 def _same_fs(a: Path, b: Path) -> bool:
     return os.stat(a).st_dev == os.stat(b).st_dev
 
@@ -316,16 +311,17 @@ def _plan_build(
             "give --workdir on another disk (the default is /var/tmp)",
         )
     need_work = rootfs_bytes + estimate
-    if _free(workdir) < need_work:
+    work_free = rebuild.free_bytes(workdir)
+    if work_free < need_work:
         raise NoSpaceError(
-            f"not enough room in the workdir {workdir}: {format_size(_free(workdir))} free, "
+            f"not enough room in the workdir {workdir}: {format_size(work_free)} free, "
             f"up to {format_size(need_work)} needed ({scratch_what} "
             f"{format_size(rootfs_bytes)} and the new image)",
             "give --workdir on a disk with more room",
         )
     prev = stick.pair(Slot.PREVIOUS)
     prev_bytes = prev.size()
-    stick_free = _free(stick.ldir)
+    stick_free = rebuild.free_bytes(stick.ldir)
     if stick_free + prev_bytes < estimate + overlay_size:
         _no_room(stick_free, prev_bytes, estimate + overlay_size, estimated=True)
 
@@ -391,7 +387,7 @@ def _plan_build(
     def check_room() -> None:
         size = built[0].stat().st_size
         check_fat_limit(size, medium.volume.fstype if medium.volume else None, "squashfs.img")
-        free = _free(stick.ldir)
+        free = rebuild.free_bytes(stick.ldir)
         if free + prev.size() < size + overlay_size:
             _no_room(free, prev.size(), size + overlay_size, estimated=False)
         plan.notes.append(

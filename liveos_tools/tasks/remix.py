@@ -82,11 +82,6 @@ def _same_fs(a: Path, b: Path) -> bool:
     return os.stat(a).st_dev == os.stat(b).st_dev
 
 
-def _free(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
 def _inside(path: Path, root: Path) -> bool:
     path, root = path.resolve(), root.resolve()
     return path == root or root in path.parents
@@ -305,8 +300,10 @@ class Remix:
                 ),
                 (out, e.iso + SLACK, f"the ISO ({format_size(e.iso)})"),
             ]
+        from liveos_tools.rebuild import free_bytes
+
         for where, need, what in places:
-            free = _free(where)
+            free = free_bytes(where)
             if need > free:
                 raise NoSpaceError(
                     f"not enough room in {where}: the remix needs about {format_size(need)} "

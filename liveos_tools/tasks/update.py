@@ -19,12 +19,12 @@ from liveos_tools.bootentries import Slot, fsync_dir
 from liveos_tools.errors import CorruptError, TargetError, ToolError, UsageError
 from liveos_tools.media import Medium, OverlayKind
 from liveos_tools.plan import Plan
+from liveos_tools.rebuild import free_bytes
 from liveos_tools.tasks import backup as bk
 from liveos_tools.tasks.refresh import (
     Meter,
     SwitchPlan,
     _add_switch_steps,
-    _free,
     _no_meter,
     _no_room,
     _plan_finish,
@@ -132,7 +132,7 @@ def plan_update(
     prev_bytes = prev.size() + sum(
         p.stat().st_size for p in stick.kernel_files(Slot.PREVIOUS) or () if p.exists()
     )
-    free = _free(stick.ldir)
+    free = free_bytes(stick.ldir)
     if free + prev_bytes < need:
         _no_room(free, prev_bytes, need, estimated=False)
 
