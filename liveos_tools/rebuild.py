@@ -212,7 +212,33 @@ def make_squashfs(
             f"mksquashfs cannot write {compressor}-compressed images",
             f"choose one of {', '.join(mksquashfs.WRITABLE_COMPRESSORS)} (--compress)",
         )
-    total = image.stat().st_size
+    with contextlib.ExitStack() as stack:
+        source = _tree_of(image, dest, stack)
+        squash_tree(
+            source,
+            dest,
+            compressor=compressor,
+            total=image.stat().st_size,
+            progress=progress,
+            block_size=block_size,
+        )
+
+
+def squash_tree(
+    source: Path,
+    dest: Path,
+    *,
+    compressor: str,
+    total: int,
+    progress: Progress | None = None,
+    block_size: int | None = None,
+    keep_owners: bool = False,
+) -> None:
+    """mksquashfs of the tree `source` into dest, fsynced with its directory; a partial
+    dest is removed on any failure. Progress is how much of `total` mksquashfs has read
+    (`rchar` in /proc/PID/io: mksquashfs 4.5 has no -percentage)."""
+    from liveos_tools.tools import mksquashfs
+
     watch: Callable[[int], None] | None = None
     if progress is not None:
         report = progress
@@ -222,18 +248,21 @@ def make_squashfs(
             if done is not None:
                 report(min(done, total), total)
 
-    with contextlib.ExitStack() as stack:
-        source = _tree_of(image, dest, stack)
-        try:
-            mksquashfs.make(
-                source, dest, compressor=compressor, block_size=block_size, while_running=watch
-            )
-            _fsync(dest)
-            _fsync(dest.parent)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                dest.unlink()
-            raise
+    try:
+        mksquashfs.make(
+            source,
+            dest,
+            compressor=compressor,
+            block_size=block_size,
+            while_running=watch,
+            keep_owners=keep_owners,
+        )
+        _fsync(dest)
+        _fsync(dest.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            dest.unlink()
+        raise
     if progress is not None:
         progress(total, total)
 

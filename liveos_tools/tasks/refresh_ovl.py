@@ -231,33 +231,21 @@ def _build_flat(
     medium: Medium, upper: Path, scratch: Path, dest: Path, comp: str, meter: Meter
 ) -> None:
     from liveos_tools import rebuild
-    from liveos_tools.tools import mksquashfs, squashfs
+    from liveos_tools.tools import squashfs
 
     assert medium.squashfs_path is not None
     tree = scratch / "root"
     bk.kill_point("refresh-merged")
     squashfs.unpack(medium.squashfs_path, tree)
     ovlapply.apply(upper, tree, progress=meter("apply"))
-    total = switch.tree_size(tree)
-    progress = meter("compress")
-
-    def watch(pid: int) -> None:
-        done = rebuild.read_bytes_of(pid)
-        if done is not None:
-            progress(min(done, total), total)
-
-    try:
-        mksquashfs.make(tree, dest, compressor=comp, while_running=watch, keep_owners=True)
-        for path in (dest, dest.parent):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    except BaseException:
-        dest.unlink(missing_ok=True)
-        raise
-    progress(total, total)
+    rebuild.squash_tree(
+        tree,
+        dest,
+        compressor=comp,
+        total=switch.tree_size(tree),
+        progress=meter("compress"),
+        keep_owners=True,
+    )
 
 
 # --- the fresh overlay ------------------------------------------------------------------
